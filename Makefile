@@ -1,0 +1,36 @@
+# Capstan's entry points. `make demo` and `make test` work on a fresh machine: they install what
+# they need (Debian packages, the control plane built from Go modules) and are safe to repeat.
+
+SHELL := /bin/bash
+ENV := tests/env
+# The control plane that `make up` / `make demo` keep running for people (tests start their own).
+DEV_DIR ?= $(HOME)/.cache/capstan/dev
+
+.PHONY: test lint unit crds demo up down env tools
+
+## test: formatting, lints, unit tests and integration tests against a real control plane
+test: tools
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo test
+
+## tools: build (once) the pinned control plane; install git server packages
+tools:
+	@$(ENV)/controlplane.sh build >/dev/null
+	@$(ENV)/gitserver.sh install
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	cargo run --quiet -- crd -o crds/gitrepository.yaml
+
+## demo: a local control plane and git server, with the GitRepository CRD installed
+demo:
+	examples/demo.sh
+
+## up / down / env: a long-lived control plane for development, in $(DEV_DIR)
+up:
+	@$(ENV)/controlplane.sh up $(DEV_DIR)
+down:
+	@$(ENV)/controlplane.sh down $(DEV_DIR)
+env:
+	@$(ENV)/controlplane.sh env $(DEV_DIR)

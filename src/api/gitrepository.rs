@@ -1,0 +1,330 @@
+//! The `GitRepository` resource. Field names follow Flux's GitRepository and Kustomization where
+//! they mean the same thing; validation that the API server can do at admission lives here, as
+//! OpenAPI patterns and CEL rules, so a malformed object never reaches the controller.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Repository URLs Capstan accepts: `http(s)://` and `ssh://` URLs, and scp-style `[user@]host:path`.
+/// Everything else (`file://`, `ext::`, local paths, options starting with `-`) is refused.
+pub const URL_PATTERN: &str = r"^((https?|ssh)://[A-Za-z0-9._~%!$&'()*+,;=:@\[\]-]+(/\S*)?|([A-Za-z0-9._-]+@)?[A-Za-z0-9][A-Za-z0-9.-]*:([^:/\s]|/[^/\s])\S*)$";
+
+/// A Go-style duration as Flux writes it: `30s`, `5m`, `1h30m`, `500ms`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+/// Syncs the manifests at a path of a Git repository into the cluster and keeps them there.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "capstan.dev",
+    version = "v1alpha1",
+    kind = "GitRepository",
+    namespaced,
+    status = "GitRepositoryStatus",
+    derive = "PartialEq",
+    shortname = "cgr",
+    category = "capstan",
+    doc = "GitRepository syncs the manifests at a path of a Git repository into the cluster.",
+    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
+    printcolumn(name = "Revision", type_ = "string", json_path = ".status.lastAppliedRevision"),
+    printcolumn(name = "Drift", type_ = "integer", json_path = ".status.summary.drifted"),
+    printcolumn(name = "Status", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].message"#),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GitRepositorySpec {
+    /// Repository URL: `https://`, `http://`, `ssh://`, or scp-style `git@host:org/repo.git`.
+    #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
+    pub url: String,
+
+    /// Which revision to sync. Defaults to the branch `main`.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<GitRef>,
+
+    /// How often to check the remote for a new revision, e.g. `1m`. Jittered.
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: String,
+
+    /// Deadline for each git operation, render and health wait. Defaults to `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+
+    /// Secret in the same namespace with the credentials: `username` and `password`, or
+    /// `bearerToken` (HTTPS); `identity` and `known_hosts` (SSH); `ca.crt` for a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+
+    /// Directory inside the repository whose manifests are applied. Defaults to the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')").message("path must be relative and must not contain '..'"))]
+    pub path: Option<String>,
+
+    /// Files to leave out, in gitignore syntax, on top of the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<String>,
+
+    /// Delete objects that were applied before and are no longer in the repository.
+    #[serde(default)]
+    pub prune: bool,
+
+    /// Blast-radius guard: the most objects one revision may prune, as a count or a share of the
+    /// managed objects (`25%`). Over it, nothing is pruned and status lists the candidates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prune: Option<IntOrString>,
+
+    /// What happens to the applied objects when the GitRepository is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// Namespace for namespaced objects that name none. Defaults to the GitRepository's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
+    pub target_namespace: Option<String>,
+
+    /// ServiceAccount in the same namespace to impersonate for every apply, prune and correction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub service_account_name: Option<String>,
+
+    /// Recreate objects whose immutable fields changed.
+    #[serde(default)]
+    pub force: bool,
+
+    /// How drift of the applied objects from the repository is handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftSpec>,
+
+    /// Report Ready only once the applied objects are healthy.
+    #[serde(default)]
+    pub wait: bool,
+
+    /// Variable substitution in the rendered manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_build: Option<PostBuild>,
+
+    /// Values for a Helm chart at `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm: Option<HelmSpec>,
+
+    /// Stop all changes to the cluster for this GitRepository.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// The revision to sync: exactly one of `branch`, `tag`, `semver`, `name`, or `commit`
+/// (which may be combined with `branch`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("(has(self.branch) || has(self.commit) ? 1 : 0) + (has(self.tag) ? 1 : 0) + (has(self.semver) ? 1 : 0) + (has(self.name) ? 1 : 0) == 1").message("ref takes exactly one of branch, tag, semver, name or commit (commit may be combined with branch)"))]
+#[serde(rename_all = "camelCase")]
+pub struct GitRef {
+    /// A branch, e.g. `main`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^\s~^:?*\[\\]+$"), length(max = 255))]
+    pub branch: Option<String>,
+    /// A tag, e.g. `v1.2.3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^\s~^:?*\[\\]+$"), length(max = 255))]
+    pub tag: Option<String>,
+    /// A semver range over the tags, e.g. `>=1.2.0 <2`; the highest match wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub semver: Option<String>,
+    /// Any reference, e.g. `refs/pull/7/head`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^refs/[^\s~^:?*\[\\]+$"), length(max = 255))]
+    pub name: Option<String>,
+    /// A full commit SHA to pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9a-f]{40}|[0-9a-f]{64})$"))]
+    pub commit: Option<String>,
+}
+
+/// A reference to an object in the same namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LocalObjectReference {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// What deleting a GitRepository does to the objects it applied.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// Delete them when `prune` is true, orphan them otherwise.
+    #[default]
+    MirrorPrune,
+    /// Delete them.
+    Delete,
+    /// Leave them, without Capstan's ownership markers.
+    Orphan,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriftSpec {
+    /// `Correct` re-applies drifted objects at once, `Warn` only reports them, `Disabled` does neither.
+    #[serde(default)]
+    pub mode: DriftMode,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DriftMode {
+    #[default]
+    Correct,
+    Warn,
+    Disabled,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostBuild {
+    /// Variables replacing `${name}` in the rendered manifests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub substitute: BTreeMap<String, String>,
+    /// ConfigMaps and Secrets in the same namespace whose data are variables too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub substitute_from: Vec<SubstituteReference>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SubstituteReference {
+    pub kind: SubstituteKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Carry on when the object does not exist.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubstituteKind {
+    ConfigMap,
+    Secret,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmSpec {
+    /// Release name. Defaults to the GitRepository's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_name: Option<String>,
+    /// Inline values, merged over the values files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub values: Option<serde_json::Value>,
+    /// Values files inside the repository, relative to `path`, merged in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_files: Vec<String>,
+}
+
+fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// What Capstan observed and did, following Kubernetes API conventions and kstatus.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitRepositoryStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling`, `Stalled`, and `Drifted` / `Healthy` where they apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The last revision fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+    /// The last revision applied in full, as `<ref>@sha1:<sha>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_revision: Option<String>,
+    /// The last revision an apply was attempted for, successful or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempted_revision: Option<String>,
+    /// The value of the `capstan.dev/reconcile-requested-at` annotation last handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+    /// Counts of the objects in the last apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+    /// Every object Capstan applied and still manages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Inventory>,
+    /// Managed objects whose live state differs from the repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<DriftEntry>,
+    /// Set while the blast-radius guard holds back a prune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_blocked: Option<PruneBlocked>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    /// `<ref>@sha1:<sha>`, e.g. `main@sha1:4f2c9e1d...`.
+    pub revision: String,
+    pub fetched_at: Time,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub total: i64,
+    pub created: i64,
+    pub configured: i64,
+    pub unchanged: i64,
+    pub pruned: i64,
+    pub drifted: i64,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    #[serde(default)]
+    pub entries: Vec<InventoryEntry>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct InventoryEntry {
+    /// `<namespace>_<name>_<group>_<kind>`, as Flux writes it.
+    pub id: String,
+    /// The API version the object was applied with.
+    pub v: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftEntry {
+    /// Inventory id of the drifted object.
+    pub id: String,
+    /// Field paths whose live value differs from the repository's.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    pub detected_at: Time,
+    /// Whether Capstan re-applied the object.
+    #[serde(default)]
+    pub corrected: bool,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PruneBlocked {
+    /// Inventory ids that would be deleted.
+    pub candidates: Vec<String>,
+    /// The limit in force, as written in `spec.maxPrune` or the default.
+    pub limit: String,
+}
+
+impl GitRepositorySpec {
+    /// The ref to sync, with the default applied.
+    pub fn git_ref(&self) -> GitRef {
+        self.git_ref.clone().unwrap_or_else(|| GitRef {
+            branch: Some("main".into()),
+            ..GitRef::default()
+        })
+    }
+}

@@ -1,0 +1,5 @@
+//! Capstan: a pull-based GitOps operator for Kubernetes.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod source;

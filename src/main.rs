@@ -1,0 +1,41 @@
+//! The `capstan` command: the operator and the tools around it.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kube::CustomResourceExt;
+
+use capstan::api::GitRepository;
+
+#[derive(Parser)]
+#[command(name = "capstan", version, about = "A pull-based GitOps operator for Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the GitRepository CustomResourceDefinition as YAML.
+    Crd {
+        /// Write it to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd { output } => {
+            let yaml = capstan::api::crd_yaml(&GitRepository::crd())?;
+            match output {
+                Some(path) => std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{yaml}"),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! The source stage: everything that talks git (git2). Resolves a GitRepository's ref against the
+//! remote, fetches into a cache, and presents credentials. Blocking; callers run it off the runtime.
+
+mod auth;
+
+use std::path::Path;
+
+use git2::{Direction, FetchOptions, Oid, Repository};
+
+pub use auth::Auth;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("invalid repository URL {0:?}")]
+    InvalidUrl(String),
+    #[error("invalid credentials in secretRef: {0}")]
+    InvalidCredentials(String),
+    #[error("authentication to {url} failed: {message}")]
+    Authentication { url: String, message: String },
+    #[error("fetching {url} failed: {message}")]
+    Fetch { url: String, message: String },
+    #[error("git cache at {path}: {message}")]
+    Cache { path: String, message: String },
+}
+
+impl SourceError {
+    /// Stable PascalCase reason for conditions, events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::InvalidUrl(_) | SourceError::InvalidCredentials(_) => "InvalidSource",
+            SourceError::Authentication { .. } => "AuthenticationFailed",
+            SourceError::Fetch { .. } | SourceError::Cache { .. } => "FetchFailed",
+        }
+    }
+}
+
+/// A repository URL, parsed enough to match SSH host keys and to print without credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteUrl {
+    raw: String,
+    host: String,
+    port: Option<u16>,
+    redacted: String,
+}
+
+impl RemoteUrl {
+    pub fn parse(raw: &str) -> Result<Self, SourceError> {
+        let invalid = || SourceError::InvalidUrl(redact(raw));
+        if let Some((scheme, _)) = raw.split_once("://") {
+            if !matches!(scheme, "https" | "http" | "ssh") {
+                return Err(invalid());
+            }
+            let url = url::Url::parse(raw).map_err(|_| invalid())?;
+            let host = url.host_str().ok_or_else(invalid)?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let mut shown = url.clone();
+            let _ = shown.set_password(None);
+            Ok(RemoteUrl {
+                raw: raw.to_string(),
+                host,
+                port: url.port(),
+                redacted: shown.to_string(),
+            })
+        } else {
+            // scp-style: [user@]host:path
+            let (userhost, path) = raw.split_once(':').ok_or_else(invalid)?;
+            let host = userhost.rsplit('@').next().unwrap_or(userhost);
+            if host.is_empty() || path.is_empty() || path.starts_with(':') || host.starts_with('-') {
+                return Err(invalid());
+            }
+            Ok(RemoteUrl {
+                raw: raw.to_string(),
+                host: host.to_string(),
+                port: None,
+                redacted: raw.to_string(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// The URL with any password removed: the only form that may reach a log, event or status.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    fn error(&self, err: git2::Error) -> SourceError {
+        let message = err.message().replace(&self.raw, &self.redacted);
+        let url = self.redacted.clone();
+        let auth = err.code() == git2::ErrorCode::Auth
+            || err.code() == git2::ErrorCode::Certificate
+            || message.contains(auth::HOST_KEY_REJECTED)
+            || message.contains("status code: 401")
+            || message.contains("status code: 403");
+        if auth {
+            SourceError::Authentication { url, message }
+        } else {
+            SourceError::Fetch { url, message }
+        }
+    }
+}
+
+/// `https://user:password@host/x` -> `https://user@host/x`, for URLs that failed to parse too.
+pub fn redact(raw: &str) -> String {
+    match raw.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find('/').unwrap_or(rest.len());
+            match rest[..end].rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split(':').next().unwrap_or("");
+                    format!("{scheme}://{user}@{host}{}", &rest[end..])
+                }
+                None => raw.to_string(),
+            }
+        }
+        None => raw.to_string(),
+    }
+}
+
+fn fetch_options<'a>(remote: &'a RemoteUrl, auth: &'a Auth, headers: &'a [String]) -> FetchOptions<'a> {
+    let mut opts = FetchOptions::new();
+    opts.remote_callbacks(auth.callbacks(&remote.host, remote.port));
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    opts.custom_headers(&headers);
+    opts
+}
+
+/// The remote's refs and the commits they point at (peeled for annotated tags), without fetching.
+pub fn ls_remote(remote: &RemoteUrl, auth: &Auth) -> Result<Vec<(String, Oid)>, SourceError> {
+    let mut detached = git2::Remote::create_detached(remote.as_str()).map_err(|e| remote.error(e))?;
+    // git2's connect takes no custom headers, so a bearer token is only presented by `fetch`.
+    let connection = detached
+        .connect_auth(
+            Direction::Fetch,
+            Some(auth.callbacks(&remote.host, remote.port)),
+            None,
+        )
+        .map_err(|e| remote.error(e))?;
+    let heads = connection.list().map_err(|e| remote.error(e))?;
+    Ok(heads.iter().map(|h| (h.name().to_string(), h.oid())).collect())
+}
+
+/// Fetches `refspecs` from the remote into the bare repository at `git_dir`, creating it when
+/// missing. `depth` makes the fetch shallow.
+pub fn fetch(
+    git_dir: &Path,
+    remote: &RemoteUrl,
+    refspecs: &[&str],
+    depth: Option<i32>,
+    auth: &Auth,
+) -> Result<Repository, SourceError> {
+    let cache_err = |e: git2::Error| SourceError::Cache {
+        path: git_dir.display().to_string(),
+        message: e.message().to_string(),
+    };
+    let repo = match Repository::open_bare(git_dir) {
+        Ok(repo) => repo,
+        Err(_) => Repository::init_bare(git_dir).map_err(cache_err)?,
+    };
+    {
+        let mut detached = repo.remote_anonymous(remote.as_str()).map_err(cache_err)?;
+        let headers = auth.http_headers();
+        let mut opts = fetch_options(remote, auth, &headers);
+        if let Some(depth) = depth {
+            opts.depth(depth);
+        }
+        detached
+            .fetch(refspecs, Some(&mut opts), None)
+            .map_err(|e| remote.error(e))?;
+    }
+    Ok(repo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact("https://u:p@h/x"), "https://u@h/x");
+        assert_eq!(redact("https://h/x"), "https://h/x");
+        assert_eq!(redact("git@h:x"), "git@h:x");
+        let url = RemoteUrl::parse("https://alice:hunter2@git.example.com:8443/a.git").unwrap();
+        assert_eq!(url.redacted(), "https://alice@git.example.com:8443/a.git");
+        assert_eq!((url.host.as_str(), url.port), ("git.example.com", Some(8443)));
+    }
+
+    #[test]
+    fn scp_style_and_ssh_urls() {
+        let url = RemoteUrl::parse("git@github.com:acme/app.git").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("github.com", None));
+        let url = RemoteUrl::parse("ssh://git@127.0.0.1:2222/srv/app.git").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("127.0.0.1", Some(2222)));
+        for bad in ["file:///etc", "ext::sh", "/srv/app.git", "-oProxyCommand=x:y"] {
+            assert!(RemoteUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

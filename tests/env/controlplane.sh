@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on loopback for Capstan's tests and demo: etcd, kube-apiserver
+# (RBAC, ServiceAccount tokens, an audit log) and kube-controller-manager (namespace deletion,
+# garbage collection, default ServiceAccounts). No kubelet and no scheduler: nothing runs Pods.
+# The binaries are built from Go modules pinned in tests/env/tools and cached outside the
+# repository, keyed by the pins, so only the first run pays for the build.
+# Run `tests/env/controlplane.sh help` for the interface.
+set -euo pipefail
+
+PROG=${0##*/}
+SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/${BASH_SOURCE[0]##*/}"
+# shellcheck source=lib.sh
+source "${SELF%/*}/lib.sh"
+
+TOOLS_MOD=${SELF%/*}/tools
+CACHE=${CAPSTAN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/capstan}
+TIMEOUT=${CONTROLPLANE_TIMEOUT:-60}
+
+usage() {
+    cat <<EOF
+Usage:
+  $PROG build
+      Build (once) kube-apiserver, kube-controller-manager, kubectl and etcd from the Go modules
+      pinned in tests/env/tools; print the directory holding them. Cached under \$CAPSTAN_CACHE
+      (default ~/.cache/capstan), keyed by the pins.
+  $PROG up DIR [--watch-pid PID]
+      Start etcd, kube-apiserver and kube-controller-manager on free 127.0.0.1 ports with state in
+      DIR. Prints shell 'export' lines (also written to DIR/env): KUBECONFIG, PATH with kubectl,
+      CAPSTAN_KUBE_BIN, CAPSTAN_AUDIT_LOG. --watch-pid PID: tear down once PID has exited.
+  $PROG down DIR
+      Stop what 'up' started in DIR. Leaves DIR in place.
+  $PROG env DIR
+      Print DIR/env.
+
+Logs: DIR/etcd.log, DIR/kube-apiserver.log, DIR/kube-controller-manager.log, DIR/audit.log.
+Environment: CONTROLPLANE_TIMEOUT (seconds for each component to become ready, default 60).
+EOF
+}
+
+# ---------------------------------------------------------------- build
+
+go_pin() { awk -v m="$1" '$1 == m { print $2; exit }' "$TOOLS_MOD/go.mod"; }
+
+K8S_VERSION=$(go_pin k8s.io/kubernetes)
+# Stamp the version the binaries report (`kubectl version`, /version), as a release build does.
+LDFLAGS="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$(cut -d. -f1 <<<"${K8S_VERSION#v}")"
+    LDFLAGS+=" -X $pkg.gitMinor=$(cut -d. -f2 <<<"$K8S_VERSION") -X $pkg.gitTreeState=clean"
+done
+
+bin_dir() {
+    local key
+    key=$(cat "$TOOLS_MOD/go.mod" "$TOOLS_MOD/go.sum" <(echo "$LDFLAGS") | sha256sum | cut -c1-12)
+    echo "$CACHE/k8s-$K8S_VERSION-$key/bin"
+}
+
+cmd_build() {
+    local bin
+    bin=$(bin_dir)
+    if [[ -x $bin/kube-apiserver && -x $bin/kube-controller-manager && -x $bin/kubectl && -x $bin/etcd ]]; then
+        echo "$bin"
+        return
+    fi
+    command -v go >/dev/null 2>&1 || die "go is not installed; it builds the control plane from Go modules"
+    mkdir -p "$CACHE"
+    # One build at a time, even when several test binaries start at once.
+    exec 9>"$CACHE/build.lock"
+    flock 9
+    if [[ ! -x $bin/etcd ]]; then
+        local tmp
+        tmp=$(mktemp -d "$CACHE/build.XXXXXX")
+        log "building kubernetes $K8S_VERSION and etcd $(go_pin go.etcd.io/etcd/server/v3) from Go modules (first run only; several minutes)"
+        # go.sum pins every module; the checksum database is not needed (nor reachable here).
+        (
+            cd "$TOOLS_MOD"
+            export GOFLAGS=-mod=readonly GOSUMDB=off
+            go build -trimpath -ldflags="$LDFLAGS" -o "$tmp/" \
+                k8s.io/kubernetes/cmd/kube-apiserver \
+                k8s.io/kubernetes/cmd/kube-controller-manager \
+                k8s.io/kubernetes/cmd/kubectl
+            go build -trimpath -ldflags='-s -w' -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+        ) >&2 || { rm -rf "$tmp"; die "building the control plane from Go modules failed (see above)"; }
+        mkdir -p "${bin%/*}"
+        rm -rf "$bin"
+        mv "$tmp" "$bin"
+    fi
+    flock -u 9
+    echo "$bin"
+}
+
+# ---------------------------------------------------------------- up
+
+UP_DONE=0
+STARTED=()
+up_cleanup() {
+    local rc=$?
+    ((UP_DONE)) && return 0
+    if ((${#STARTED[@]})); then
+        log "up failed; stopping what it started (pids ${STARTED[*]})"
+        stop_pids "${STARTED[@]}"
+    fi
+    exit $((rc ? rc : 1))
+}
+
+# A CA, a serving certificate for 127.0.0.1, an admin client certificate (system:masters) and
+# the ServiceAccount token signing key.
+make_pki() {
+    local pki=$1
+    mkdir -p "$pki"
+    (
+        cd "$pki"
+        umask 077
+        key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out "$1" 2>/dev/null; }
+        key ca.key
+        openssl req -x509 -new -key ca.key -subj /CN=capstan-test-ca -days 3650 -out ca.crt 2>/dev/null
+        sign() { # name subject extensions
+            key "$1.key"
+            openssl req -new -key "$1.key" -subj "$2" -out "$1.csr" 2>/dev/null
+            printf '%s\n' "$3" >"$1.ext"
+            openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+                -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+        }
+        sign apiserver /CN=kube-apiserver "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc
+extendedKeyUsage=serverAuth"
+        sign admin "/O=system:masters/CN=capstan-admin" "extendedKeyUsage=clientAuth"
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
+        openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
+    ) || die "generating certificates with openssl failed"
+}
+
+write_kubeconfig() {
+    local dir=$1 port=$2
+    cat >"$dir/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: capstan-test
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority: $dir/pki/ca.crt
+users:
+- name: capstan-admin
+  user:
+    client-certificate: $dir/pki/admin.crt
+    client-key: $dir/pki/admin.key
+contexts:
+- name: capstan-test
+  context: {cluster: capstan-test, user: capstan-admin}
+current-context: capstan-test
+EOF
+}
+
+# start LOGFILE CMD...: run a component in the background, record it, and leave its pid in LAST_PID.
+LAST_PID=
+start() {
+    local logfile=$1
+    shift
+    "$@" </dev/null >>"$logfile" 2>&1 &
+    STARTED+=("$!")
+    echo "$!" >>"$DIR/pids"
+    LAST_PID=$!
+}
+
+# wait_ready NAME PID LOGFILE CHECK...: poll CHECK until it succeeds, the process dies, or time runs out.
+wait_ready() {
+    local name=$1 pid=$2 logfile=$3
+    shift 3
+    local deadline=$((SECONDS + TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if ! is_alive "$pid"; then
+            log_tail "$logfile"
+            grep -q 'address already in use' "$logfile" && die "$name could not bind its port (address already in use)"
+            die "$name exited during startup (log: $logfile)"
+        fi
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    log_tail "$logfile"
+    die "$name was not ready within ${TIMEOUT}s (log: $logfile)"
+}
+
+cmd_up() {
+    local dir_arg='' watch_pid=
+    while (($#)); do
+        case $1 in
+            --watch-pid) (($# >= 2)) || usage_error "--watch-pid needs a PID"; watch_pid=$2; shift 2 ;;
+            -*) usage_error "up: unknown option '$1'" ;;
+            *) [[ -z $dir_arg ]] || usage_error "up: unexpected argument '$1'"; dir_arg=$1; shift ;;
+        esac
+    done
+    [[ -n $dir_arg ]] || usage_error "up: DIR is required"
+    if [[ -n $watch_pid ]]; then
+        is_alive "$watch_pid" || die "--watch-pid $watch_pid: no such process"
+    fi
+    for tool in openssl curl flock; do
+        command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
+    done
+
+    local bin
+    bin=$(cmd_build)
+    mkdir -p "$dir_arg"
+    DIR=$(abs_dir "$dir_arg")
+    local running
+    running=$(recorded_pids "$DIR" | tr '\n' ' ')
+    [[ -z $running ]] || die "a control plane for $DIR is already running (pids ${running% }); run '$PROG down $DIR' first"
+
+    trap up_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    rm -rf "$DIR/etcd" "$DIR/pki" "$DIR/env" "$DIR/pids" "$DIR/reaper.pid"
+    : >"$DIR/pids"
+    make_pki "$DIR/pki"
+
+    local etcd_port peer_port api_port
+    etcd_port=$(free_port)
+    peer_port=$(free_port)
+    api_port=$(free_port)
+
+    # fsync buys nothing for a throwaway store and costs seconds per test run.
+    start "$DIR/etcd.log" "$bin/etcd" --name capstan-test --data-dir "$DIR/etcd" \
+        --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+        --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+        --initial-cluster "capstan-test=http://127.0.0.1:$peer_port" --unsafe-no-fsync --log-level warn
+    wait_ready etcd "$LAST_PID" "$DIR/etcd.log" \
+        bash -c "curl -sf http://127.0.0.1:$etcd_port/health | grep -q '\"health\":\"true\"'"
+
+    # Every request, at Metadata level: tests count what Capstan sends, by user agent and identity.
+    cat >"$DIR/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+EOF
+    : >"$DIR/audit.log"
+    start "$DIR/kube-apiserver.log" "$bin/kube-apiserver" \
+        --etcd-servers "http://127.0.0.1:$etcd_port" \
+        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+        --endpoint-reconciler-type none \
+        --tls-cert-file "$DIR/pki/apiserver.crt" --tls-private-key-file "$DIR/pki/apiserver.key" \
+        --client-ca-file "$DIR/pki/ca.crt" \
+        --authorization-mode RBAC \
+        --service-account-issuer https://kubernetes.default.svc \
+        --service-account-key-file "$DIR/pki/sa.pub" --service-account-signing-key-file "$DIR/pki/sa.key" \
+        --service-cluster-ip-range 10.96.0.0/16 \
+        --audit-policy-file "$DIR/audit-policy.yaml" --audit-log-path "$DIR/audit.log" \
+        --audit-log-format json --audit-log-maxsize 0 \
+        --allow-privileged=true
+    wait_ready kube-apiserver "$LAST_PID" "$DIR/kube-apiserver.log" \
+        curl -sf --cacert "$DIR/pki/ca.crt" --cert "$DIR/pki/admin.crt" --key "$DIR/pki/admin.key" \
+        "https://127.0.0.1:$api_port/readyz"
+
+    write_kubeconfig "$DIR" "$api_port"
+    # Only the controllers a cluster without nodes needs: namespaces finish deleting, owner
+    # references cascade, and every namespace gets its default ServiceAccount.
+    start "$DIR/kube-controller-manager.log" "$bin/kube-controller-manager" \
+        --kubeconfig "$DIR/kubeconfig" --controllers namespace,garbagecollector,serviceaccount \
+        --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
+        --service-account-private-key-file "$DIR/pki/sa.key" --root-ca-file "$DIR/pki/ca.crt"
+    wait_ready kube-controller-manager "$LAST_PID" "$DIR/kube-controller-manager.log" \
+        bash -c "'$bin/kubectl' --kubeconfig '$DIR/kubeconfig' get serviceaccount default -n default"
+
+    {
+        printf 'export KUBECONFIG=%s\n' "$(shquote "$DIR/kubeconfig")"
+        printf 'export CAPSTAN_KUBE_BIN=%s\n' "$(shquote "$bin")"
+        printf 'export CAPSTAN_AUDIT_LOG=%s\n' "$(shquote "$DIR/audit.log")"
+        # shellcheck disable=SC2016 # $PATH is expanded by whoever sources the file
+        printf 'export PATH=%s:"$PATH"\n' "$(shquote "$bin")"
+    } >"$DIR/env.tmp"
+    mv -f "$DIR/env.tmp" "$DIR/env"
+
+    if [[ -n $watch_pid ]]; then
+        start_reaper "$DIR" "$watch_pid" "$SELF"
+    fi
+    UP_DONE=1
+    trap - EXIT INT TERM
+    log "control plane up: https://127.0.0.1:$api_port (state in $DIR)"
+    cat "$DIR/env"
+}
+
+cmd_down() {
+    (($# == 1)) || usage_error "down: expected exactly DIR"
+    [[ -d $1 ]] || { log "$1 does not exist; nothing to stop"; return 0; }
+    local dir pid
+    dir=$(abs_dir "$1")
+    local -a pids=()
+    while read -r pid; do
+        [[ -n $pid && $pid != "$$" ]] && pids+=("$pid")
+    done < <(recorded_pids "$dir")
+    ((${#pids[@]})) || { log "nothing running for $dir"; return 0; }
+    stop_pids "${pids[@]}"
+    log "stopped the control plane in $dir (pids ${pids[*]})"
+}
+
+cmd_env() {
+    (($# == 1)) || usage_error "env: expected exactly DIR"
+    [[ -f $1/env ]] || die "$1/env not found; run '$PROG up $1' first"
+    cat "$1/env"
+}
+
+(($#)) || usage_error "missing command"
+cmd=$1
+shift
+case $cmd in
+    build) (($# == 0)) || usage_error "build takes no arguments"; cmd_build ;;
+    up) cmd_up "$@" ;;
+    down) cmd_down "$@" ;;
+    env) cmd_env "$@" ;;
+    help | -h | --help) usage ;;
+    *) usage_error "unknown command '$cmd'" ;;
+esac

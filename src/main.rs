@@ -9,7 +9,11 @@ use kube::CustomResourceExt;
 use capstan::api::GitRepository;
 
 #[derive(Parser)]
-#[command(name = "capstan", version, about = "A pull-based GitOps operator for Kubernetes")]
+#[command(
+    name = "capstan",
+    version,
+    about = "A pull-based GitOps operator for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

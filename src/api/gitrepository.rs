@@ -18,6 +18,8 @@ pub const URL_PATTERN: &str = r"^((https?|ssh)://[A-Za-z0-9._~%!$&'()*+,;=:@\[\]
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
 /// Syncs the manifests at a path of a Git repository into the cluster and keeps them there.
+// The printer columns repeat `type_`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "capstan.dev",
@@ -29,11 +31,31 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
     shortname = "cgr",
     category = "capstan",
     doc = "GitRepository syncs the manifests at a path of a Git repository into the cluster.",
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
-    printcolumn(name = "Revision", type_ = "string", json_path = ".status.lastAppliedRevision"),
-    printcolumn(name = "Drift", type_ = "integer", json_path = ".status.summary.drifted"),
-    printcolumn(name = "Status", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].message"#),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.lastAppliedRevision"
+    ),
+    printcolumn(
+        name = "Drift",
+        type_ = "integer",
+        json_path = ".status.summary.drifted"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GitRepositorySpec {

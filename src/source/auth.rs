@@ -24,8 +24,14 @@ pub struct Auth {
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
-            .field("basic", &self.basic.as_ref().map(|(u, _)| (u, "<redacted>")))
-            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "basic",
+                &self.basic.as_ref().map(|(u, _)| (u, "<redacted>")),
+            )
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
             .field("known_hosts", &self.known_hosts.is_some())
             .finish()
@@ -86,20 +92,21 @@ impl Auth {
                     "the server rejected the credentials",
                 ));
             }
-            if allowed.contains(CredentialType::SSH_MEMORY) {
-                if let Some((key, passphrase)) = &self.identity {
-                    return Cred::ssh_key_from_memory(
-                        user_from_url.unwrap_or("git"),
-                        None,
-                        key,
-                        passphrase.as_deref(),
-                    );
-                }
+            if let (true, Some((key, passphrase))) =
+                (allowed.contains(CredentialType::SSH_MEMORY), &self.identity)
+            {
+                return Cred::ssh_key_from_memory(
+                    user_from_url.unwrap_or("git"),
+                    None,
+                    key,
+                    passphrase.as_deref(),
+                );
             }
-            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-                if let Some((user, pass)) = &self.basic {
-                    return Cred::userpass_plaintext(user, pass);
-                }
+            if let (true, Some((user, pass))) = (
+                allowed.contains(CredentialType::USER_PASS_PLAINTEXT),
+                &self.basic,
+            ) {
+                return Cred::userpass_plaintext(user, pass);
             }
             if allowed.contains(CredentialType::USERNAME) {
                 return Cred::username(user_from_url.unwrap_or("git"));
@@ -144,7 +151,8 @@ fn known_host(known_hosts: Option<&str>, host: &str, port: Option<u16>, key: &[u
         Some(p) if p != 22 => format!("[{host}]:{p}"),
         _ => host.to_string(),
     };
-    let Ok(entries) = ssh_key::known_hosts::KnownHosts::new(known_hosts).collect::<Result<Vec<_>, _>>()
+    let Ok(entries) =
+        ssh_key::known_hosts::KnownHosts::new(known_hosts).collect::<Result<Vec<_>, _>>()
     else {
         return false;
     };
@@ -196,6 +204,9 @@ mod tests {
         let auth = Auth::from_secret_data(&data).unwrap();
         let shown = format!("{auth:?}");
         assert!(shown.contains("alice"));
-        assert!(!shown.contains("s3cret-pw") && !shown.contains("tok3n"), "{shown}");
+        assert!(
+            !shown.contains("s3cret-pw") && !shown.contains("tok3n"),
+            "{shown}"
+        );
     }
 }

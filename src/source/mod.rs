@@ -52,7 +52,10 @@ impl RemoteUrl {
             }
             let url = url::Url::parse(raw).map_err(|_| invalid())?;
             let host = url.host_str().ok_or_else(invalid)?;
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             let mut shown = url.clone();
             let _ = shown.set_password(None);
             Ok(RemoteUrl {
@@ -65,7 +68,8 @@ impl RemoteUrl {
             // scp-style: [user@]host:path
             let (userhost, path) = raw.split_once(':').ok_or_else(invalid)?;
             let host = userhost.rsplit('@').next().unwrap_or(userhost);
-            if host.is_empty() || path.is_empty() || path.starts_with(':') || host.starts_with('-') {
+            if host.is_empty() || path.is_empty() || path.starts_with(':') || host.starts_with('-')
+            {
                 return Err(invalid());
             }
             Ok(RemoteUrl {
@@ -87,11 +91,21 @@ impl RemoteUrl {
     }
 
     fn error(&self, err: git2::Error) -> SourceError {
-        let message = err.message().replace(&self.raw, &self.redacted);
         let url = self.redacted.clone();
+        if err.code() == git2::ErrorCode::Certificate && err.class() == git2::ErrorClass::Ssh {
+            // libgit2 replaces the callback's words with its own; say what is wrong and what to do.
+            let host = match self.port {
+                Some(port) => format!("[{}]:{port}", self.host),
+                None => self.host.clone(),
+            };
+            let message = format!(
+                "{} for {host} (add it to known_hosts in the secretRef; host keys are never trusted on first use)",
+                auth::HOST_KEY_REJECTED
+            );
+            return SourceError::Authentication { url, message };
+        }
+        let message = err.message().replace(&self.raw, &self.redacted);
         let auth = err.code() == git2::ErrorCode::Auth
-            || err.code() == git2::ErrorCode::Certificate
-            || message.contains(auth::HOST_KEY_REJECTED)
             || message.contains("status code: 401")
             || message.contains("status code: 403");
         if auth {
@@ -119,7 +133,11 @@ pub fn redact(raw: &str) -> String {
     }
 }
 
-fn fetch_options<'a>(remote: &'a RemoteUrl, auth: &'a Auth, headers: &'a [String]) -> FetchOptions<'a> {
+fn fetch_options<'a>(
+    remote: &'a RemoteUrl,
+    auth: &'a Auth,
+    headers: &'a [String],
+) -> FetchOptions<'a> {
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(auth.callbacks(&remote.host, remote.port));
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
@@ -129,7 +147,8 @@ fn fetch_options<'a>(remote: &'a RemoteUrl, auth: &'a Auth, headers: &'a [String
 
 /// The remote's refs and the commits they point at (peeled for annotated tags), without fetching.
 pub fn ls_remote(remote: &RemoteUrl, auth: &Auth) -> Result<Vec<(String, Oid)>, SourceError> {
-    let mut detached = git2::Remote::create_detached(remote.as_str()).map_err(|e| remote.error(e))?;
+    let mut detached =
+        git2::Remote::create_detached(remote.as_str()).map_err(|e| remote.error(e))?;
     // git2's connect takes no custom headers, so a bearer token is only presented by `fetch`.
     let connection = detached
         .connect_auth(
@@ -139,7 +158,10 @@ pub fn ls_remote(remote: &RemoteUrl, auth: &Auth) -> Result<Vec<(String, Oid)>, 
         )
         .map_err(|e| remote.error(e))?;
     let heads = connection.list().map_err(|e| remote.error(e))?;
-    Ok(heads.iter().map(|h| (h.name().to_string(), h.oid())).collect())
+    Ok(heads
+        .iter()
+        .map(|h| (h.name().to_string(), h.oid()))
+        .collect())
 }
 
 /// Fetches `refspecs` from the remote into the bare repository at `git_dir`, creating it when
@@ -184,7 +206,10 @@ mod tests {
         assert_eq!(redact("git@h:x"), "git@h:x");
         let url = RemoteUrl::parse("https://alice:hunter2@git.example.com:8443/a.git").unwrap();
         assert_eq!(url.redacted(), "https://alice@git.example.com:8443/a.git");
-        assert_eq!((url.host.as_str(), url.port), ("git.example.com", Some(8443)));
+        assert_eq!(
+            (url.host.as_str(), url.port),
+            ("git.example.com", Some(8443))
+        );
     }
 
     #[test]
@@ -193,7 +218,12 @@ mod tests {
         assert_eq!((url.host.as_str(), url.port), ("github.com", None));
         let url = RemoteUrl::parse("ssh://git@127.0.0.1:2222/srv/app.git").unwrap();
         assert_eq!((url.host.as_str(), url.port), ("127.0.0.1", Some(2222)));
-        for bad in ["file:///etc", "ext::sh", "/srv/app.git", "-oProxyCommand=x:y"] {
+        for bad in [
+            "file:///etc",
+            "ext::sh",
+            "/srv/app.git",
+            "-oProxyCommand=x:y",
+        ] {
             assert!(RemoteUrl::parse(bad).is_err(), "{bad}");
         }
     }

@@ -1,0 +1,87 @@
+//! The source stage against real git servers: smart HTTP with basic auth, SSH with known_hosts.
+
+use std::collections::BTreeMap;
+
+use capstan::source::{self, Auth, RemoteUrl, SourceError};
+
+use crate::support::{Repo, git_server};
+
+fn fetch_main(url: &str, auth: &Auth) -> Result<git2::Oid, SourceError> {
+    let remote = RemoteUrl::parse(url)?;
+    let cache = tempfile::tempdir().unwrap();
+    let repo = source::fetch(
+        cache.path(),
+        &remote,
+        &["+refs/heads/main:refs/heads/main"],
+        Some(1),
+        auth,
+    )?;
+    let oid = repo.refname_to_id("refs/heads/main").unwrap();
+    Ok(oid)
+}
+
+fn basic(user: &str, password: &str) -> Auth {
+    Auth::from_secret_data(&BTreeMap::from([
+        ("username".to_string(), user.as_bytes().to_vec()),
+        ("password".to_string(), password.as_bytes().to_vec()),
+    ]))
+    .unwrap()
+}
+
+fn ssh(known_hosts: &str) -> Auth {
+    let gs = git_server();
+    let key = std::fs::read(gs.var("GIT_SSH_KEY")).unwrap();
+    Auth::from_secret_data(&BTreeMap::from([
+        ("identity".to_string(), key),
+        ("known_hosts".to_string(), known_hosts.as_bytes().to_vec()),
+    ]))
+    .unwrap()
+}
+
+#[test]
+fn http_with_basic_auth() {
+    let repo = Repo::create("http-basic", &[("a.yaml", "a: 1\n")]);
+    let head = repo.commit(&[("b.yaml", "b: 2\n")], "second");
+    let gs = git_server();
+    let fetched = fetch_main(
+        &repo.auth_url(),
+        &basic("capstan", gs.var("GIT_HTTP_PASSWORD")),
+    )
+    .unwrap();
+    assert_eq!(fetched.to_string(), head);
+
+    let err = fetch_main(&repo.auth_url(), &basic("capstan", "wrong-password")).unwrap_err();
+    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+    assert!(!err.to_string().contains("wrong-password"), "{err}");
+
+    let err = fetch_main(&repo.auth_url(), &Auth::default()).unwrap_err();
+    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+}
+
+#[test]
+fn ssh_with_known_hosts() {
+    let repo = Repo::create("ssh", &[("a.yaml", "a: 1\n")]);
+    let gs = git_server();
+    let known_hosts = std::fs::read_to_string(gs.var("GIT_SSH_KNOWN_HOSTS")).unwrap();
+    let fetched = fetch_main(&repo.ssh_url(), &ssh(&known_hosts)).unwrap();
+    let ls = source::ls_remote(
+        &RemoteUrl::parse(&repo.ssh_url()).unwrap(),
+        &ssh(&known_hosts),
+    )
+    .unwrap();
+    assert!(
+        ls.contains(&("refs/heads/main".to_string(), fetched)),
+        "{ls:?}"
+    );
+
+    // Another key for the same host and port: refused, as is a host missing from known_hosts.
+    let port = gs.var("GIT_SSH_PORT");
+    let wrong = format!(
+        "[127.0.0.1]:{port} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH6h4p1g4nqp3oE3yQ0mP3oX1nXxY2r7y2m1wq0a3b9Z\n"
+    );
+    for known_hosts in [wrong.as_str(), ""] {
+        let err = fetch_main(&repo.ssh_url(), &ssh(known_hosts)).unwrap_err();
+        assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+        assert!(err.to_string().contains("host key"), "{err}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests against real components: a local kube-apiserver + etcd and real git servers,
+//! started once for this test binary by the scripts in tests/env. Each test works in its own
+//! namespace and its own repositories.
+
+mod support;
+
+mod admission;
+mod git;

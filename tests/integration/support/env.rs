@@ -1,0 +1,175 @@
+//! Starts the control plane and the git servers once per test binary, through the same scripts
+//! people use (tests/env/*.sh), and tears them down when the binary exits (`--watch-pid`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+pub struct ControlPlane {
+    pub kubeconfig: PathBuf,
+    pub kube_bin: PathBuf,
+}
+
+pub struct GitServer {
+    pub vars: HashMap<String, String>,
+}
+
+impl GitServer {
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("gitserver.sh did not export {name}"))
+    }
+}
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A directory for this test binary's servers, under cargo's per-target temp dir. Directories
+/// left by earlier binaries whose process is gone are removed.
+fn run_dir(name: &str) -> PathBuf {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(pid) = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix("capstan-"))
+                .and_then(|n| n.split('-').next())
+            else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    base.join(format!("capstan-{}-{name}", std::process::id()))
+}
+
+/// Runs `script up DIR --watch-pid <this process>` and parses the `export K='V'` lines it prints.
+fn up(script: &str, dir: &Path) -> HashMap<String, String> {
+    let output = Command::new(repo_root().join("tests/env").join(script))
+        .arg("up")
+        .arg(dir)
+        .arg("--watch-pid")
+        .arg(std::process::id().to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(
+        output.status.success(),
+        "{script} up failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_exports(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn parse_exports(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("export "))
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| {
+            // Single-quoted, with ' written as '\''; PATH's trailing :"$PATH" is not a value we use.
+            let v = v.strip_prefix('\'')?;
+            let v = v.strip_suffix('\'').unwrap_or(v.split("':").next()?);
+            Some((k.to_string(), v.replace("'\\''", "'")))
+        })
+        .collect()
+}
+
+pub fn control_plane() -> &'static ControlPlane {
+    static CP: OnceLock<ControlPlane> = OnceLock::new();
+    CP.get_or_init(|| {
+        let vars = up("controlplane.sh", &run_dir("cp"));
+        let cp = ControlPlane {
+            kubeconfig: vars["KUBECONFIG"].clone().into(),
+            kube_bin: vars["CAPSTAN_KUBE_BIN"].clone().into(),
+        };
+        cp.kubectl(&["apply", "--server-side", "-f", "crds/gitrepository.yaml"]);
+        cp.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/gitrepositories.capstan.dev",
+        ]);
+        cp
+    })
+}
+
+impl ControlPlane {
+    /// Runs kubectl against the test control plane from the repository root; panics on failure.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let output = Command::new(self.kube_bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .current_dir(repo_root())
+            .output()
+            .expect("running kubectl");
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+pub fn git_server() -> &'static GitServer {
+    static GS: OnceLock<GitServer> = OnceLock::new();
+    GS.get_or_init(|| GitServer {
+        vars: up("gitserver.sh", &run_dir("git")),
+    })
+}
+
+/// A client for the test control plane. One per test: a client is bound to the runtime that
+/// made it, and every `#[tokio::test]` has its own.
+pub async fn client() -> Client {
+    let cp = control_plane();
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("reading kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// Creates a fresh namespace named after the test.
+pub async fn namespace(client: &Client, test: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{}-{}-{}",
+        test.replace('_', "-"),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name}
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("creating namespace");
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exports_are_parsed() {
+        let vars = super::parse_exports(
+            "export A='x'\nexport B='it'\\''s'\nexport PATH='/bin':\"$PATH\"\nnoise\n",
+        );
+        assert_eq!(vars["A"], "x");
+        assert_eq!(vars["B"], "it's");
+        assert_eq!(vars["PATH"], "/bin");
+    }
+}

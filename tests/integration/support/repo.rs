@@ -1,0 +1,89 @@
+//! Repositories on the test git servers, changed with the git command line (the server side of a
+//! test, not the code under test).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::env::git_server;
+
+pub struct Repo {
+    pub name: String,
+    work: tempfile::TempDir,
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args([
+            "-c",
+            "user.name=capstan-test",
+            "-c",
+            "user.email=test@capstan.dev",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running git");
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+impl Repo {
+    /// A new bare repository on the servers, with `files` committed on `main`.
+    pub fn create(name: &str, files: &[(&str, &str)]) -> Repo {
+        let gs = git_server();
+        let name = format!("{name}-{}", std::process::id());
+        let bare = PathBuf::from(gs.var("GIT_REPO_ROOT")).join(format!("{name}.git"));
+        git(
+            Path::new("/"),
+            &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+        );
+        git(&bare, &["config", "http.receivepack", "true"]);
+        let work = tempfile::tempdir().unwrap();
+        git(work.path(), &["init", "-q", "-b", "main"]);
+        git(
+            work.path(),
+            &["remote", "add", "origin", bare.to_str().unwrap()],
+        );
+        let repo = Repo { name, work };
+        repo.commit(files, "initial");
+        repo
+    }
+
+    /// Writes `files` (path, content), commits and pushes the current branch; returns the SHA.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (path, content) in files {
+            let path = self.work.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        git(self.work.path(), &["add", "-A"]);
+        git(
+            self.work.path(),
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
+        git(self.work.path(), &["push", "-q", "origin", "HEAD"]);
+        git(self.work.path(), &["rev-parse", "HEAD"])
+    }
+
+    pub fn auth_url(&self) -> String {
+        format!(
+            "{}/{}.git",
+            git_server().var("GIT_HTTP_AUTH_URL"),
+            self.name
+        )
+    }
+
+    pub fn ssh_url(&self) -> String {
+        let gs = git_server();
+        format!(
+            "{}{}/{}.git",
+            gs.var("GIT_SSH_URL"),
+            gs.var("GIT_SSH_REPO_ROOT"),
+            self.name
+        )
+    }
+}

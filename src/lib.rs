@@ -2,4 +2,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod apply;
+pub mod controller;
+pub mod render;
 pub mod source;
+pub mod status;
+pub mod telemetry;

@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator against the cluster of the current kubeconfig or in-cluster config.
+    Controller(capstan::controller::Config),
     /// Print the GitRepository CustomResourceDefinition as YAML.
     Crd {
         /// Write it to this file instead of stdout.
@@ -32,6 +34,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Controller(config) => {
+            capstan::telemetry::init(config.log_format, &config.log_level)?;
+            capstan::controller::run(config).await?;
+        }
         Command::Crd { output } => {
             let yaml = capstan::api::crd_yaml(&GitRepository::crd())?;
             match output {

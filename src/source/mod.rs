@@ -2,12 +2,16 @@
 //! remote, fetches into a cache, and presents credentials. Blocking; callers run it off the runtime.
 
 mod auth;
+mod cache;
+pub mod resolve;
 
 use std::path::Path;
 
 use git2::{Direction, FetchOptions, Oid, Repository};
 
 pub use auth::Auth;
+pub use cache::{Cache, CheckError};
+pub use resolve::Resolved;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

@@ -5,4 +5,6 @@
 mod support;
 
 mod admission;
+mod bad_input;
 mod git;
+mod sync;

@@ -14,6 +14,7 @@ use kube::{Client, Config};
 pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     pub kube_bin: PathBuf,
+    pub audit_log: PathBuf,
 }
 
 pub struct GitServer {
@@ -21,6 +22,54 @@ pub struct GitServer {
 }
 
 impl GitServer {
+    /// Requests the HTTP server logged for `repo` with `method` whose path ends in `suffix`:
+    /// `("GET", "/info/refs")` is a ref advertisement, `("POST", "/git-upload-pack")` a fetch.
+    pub async fn requests(&self, repo: &super::Repo, method: &str, suffix: &str) -> usize {
+        let path = format!("/{}.git{suffix}", repo.name);
+        self.access_log()
+            .await
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("\"{method} "))
+                    && l.split_whitespace()
+                        .any(|w| w.split('?').next().is_some_and(|p| p.ends_with(&path)))
+            })
+            .count()
+    }
+
+    /// The HTTP server's access log, complete up to now. lighttpd buffers it and flushes every
+    /// few seconds, so a marker request is sent and awaited: every request before it is written.
+    async fn access_log(&self) -> String {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let marker = format!(
+            "/git/flush-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = std::net::TcpStream::connect((
+            "127.0.0.1",
+            self.var("GIT_HTTP_PORT").parse::<u16>().unwrap(),
+        ))
+        .unwrap();
+        write!(conn, "GET {marker} HTTP/1.0\r\n\r\n").unwrap();
+        let _ = conn.read_to_end(&mut Vec::new());
+        let log = Path::new(self.var("GIT_SERVER_DIR")).join("lighttpd-access.log");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(&format!("{marker} ")) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lighttpd did not flush its access log"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn var(&self, name: &str) -> &str {
         self.vars
             .get(name)
@@ -91,6 +140,7 @@ pub fn control_plane() -> &'static ControlPlane {
         let cp = ControlPlane {
             kubeconfig: vars["KUBECONFIG"].clone().into(),
             kube_bin: vars["CAPSTAN_KUBE_BIN"].clone().into(),
+            audit_log: vars["CAPSTAN_AUDIT_LOG"].clone().into(),
         };
         cp.kubectl(&["apply", "--server-side", "-f", "crds/gitrepository.yaml"]);
         cp.kubectl(&[

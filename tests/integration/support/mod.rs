@@ -1,6 +1,10 @@
-//! Test support: the shared control plane and git servers, clients, namespaces, repositories.
+//! Test support: the shared control plane and git servers, clients, namespaces, repositories,
+//! an in-process controller per test, and the API server's audit log.
 
+pub mod audit;
+pub mod controller;
 pub mod env;
+pub mod proxy;
 pub mod repo;
 
 pub use env::{client, git_server, namespace};

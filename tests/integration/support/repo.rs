@@ -42,6 +42,8 @@ impl Repo {
             &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
         );
         git(&bare, &["config", "http.receivepack", "true"]);
+        // Tests delete `main` to see a GitRepository lose its branch.
+        git(&bare, &["config", "receive.denyDeleteCurrent", "ignore"]);
         let work = tempfile::tempdir().unwrap();
         git(work.path(), &["init", "-q", "-b", "main"]);
         git(
@@ -66,7 +68,66 @@ impl Repo {
             &["commit", "-q", "--allow-empty", "-m", message],
         );
         git(self.work.path(), &["push", "-q", "origin", "HEAD"]);
+        self.head()
+    }
+
+    /// The commit the work tree's current branch points at (what was pushed last).
+    pub fn head(&self) -> String {
         git(self.work.path(), &["rev-parse", "HEAD"])
+    }
+
+    /// Removes `paths`, commits and pushes.
+    pub fn remove(&self, paths: &[&str], message: &str) -> String {
+        let mut args = vec!["rm", "-q"];
+        args.extend(paths);
+        git(self.work.path(), &args);
+        self.commit(&[], message)
+    }
+
+    /// Creates `branch` from the current commit, switches to it and commits `files` on it.
+    pub fn branch(&self, branch: &str, files: &[(&str, &str)]) -> String {
+        git(self.work.path(), &["checkout", "-q", "-b", branch]);
+        self.commit(files, &format!("on {branch}"))
+    }
+
+    pub fn checkout(&self, branch: &str) {
+        git(self.work.path(), &["checkout", "-q", branch]);
+    }
+
+    /// An annotated tag on the current commit, pushed.
+    pub fn tag(&self, tag: &str) {
+        git(self.work.path(), &["tag", "-a", "-m", tag, tag]);
+        git(self.work.path(), &["push", "-q", "origin", tag]);
+    }
+
+    /// Deletes `branch` on the server.
+    pub fn delete_branch(&self, branch: &str) {
+        git(
+            self.work.path(),
+            &["push", "-q", "origin", &format!(":{branch}")],
+        );
+    }
+
+    /// Replaces the current branch on the server with a new single commit holding `files`
+    /// (a history rewrite), and returns its SHA.
+    pub fn force_push(&self, files: &[(&str, &str)]) -> String {
+        git(self.work.path(), &["checkout", "-q", "--orphan", "rewrite"]);
+        git(self.work.path(), &["rm", "-rq", "--cached", "."]);
+        git(self.work.path(), &["clean", "-fdq"]);
+        for (path, content) in files {
+            let path = self.work.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        git(self.work.path(), &["add", "-A"]);
+        git(self.work.path(), &["commit", "-q", "-m", "rewritten"]);
+        git(self.work.path(), &["branch", "-M", "main"]);
+        git(self.work.path(), &["push", "-q", "-f", "origin", "main"]);
+        self.head()
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("{}/{}.git", git_server().var("GIT_HTTP_URL"), self.name)
     }
 
     pub fn auth_url(&self) -> String {

@@ -1,0 +1,626 @@
+//! The apply stage: discovery, server-side apply in dependency order (CRDs and Namespaces first),
+//! ownership markers, and pruning what left git. Talks to the API server; decides nothing about
+//! status (see `status.rs`).
+
+mod inventory;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::discovery::{ApiCapabilities, Scope};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
+
+pub use inventory::{ObjectId, apply_tier, prune_blocked, prune_candidates};
+
+use crate::api::{
+    FIELD_MANAGER, InventoryEntry, OWNER_ANNOTATION, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL,
+    PRUNE_ANNOTATION,
+};
+use crate::render::Manifest;
+
+/// The GitRepository an object belongs to, as written onto every object Capstan applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Owner {
+    /// `<namespace>/<name>`: the ownership annotation's value, checked before every prune.
+    pub fn annotation(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Label values are at most 63 characters; longer names are replaced by a stable hash
+    /// (the annotation keeps the full name).
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (OWNER_NAME_LABEL.to_string(), label_value(&self.name)),
+            (OWNER_NAMESPACE_LABEL.to_string(), self.namespace.clone()),
+        ])
+    }
+}
+
+fn label_value(value: &str) -> String {
+    if value.len() <= 63 {
+        return value.to_string();
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    format!(
+        "{}-{:016x}",
+        &value[..46].trim_end_matches(['-', '.']),
+        h.finish()
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{failed} of {total} objects failed to apply: {first}")]
+    Objects {
+        failed: usize,
+        total: usize,
+        first: String,
+    },
+    #[error("CustomResourceDefinition {name} did not become Established in time")]
+    CrdNotEstablished { name: String },
+    #[error("pruning failed: {0}")]
+    Prune(String),
+    #[error("{0}")]
+    InvalidSpec(String),
+}
+
+impl ApplyError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApplyError::Objects { .. } | ApplyError::CrdNotEstablished { .. } => "ApplyFailed",
+            ApplyError::Prune(_) => "PruneFailed",
+            ApplyError::InvalidSpec(_) => "InvalidSpec",
+        }
+    }
+}
+
+/// What happened to one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+    Failed(String),
+}
+
+/// The outcome of applying a rendered set.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Every rendered object, in apply order, with the version it was applied with.
+    pub objects: Vec<(ObjectId, String, Action)>,
+    /// Digest of what was sent, per inventory id, for objects now in the cluster as rendered.
+    pub digests: HashMap<String, u64>,
+}
+
+impl ApplyReport {
+    pub fn failures(&self) -> impl Iterator<Item = (&ObjectId, &str)> {
+        self.objects.iter().filter_map(|(id, _, a)| match a {
+            Action::Failed(m) => Some((id, m.as_str())),
+            _ => None,
+        })
+    }
+
+    pub fn count(&self, want: fn(&Action) -> bool) -> i64 {
+        self.objects.iter().filter(|(_, _, a)| want(a)).count() as i64
+    }
+
+    /// The error for the whole apply, when any object failed.
+    pub fn error(&self) -> Option<ApplyError> {
+        let mut failures = self.failures();
+        let (id, message) = failures.next()?;
+        Some(ApplyError::Objects {
+            failed: 1 + failures.count(),
+            total: self.objects.len(),
+            first: format!("{}: {message}", id.display_name()),
+        })
+    }
+}
+
+/// Options that shape one apply.
+pub struct ApplyOptions<'a> {
+    pub owner: &'a Owner,
+    /// Namespace for namespaced objects that name none.
+    pub default_namespace: &'a str,
+    /// Inventory ids applied before (decides Created vs Configured).
+    pub previous: &'a HashSet<String>,
+    /// Digests of what was last sent; an object whose digest matches is not sent again.
+    pub previous_digests: &'a HashMap<String, u64>,
+    pub timeout: Duration,
+}
+
+/// Applies and prunes. Holds the discovery cache shared by all GitRepositories.
+pub struct Applier {
+    kinds: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
+    concurrency: usize,
+}
+
+struct Prepared {
+    id: ObjectId,
+    resource: ApiResource,
+    namespaced: bool,
+    object: Value,
+    digest: u64,
+}
+
+impl Applier {
+    pub fn new(concurrency: usize) -> Self {
+        Applier {
+            kinds: Mutex::new(HashMap::new()),
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    /// Resolves a kind through discovery, cached; a kind not served is looked up again next time
+    /// (its CRD may have been installed since).
+    async fn kind(
+        &self,
+        client: &Client,
+        gvk: &GroupVersionKind,
+    ) -> Result<(ApiResource, ApiCapabilities), String> {
+        if let Some(found) = self.kinds.lock().expect("kinds lock").get(gvk) {
+            return Ok(found.clone());
+        }
+        match kube::discovery::pinned_kind(client, gvk).await {
+            Ok(found) => {
+                self.kinds
+                    .lock()
+                    .expect("kinds lock")
+                    .insert(gvk.clone(), found.clone());
+                Ok(found)
+            }
+            Err(kube::Error::Discovery(_)) => Err(format!(
+                "the API server does not serve kind {} in {} (is its CustomResourceDefinition installed?)",
+                gvk.kind,
+                gvk_api_version(gvk)
+            )),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(format!(
+                "the API server does not serve {} (is its CustomResourceDefinition installed?)",
+                gvk_api_version(gvk)
+            )),
+            Err(other) => Err(format!("discovery of {}: {other}", gvk.kind)),
+        }
+    }
+
+    /// Applies `manifests` with server-side apply: CRDs and Namespaces first, then, once new CRDs
+    /// are Established, everything else. Every object is attempted; failures are reported per
+    /// object. Objects whose digest matches what was last sent are not sent again.
+    pub async fn apply(
+        &self,
+        client: &Client,
+        manifests: &[Manifest],
+        opts: &ApplyOptions<'_>,
+    ) -> Result<ApplyReport, ApplyError> {
+        let mut report = ApplyReport::default();
+        for tier in [0u8, 1] {
+            let batch: Vec<&Manifest> = manifests
+                .iter()
+                .filter(|m| apply_tier(&manifest_id_hint(&m.object)) == tier)
+                .collect();
+            // Collected first: a closure over borrowed items kept inside the stream's type makes
+            // the reconcile future fail the controller's higher-ranked Send bounds.
+            let futures: Vec<_> = batch
+                .into_iter()
+                .map(|m| self.apply_one(client, m, opts))
+                .collect();
+            let results: Vec<Outcome> = stream::iter(futures)
+                .buffered(self.concurrency)
+                .collect()
+                .await;
+            let mut new_crds = Vec::new();
+            for Outcome {
+                id,
+                version,
+                action,
+                digest,
+            } in results
+            {
+                if let (Some(digest), false) = (digest, matches!(action, Action::Failed(_))) {
+                    report.digests.insert(id.to_string(), digest);
+                }
+                if id.is_crd() && matches!(action, Action::Created | Action::Configured) {
+                    new_crds.push(id.name.clone());
+                }
+                report.objects.push((id, version, action));
+            }
+            for name in new_crds {
+                wait_established(client, &name, opts.timeout).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn apply_one(
+        &self,
+        client: &Client,
+        manifest: &Manifest,
+        opts: &ApplyOptions<'_>,
+    ) -> Outcome {
+        let version = gvk_of(&manifest.object).version;
+        let prepared = match self.prepare(client, manifest, opts).await {
+            Ok(p) => p,
+            Err(message) => {
+                return Outcome {
+                    id: manifest_id_hint(&manifest.object),
+                    version,
+                    action: Action::Failed(message),
+                    digest: None,
+                };
+            }
+        };
+        let id_str = prepared.id.to_string();
+        let action = if opts.previous_digests.get(&id_str) == Some(&prepared.digest) {
+            Action::Unchanged
+        } else {
+            let api: Api<DynamicObject> = if prepared.namespaced {
+                Api::namespaced_with(client.clone(), &prepared.id.namespace, &prepared.resource)
+            } else {
+                Api::all_with(client.clone(), &prepared.resource)
+            };
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            match api
+                .patch(&prepared.id.name, &params, &Patch::Apply(&prepared.object))
+                .await
+            {
+                Ok(_) if opts.previous.contains(&id_str) => Action::Configured,
+                Ok(_) => Action::Created,
+                Err(kube::Error::Api(s)) => Action::Failed(s.message),
+                Err(e) => Action::Failed(e.to_string()),
+            }
+        };
+        Outcome {
+            id: prepared.id,
+            version,
+            action,
+            digest: Some(prepared.digest),
+        }
+    }
+
+    async fn prepare(
+        &self,
+        client: &Client,
+        manifest: &Manifest,
+        opts: &ApplyOptions<'_>,
+    ) -> Result<Prepared, String> {
+        let mut object = manifest.object.clone();
+        let gvk = gvk_of(&object);
+        let (resource, caps) = self
+            .kind(client, &gvk)
+            .await
+            .map_err(|e| format!("{e} ({})", manifest.source))?;
+        let namespaced = caps.scope == Scope::Namespaced;
+        let metadata = object
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| format!("{}: metadata is not a mapping", manifest.source))?;
+        if namespaced {
+            let ns = metadata
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if ns.is_empty() {
+                metadata.insert("namespace".into(), opts.default_namespace.into());
+            }
+        } else {
+            metadata.remove("namespace");
+        }
+        for (key, value) in [
+            ("labels", opts.owner.labels()),
+            (
+                "annotations",
+                BTreeMap::from([(OWNER_ANNOTATION.to_string(), opts.owner.annotation())]),
+            ),
+        ] {
+            let map = metadata
+                .entry(key)
+                .or_insert_with(|| Value::Object(Default::default()));
+            let map = map
+                .as_object_mut()
+                .ok_or_else(|| format!("{}: metadata.{key} is not a mapping", manifest.source))?;
+            for (k, v) in value {
+                map.insert(k, v.into());
+            }
+        }
+        let id = ObjectId {
+            namespace: if namespaced {
+                metadata["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            } else {
+                String::new()
+            },
+            name: metadata["name"].as_str().unwrap_or_default().to_string(),
+            group: gvk.group.clone(),
+            kind: gvk.kind.clone(),
+        };
+        let digest = digest(&object);
+        Ok(Prepared {
+            id,
+            resource,
+            namespaced,
+            object,
+            digest,
+        })
+    }
+
+    /// Deletes the inventory entries in `candidates` (already in prune order) that still carry
+    /// this owner's marker and are not marked `capstan.dev/prune: disabled`. Returns the ids that
+    /// are gone or released (no longer managed), and the ids still present (deleting, or failed).
+    pub async fn prune(
+        &self,
+        client: &Client,
+        candidates: &[InventoryEntry],
+        owner: &Owner,
+    ) -> PruneReport {
+        let mut report = PruneReport::default();
+        for entry in candidates {
+            match self.prune_one(client, entry, owner).await {
+                Ok(PruneResult::Deleted) => report.deleted.push(entry.id.clone()),
+                Ok(PruneResult::Released) => report.released.push(entry.id.clone()),
+                Ok(PruneResult::Pending) => report.pending.push(entry.clone()),
+                Err(message) => {
+                    report.pending.push(entry.clone());
+                    report.errors.push(format!("{}: {message}", entry.id));
+                }
+            }
+        }
+        report
+    }
+
+    async fn prune_one(
+        &self,
+        client: &Client,
+        entry: &InventoryEntry,
+        owner: &Owner,
+    ) -> Result<PruneResult, String> {
+        let api = self.api_for_entry(client, entry).await?;
+        let Some(id) = ObjectId::parse(&entry.id) else {
+            return Ok(PruneResult::Released);
+        };
+        let live = match api.get_opt(&id.name).await.map_err(|e| e.to_string())? {
+            None => return Ok(PruneResult::Deleted),
+            Some(live) => live,
+        };
+        let annotations = live.annotations();
+        if annotations.get(OWNER_ANNOTATION) != Some(&owner.annotation()) {
+            // Taken over by someone else: not ours to delete any more.
+            return Ok(PruneResult::Released);
+        }
+        if annotations.get(PRUNE_ANNOTATION).map(String::as_str) == Some("disabled") {
+            return Ok(PruneResult::Released);
+        }
+        if live.metadata.deletion_timestamp.is_some() {
+            return Ok(PruneResult::Pending);
+        }
+        let params = DeleteParams {
+            preconditions: live.uid().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&id.name, &params).await {
+            Ok(either) => Ok(if either.is_right() {
+                PruneResult::Deleted
+            } else {
+                // Still there with a deletionTimestamp: a finalizer holds it.
+                PruneResult::Pending
+            }),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(PruneResult::Deleted),
+            Err(kube::Error::Api(s)) => Err(s.message),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Removes this owner's markers from the objects in `entries` (deletionPolicy Orphan).
+    pub async fn release(
+        &self,
+        client: &Client,
+        entries: &[InventoryEntry],
+        owner: &Owner,
+    ) -> Result<(), String> {
+        let futures: Vec<_> = entries
+            .iter()
+            .map(|entry| async move {
+                let api = self.api_for_entry(client, entry).await?;
+                let Some(id) = ObjectId::parse(&entry.id) else {
+                    return Ok(());
+                };
+                let Some(live) = api.get_opt(&id.name).await.map_err(|e| e.to_string())? else {
+                    return Ok(());
+                };
+                if live.annotations().get(OWNER_ANNOTATION) != Some(&owner.annotation()) {
+                    return Ok(());
+                }
+                let mut labels = serde_json::Map::new();
+                for key in owner.labels().keys() {
+                    labels.insert(key.clone(), Value::Null);
+                }
+                let patch = serde_json::json!({"metadata": {
+                    "labels": labels,
+                    "annotations": {OWNER_ANNOTATION: null},
+                }});
+                match api
+                    .patch(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                    Err(e) => Err(format!("{}: {e}", entry.id)),
+                }
+            })
+            .collect();
+        stream::iter(futures)
+            .buffer_unordered(self.concurrency)
+            .try_collect()
+            .await
+    }
+
+    async fn api_for_entry(
+        &self,
+        client: &Client,
+        entry: &InventoryEntry,
+    ) -> Result<Api<DynamicObject>, String> {
+        let id =
+            ObjectId::parse(&entry.id).ok_or_else(|| format!("bad inventory id {:?}", entry.id))?;
+        let gvk = GroupVersionKind::gvk(&id.group, &entry.v, &id.kind);
+        let (resource, caps) = self.kind(client, &gvk).await?;
+        Ok(if caps.scope == Scope::Namespaced {
+            Api::namespaced_with(client.clone(), &id.namespace, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        })
+    }
+}
+
+struct Outcome {
+    id: ObjectId,
+    version: String,
+    action: Action,
+    digest: Option<u64>,
+}
+
+enum PruneResult {
+    Deleted,
+    Released,
+    Pending,
+}
+
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    /// Gone from the cluster.
+    pub deleted: Vec<String>,
+    /// Left in the cluster and no longer managed (marked prune-disabled, or owned by another).
+    pub released: Vec<String>,
+    /// Still in the cluster and still managed: deleting (finalizers), or the delete failed.
+    pub pending: Vec<InventoryEntry>,
+    pub errors: Vec<String>,
+}
+
+async fn wait_established(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), ApplyError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let established = |crd: &CustomResourceDefinition| {
+        crd.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if api.get(name).await.is_ok_and(|crd| established(&crd)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApplyError::CrdNotEstablished { name: name.into() });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn api_version(object: &Value) -> &str {
+    object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn gvk_of(object: &Value) -> GroupVersionKind {
+    let (group, version) = match api_version(object).split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version(object)),
+    };
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    GroupVersionKind::gvk(group, version, kind)
+}
+
+fn gvk_api_version(gvk: &GroupVersionKind) -> String {
+    if gvk.group.is_empty() {
+        gvk.version.clone()
+    } else {
+        format!("{}/{}", gvk.group, gvk.version)
+    }
+}
+
+/// The identity as far as the manifest alone tells it (no defaulted namespace): enough to order
+/// applies and to name an object whose kind could not be resolved.
+fn manifest_id_hint(object: &Value) -> ObjectId {
+    let gvk = gvk_of(object);
+    let meta = object.get("metadata");
+    let field = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    ObjectId {
+        namespace: field("namespace"),
+        name: field("name"),
+        group: gvk.group,
+        kind: gvk.kind,
+    }
+}
+
+/// A digest of exactly what would be sent; serde_json maps are ordered, so it is stable.
+fn digest(object: &Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    object.to_string().hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_hashed_into_label_values() {
+        let owner = Owner {
+            namespace: "apps".into(),
+            name: "a".repeat(100),
+        };
+        let labels = owner.labels();
+        let value = &labels[OWNER_NAME_LABEL];
+        assert!(value.len() <= 63, "{value}");
+        assert_ne!(value, &owner.name);
+        let short = Owner {
+            namespace: "apps".into(),
+            name: "web".into(),
+        };
+        assert_eq!(short.labels()[OWNER_NAME_LABEL], "web");
+        assert_eq!(short.annotation(), "apps/web");
+    }
+
+    #[test]
+    fn tiers_put_crds_and_namespaces_first() {
+        let crd = serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "x"}});
+        let ns =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}});
+        let cm =
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}});
+        assert_eq!(apply_tier(&manifest_id_hint(&crd)), 0);
+        assert_eq!(apply_tier(&manifest_id_hint(&ns)), 0);
+        assert_eq!(apply_tier(&manifest_id_hint(&cm)), 1);
+    }
+}

@@ -1,0 +1,205 @@
+//! Render stage: turns a checked-out directory into the ordered list of Kubernetes objects to apply.
+//! It is pure: it reads files under the checkout and nothing else, and never sees a kube Client,
+//! the network or the cluster; what to do with the objects is decided downstream.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+mod objects;
+mod parse;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+/// 4 MiB per file: far above any hand-written manifest, and checked before a byte is read, so one
+/// huge generated file cannot make the operator allocate without bound.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// 64 MiB for the whole render: the parsed objects are held in memory at once.
+pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 64 * 1024 * 1024;
+/// 10,000 manifest files: more than that is almost surely the wrong `spec.path`.
+pub const DEFAULT_MAX_FILES: usize = 10_000;
+/// YAML nesting depth 64: real manifests (CRD schemas included) stay well below; deeper input is
+/// a stack-exhaustion attempt rather than configuration.
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+/// 1,000 YAML aliases: manifests rarely use anchors at all, and each alias can multiply memory.
+pub const DEFAULT_MAX_ALIASES: usize = 1_000;
+
+/// Bounds on what one render may read and build, so a hostile repository fails the render
+/// instead of the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest manifest file, in bytes.
+    pub max_file_bytes: u64,
+    /// Largest sum of all manifest files, in bytes.
+    pub max_total_bytes: u64,
+    /// Most manifest files (`.yaml`, `.yml`, `.json`) under the path.
+    pub max_files: usize,
+    /// Deepest YAML nesting of sequences and mappings.
+    pub max_depth: usize,
+    /// Most YAML aliases (`*name`) in one file.
+    pub max_aliases: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
+            max_files: DEFAULT_MAX_FILES,
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_aliases: DEFAULT_MAX_ALIASES,
+        }
+    }
+}
+
+/// One rendered object, with where it came from (for error messages and `capstan render`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// The file's path relative to the checkout root, `#`, and the 1-based index of the document
+    /// among the file's non-empty documents, e.g. `deploy/app.yaml#2`. Items of a `v1` `List`
+    /// add `/` and their 1-based position: `deploy/list.yaml#1/3`.
+    pub source: String,
+    /// The object exactly as written: validated, never defaulted or rewritten.
+    pub object: Value,
+}
+
+/// Why a revision could not be rendered. Every variant rejects the whole revision: applying part
+/// of a repository, or treating a broken one as empty, could prune live objects.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(
+        "{file}: {renderer} rendering is not supported yet; only plain YAML/JSON directories are"
+    )]
+    Unsupported {
+        file: String,
+        renderer: &'static str,
+    },
+    #[error("path {path:?} resolves outside the repository")]
+    PathEscapes { path: String },
+    #[error("path {path:?} does not exist in the repository")]
+    PathNotFound { path: String },
+    #[error("path {path:?} is a file, not a directory")]
+    NotADirectory { path: String },
+    #[error("invalid ignore pattern: {message}")]
+    InvalidIgnore { message: String },
+    #[error("{file}: symlink points outside the repository")]
+    SymlinkEscapes { file: String },
+    #[error("more than {limit} manifest files")]
+    TooManyFiles { limit: usize },
+    #[error("{file}: {size} bytes is over the limit of {limit} bytes per file")]
+    FileTooLarge { file: String, size: u64, limit: u64 },
+    #[error("manifests add up to {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+    /// `line` is 1-based; 0 only when the parser could not tell.
+    #[error("{file}{}: invalid YAML: {message}", at_line(*.line))]
+    Yaml {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    /// `line` is 1-based; 0 only when the parser could not tell.
+    #[error("{file}{}: invalid JSON: {message}", at_line(*.line))]
+    Json {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    // Not named `source`: thiserror would take a field of that name for the error's cause.
+    #[error("{origin}: {message}")]
+    InvalidObject { origin: String, message: String },
+    #[error("{id} is defined twice: in {first} and in {second}")]
+    Duplicate {
+        id: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "path {path:?} renders no objects; an empty render is refused rather than pruning everything"
+    )]
+    Empty { path: String },
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+}
+
+impl RenderError {
+    /// The Ready condition's reason for this error.
+    pub fn reason(&self) -> &'static str {
+        "BuildFailed"
+    }
+}
+
+fn at_line(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}")
+    }
+}
+
+/// How a directory is turned into objects. Only `Plain` exists now; kustomize and Helm get their
+/// own variants and are chosen by the marker file at the top of the directory.
+enum Renderer {
+    Plain,
+}
+
+/// Marker files that select another renderer, with that renderer's name for the error.
+const UNSUPPORTED_MARKERS: &[(&str, &str)] = &[
+    ("kustomization.yaml", "kustomize"),
+    ("kustomization.yml", "kustomize"),
+    ("Kustomization", "kustomize"),
+    ("Chart.yaml", "Helm"),
+];
+
+fn choose_renderer(dir: &walk::Resolved) -> Result<Renderer, RenderError> {
+    for (name, renderer) in UNSUPPORTED_MARKERS {
+        // symlink_metadata: a dangling or escaping marker still says what the author meant.
+        if dir.dir.join(name).symlink_metadata().is_ok() {
+            return Err(RenderError::Unsupported {
+                file: dir.rel_file(name),
+                renderer,
+            });
+        }
+    }
+    Ok(Renderer::Plain)
+}
+
+/// Renders the manifests under `path` (`spec.path`, relative to `root`; `None` is the root)
+/// into objects, ordered by file path and then by position in the file.
+///
+/// `ignore` holds gitignore-syntax patterns matched against paths relative to `path`.
+pub fn render(
+    root: &Path,
+    path: Option<&str>,
+    ignore: Option<&str>,
+    limits: &Limits,
+) -> Result<Vec<Manifest>, RenderError> {
+    let dir = walk::resolve(root, path)?;
+    match choose_renderer(&dir)? {
+        Renderer::Plain => render_plain(&dir, ignore, limits),
+    }
+}
+
+fn render_plain(
+    dir: &walk::Resolved,
+    ignore: Option<&str>,
+    limits: &Limits,
+) -> Result<Vec<Manifest>, RenderError> {
+    let files = walk::manifest_files(dir, ignore, limits)?;
+    let mut objects = objects::Collector::default();
+    for file in &files {
+        let bytes = walk::read_capped(file, limits)?;
+        let documents = parse::documents(&file.rel, &bytes, file.format, limits)?;
+        for (i, document) in documents.into_iter().enumerate() {
+            objects.add_document(&file.rel, i + 1, document)?;
+        }
+    }
+    let manifests = objects.finish();
+    if manifests.is_empty() {
+        return Err(RenderError::Empty {
+            path: dir.display.clone(),
+        });
+    }
+    Ok(manifests)
+}

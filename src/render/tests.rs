@@ -1,0 +1,720 @@
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tempfile::TempDir;
+
+use super::*;
+
+fn cm(name: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n")
+}
+
+fn write(root: &Path, rel: &str, contents: &str) {
+    let path = root.join(rel);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, contents).unwrap();
+}
+
+fn tree(files: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (rel, contents) in files {
+        write(dir.path(), rel, contents);
+    }
+    dir
+}
+
+fn run(
+    root: &TempDir,
+    path: Option<&str>,
+    ignore: Option<&str>,
+) -> Result<Vec<Manifest>, RenderError> {
+    render(root.path(), path, ignore, &Limits::default())
+}
+
+fn sources(manifests: &[Manifest]) -> Vec<&str> {
+    manifests.iter().map(|m| m.source.as_str()).collect()
+}
+
+fn names(manifests: &[Manifest]) -> Vec<&str> {
+    manifests
+        .iter()
+        .map(|m| m.object["metadata"]["name"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn multi_document_file_skips_empty_documents() {
+    let text = format!(
+        "---\n# only a comment\n---\n{}---\n---\n~\n---\n{}---\n",
+        cm("a"),
+        cm("b")
+    );
+    let root = tree(&[("app.yaml", &text)]);
+    let out = run(&root, None, None).unwrap();
+    assert_eq!(sources(&out), ["app.yaml#1", "app.yaml#2"]);
+    assert_eq!(names(&out), ["a", "b"]);
+    assert_eq!(
+        out[0].object,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}})
+    );
+}
+
+#[test]
+fn order_is_by_path_bytes_across_directories() {
+    let root = tree(&[
+        ("b.yaml", &cm("b")),
+        ("a/z.yaml", &cm("az")),
+        ("a/b.yml", &cm("ab")),
+        ("a.yaml", &cm("a")),
+    ]);
+    let out = run(&root, None, None).unwrap();
+    // `.` (0x2e) sorts before `/` (0x2f), so `a.yaml` precedes the `a/` directory.
+    assert_eq!(
+        sources(&out),
+        ["a.yaml#1", "a/b.yml#1", "a/z.yaml#1", "b.yaml#1"]
+    );
+    assert_eq!(run(&root, None, None).unwrap(), out);
+}
+
+#[test]
+fn json_files_are_one_document() {
+    let root = tree(&[
+        (
+            "svc.json",
+            r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "prod"}}"#,
+        ),
+        ("null.json", "null"),
+        ("blank.json", "  \n"),
+    ]);
+    let out = run(&root, None, None).unwrap();
+    assert_eq!(sources(&out), ["svc.json#1"]);
+    assert_eq!(out[0].object["kind"], "Service");
+    assert_eq!(out[0].object["metadata"]["namespace"], "prod");
+}
+
+#[test]
+fn invalid_json_reports_file_and_line() {
+    let root = tree(&[(
+        "bad.json",
+        "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \n}\n",
+    )]);
+    match run(&root, None, None) {
+        Err(RenderError::Json {
+            file,
+            line,
+            message,
+        }) => {
+            assert_eq!(file, "bad.json");
+            assert_eq!(line, 4);
+            assert!(!message.contains("at line"), "{message}");
+        }
+        other => panic!("expected Json error, got {other:?}"),
+    }
+}
+
+#[test]
+fn non_manifest_files_and_git_dir_are_ignored() {
+    let root = tree(&[
+        ("app.yaml", &cm("app")),
+        ("README.md", "# not yaml: [\n"),
+        ("script.sh", "echo hi"),
+        ("app.yaml.bak", "garbage: [\n"),
+        ("Makefile", "all:"),
+        (".git/config.yaml", "garbage: [\n"),
+        ("sub/.git", "gitdir: ../.git/modules/sub"),
+        (".hidden.yaml", &cm("hidden")),
+        (".github/workflows/ci.yml", "on: push\n"),
+    ]);
+    let out = run(&root, None, None).unwrap();
+    assert_eq!(
+        sources(&out),
+        ["app.yaml#1"],
+        "hidden files and directories are left out"
+    );
+    // The spec's patterns can bring them back.
+    let out = run(&root, None, Some("!.hidden.yaml")).unwrap();
+    assert_eq!(sources(&out), [".hidden.yaml#1", "app.yaml#1"]);
+}
+
+#[test]
+fn ignore_patterns_glob_dir_and_negation() {
+    let root = tree(&[
+        ("a.yaml", &cm("a")),
+        ("b.yml", &cm("b")),
+        ("keep.yml", &cm("keep")),
+        ("notes.md", "x"),
+        ("tests/t.yaml", &cm("t")),
+        ("sub/tests/t2.yaml", &cm("t2")),
+        ("sub/drop.yaml", &cm("drop")),
+    ]);
+    let ignore = "# comment\n*.yml\n/tests/\n!keep.yml\nsub/drop.yaml\n";
+    let out = run(&root, None, Some(ignore)).unwrap();
+    assert_eq!(
+        sources(&out),
+        ["a.yaml#1", "keep.yml#1", "sub/tests/t2.yaml#1"]
+    );
+}
+
+#[test]
+fn ignore_patterns_are_relative_to_path() {
+    let root = tree(&[
+        ("deploy/app.yaml", &cm("app")),
+        ("deploy/tests/t.yaml", &cm("t")),
+        ("tests/outside.yaml", &cm("outside")),
+    ]);
+    let out = run(&root, Some("deploy"), Some("/tests/")).unwrap();
+    assert_eq!(sources(&out), ["deploy/app.yaml#1"]);
+}
+
+#[test]
+fn invalid_ignore_pattern_is_an_error() {
+    let root = tree(&[("a.yaml", &cm("a"))]);
+    match run(&root, None, Some("*.md\n[z-a]\n")) {
+        Err(RenderError::InvalidIgnore { message }) => {
+            assert!(message.starts_with("line 2:"), "{message}");
+        }
+        other => panic!("expected InvalidIgnore, got {other:?}"),
+    }
+}
+
+#[test]
+fn path_spellings_are_normalised() {
+    let root = tree(&[
+        ("deploy/prod/app.yaml", &cm("app")),
+        ("deploy/other.yaml", &cm("other")),
+        ("root.yaml", &cm("root")),
+    ]);
+    for path in [
+        "deploy/prod",
+        "./deploy/prod",
+        "deploy/prod/",
+        "./deploy/prod/",
+        "deploy//prod",
+    ] {
+        let out = run(&root, Some(path), None).unwrap();
+        assert_eq!(sources(&out), ["deploy/prod/app.yaml#1"], "path {path}");
+    }
+    for path in [None, Some(""), Some("."), Some("./")] {
+        let out = run(&root, path, None).unwrap();
+        assert_eq!(
+            sources(&out),
+            [
+                "deploy/other.yaml#1",
+                "deploy/prod/app.yaml#1",
+                "root.yaml#1"
+            ],
+            "path {path:?}"
+        );
+    }
+}
+
+#[test]
+fn missing_path_is_an_error() {
+    let root = tree(&[("a.yaml", &cm("a"))]);
+    match run(&root, Some("./deploy/nope/"), None) {
+        Err(RenderError::PathNotFound { path }) => assert_eq!(path, "deploy/nope"),
+        other => panic!("expected PathNotFound, got {other:?}"),
+    }
+}
+
+#[test]
+fn path_that_is_a_file_is_an_error() {
+    let root = tree(&[("a.yaml", &cm("a"))]);
+    match run(&root, Some("a.yaml"), None) {
+        Err(RenderError::NotADirectory { path }) => assert_eq!(path, "a.yaml"),
+        other => panic!("expected NotADirectory, got {other:?}"),
+    }
+}
+
+#[test]
+fn path_climbing_out_of_root_escapes() {
+    let outer = tempfile::tempdir().unwrap();
+    write(outer.path(), "other.yaml", &cm("other"));
+    write(outer.path(), "repo/x/a.yaml", &cm("a"));
+    let root = outer.path().join("repo");
+    for path in ["../", "..", "x/../../", "x/../..", "/etc", "/"] {
+        match render(&root, Some(path), None, &Limits::default()) {
+            Err(RenderError::PathEscapes { path: reported }) => assert_eq!(reported, path),
+            other => panic!("path {path}: expected PathEscapes, got {other:?}"),
+        }
+    }
+    // `..` that stays inside is fine.
+    let out = render(&root, Some("x/../x"), None, &Limits::default()).unwrap();
+    assert_eq!(sources(&out), ["x/a.yaml#1"]);
+}
+
+#[test]
+fn path_symlinked_outside_root_escapes() {
+    let outside = tree(&[("secret.yaml", &cm("secret"))]);
+    let root = tree(&[("a.yaml", &cm("a"))]);
+    symlink(outside.path(), root.path().join("deploy")).unwrap();
+    match run(&root, Some("deploy"), None) {
+        Err(RenderError::PathEscapes { path }) => assert_eq!(path, "deploy"),
+        other => panic!("expected PathEscapes, got {other:?}"),
+    }
+}
+
+#[test]
+fn file_symlink_outside_root_rejects_the_render() {
+    let root = tree(&[("app.yaml", &cm("app"))]);
+    symlink("/etc/passwd", root.path().join("leak.yaml")).unwrap();
+    match run(&root, None, None) {
+        Err(RenderError::SymlinkEscapes { file }) => assert_eq!(file, "leak.yaml"),
+        other => panic!("expected SymlinkEscapes, got {other:?}"),
+    }
+}
+
+#[test]
+fn escaping_symlinks_are_refused_whatever_they_point_at() {
+    let outside = tree(&[("secret.yaml", &cm("secret"))]);
+    // A directory link, a non-manifest name, and a dangling target outside: none is read, all
+    // say the repository tries to reach out.
+    let cases: [(&str, &Path); 3] = [
+        ("sub/dir", outside.path()),
+        ("notes.txt", Path::new("/etc/passwd")),
+        (
+            "gone.yaml",
+            Path::new("../../../../../../nonexistent-capstan-target"),
+        ),
+    ];
+    for (name, target) in cases {
+        let root = tree(&[("app.yaml", &cm("app")), ("sub/x.yaml", &cm("x"))]);
+        symlink(target, root.path().join(name)).unwrap();
+        match run(&root, None, None) {
+            Err(RenderError::SymlinkEscapes { file }) => assert_eq!(file, name),
+            other => panic!("{name}: expected SymlinkEscapes, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn ignored_escaping_symlink_is_not_looked_at() {
+    let root = tree(&[("app.yaml", &cm("app"))]);
+    symlink("/etc/passwd", root.path().join("leak.yaml")).unwrap();
+    let out = run(&root, None, Some("leak.yaml")).unwrap();
+    assert_eq!(sources(&out), ["app.yaml#1"]);
+}
+
+#[test]
+fn symlinks_inside_root_are_followed_for_files_only() {
+    let root = tree(&[
+        ("shared/common.yaml", &cm("common")),
+        ("deploy/app.yaml", &cm("app")),
+    ]);
+    symlink(
+        "../shared/common.yaml",
+        root.path().join("deploy/common.yaml"),
+    )
+    .unwrap();
+    // Not followed: the objects under it would otherwise be rendered twice.
+    symlink("../shared", root.path().join("deploy/shared")).unwrap();
+    let out = run(&root, Some("deploy"), None).unwrap();
+    assert_eq!(sources(&out), ["deploy/app.yaml#1", "deploy/common.yaml#1"]);
+    assert_eq!(names(&out), ["app", "common"]);
+}
+
+#[test]
+fn invalid_yaml_reports_file_and_line() {
+    let text = format!("{}---\n{}   bad: x\n", cm("a"), cm("b"));
+    let root = tree(&[("deploy/bad.yaml", &text)]);
+    let err = run(&root, None, None).unwrap_err();
+    match &err {
+        RenderError::Yaml {
+            file,
+            line,
+            message,
+        } => {
+            assert_eq!(file, "deploy/bad.yaml");
+            assert_eq!(*line, 10);
+            assert!(!message.contains("line"), "{message}");
+        }
+        other => panic!("expected Yaml error, got {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .starts_with("deploy/bad.yaml:10: invalid YAML: "),
+        "{err}"
+    );
+    assert_eq!(err.reason(), "BuildFailed");
+}
+
+#[test]
+fn yaml_error_line_in_flow_collection() {
+    let text = format!("{}data:\n  a: [1, 2]]\n", cm("a"));
+    let root = tree(&[("a.yaml", &text)]);
+    match run(&root, None, None) {
+        Err(RenderError::Yaml { file, line, .. }) => {
+            assert_eq!(file, "a.yaml");
+            assert_eq!(line, 6);
+        }
+        other => panic!("expected Yaml error, got {other:?}"),
+    }
+}
+
+#[test]
+fn duplicate_yaml_keys_are_an_error() {
+    let text = format!("{}data:\n  k: one\n  k: two\n", cm("a"));
+    let root = tree(&[("a.yaml", &text)]);
+    match run(&root, None, None) {
+        Err(RenderError::Yaml { line, message, .. }) => {
+            assert_eq!(line, 7);
+            assert!(message.contains("duplicate"), "{message}");
+        }
+        other => panic!("expected Yaml error, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_utf8_reports_line() {
+    let root = tree(&[]);
+    fs::write(root.path().join("a.yaml"), b"apiVersion: v1\nkind: \xff\n").unwrap();
+    match run(&root, None, None) {
+        Err(RenderError::Yaml {
+            file,
+            line,
+            message,
+        }) => {
+            assert_eq!((file.as_str(), line), ("a.yaml", 2));
+            assert_eq!(message, "not valid UTF-8");
+        }
+        other => panic!("expected Yaml error, got {other:?}"),
+    }
+}
+
+#[test]
+fn yaml_octal_follows_kubernetes() {
+    let text = format!("{}data:\n  mode: 0644\n  n: 10\n", cm("a"));
+    let root = tree(&[("a.yaml", &text)]);
+    let out = run(&root, None, None).unwrap();
+    assert_eq!(out[0].object["data"], json!({"mode": 420, "n": 10}));
+}
+
+fn invalid_object(text: &str) -> (String, String) {
+    let root = tree(&[("obj.yaml", text)]);
+    match run(&root, None, None) {
+        Err(RenderError::InvalidObject { origin, message }) => (origin, message),
+        other => panic!("expected InvalidObject for {text:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn objects_need_api_version_kind_and_name() {
+    let second = |doc: &str| format!("{}---\n{doc}", cm("ok"));
+    let cases = [
+        ("apiVersion: v1\nmetadata:\n  name: a\n", "missing kind"),
+        (
+            "kind: ConfigMap\nmetadata:\n  name: a\n",
+            "missing apiVersion",
+        ),
+        ("apiVersion: v1\nkind: ConfigMap\n", "missing metadata.name"),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  labels: {}\n",
+            "missing metadata.name",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ''\n",
+            "metadata.name is empty",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [a]\n",
+            "metadata.name must be a string",
+        ),
+        (
+            "apiVersion: v1\nkind: 3\nmetadata:\n  name: a\n",
+            "kind must be a string",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: a\n",
+            "metadata must be a mapping",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: 7\n",
+            "metadata.namespace must be a string",
+        ),
+        (
+            "apiVersion: a/b/c\nkind: X\nmetadata:\n  name: a\n",
+            "apiVersion is not of the form [group/]version",
+        ),
+        ("- a\n- b\n", "expected a mapping, found a sequence"),
+        ("just a string\n", "expected a mapping, found a scalar"),
+    ];
+    for (doc, expected) in cases {
+        let (origin, message) = invalid_object(&second(doc));
+        assert_eq!(origin, "obj.yaml#2", "{doc:?}");
+        assert_eq!(message, expected, "{doc:?}");
+    }
+    let err = RenderError::InvalidObject {
+        origin: "obj.yaml#2".into(),
+        message: "missing kind".into(),
+    };
+    assert_eq!(err.to_string(), "obj.yaml#2: missing kind");
+}
+
+#[test]
+fn list_is_expanded_into_its_items() {
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n- {}\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata:\n    name: web\n",
+        r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}}"#
+    );
+    let text = format!("{}---\n{list}", cm("first"));
+    let root = tree(&[("list.yaml", &text)]);
+    let out = run(&root, None, None).unwrap();
+    assert_eq!(
+        sources(&out),
+        ["list.yaml#1", "list.yaml#2/1", "list.yaml#2/2"]
+    );
+    assert_eq!(names(&out), ["first", "cfg", "web"]);
+    assert_eq!(out[2].object["kind"], "Deployment");
+}
+
+#[test]
+fn list_items_are_validated() {
+    let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: a\n- apiVersion: v1\n  kind: Secret\n";
+    let (origin, message) = invalid_object(text);
+    assert_eq!(origin, "obj.yaml#1/2");
+    assert_eq!(message, "missing metadata.name");
+    let (origin, message) = invalid_object("apiVersion: v1\nkind: List\nitems: {}\n");
+    assert_eq!(
+        (origin.as_str(), message.as_str()),
+        ("obj.yaml#1", "List items must be a sequence")
+    );
+}
+
+#[test]
+fn duplicates_are_refused_with_both_sources() {
+    let root = tree(&[
+        ("a.yaml", &cm("x")),
+        ("b/c.yaml", &format!("{}---\n{}", cm("other"), cm("x"))),
+    ]);
+    match run(&root, None, None) {
+        Err(RenderError::Duplicate { id, first, second }) => {
+            assert_eq!(id, "ConfigMap x");
+            assert_eq!(first, "a.yaml#1");
+            assert_eq!(second, "b/c.yaml#2");
+        }
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+
+    let deployment = |ns: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {ns}\n"
+        )
+    };
+    let root = tree(&[
+        ("a.yaml", &deployment("prod")),
+        ("b.yaml", &deployment("prod")),
+    ]);
+    match run(&root, None, None) {
+        Err(RenderError::Duplicate { id, .. }) => assert_eq!(id, "Deployment.apps prod/web"),
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+    // Another version of the same group and kind is the same object.
+    let v1beta1 = deployment("prod").replace("apps/v1", "apps/v1beta1");
+    let root = tree(&[("a.yaml", &deployment("prod")), ("b.yaml", &v1beta1)]);
+    assert!(matches!(
+        run(&root, None, None),
+        Err(RenderError::Duplicate { .. })
+    ));
+
+    // Other namespace, other group, or other kind: distinct objects.
+    let root = tree(&[
+        ("a.yaml", &deployment("prod")),
+        ("b.yaml", &deployment("staging")),
+        (
+            "c.yaml",
+            &deployment("prod").replace("apps/v1", "example.com/v1"),
+        ),
+        (
+            "d.yaml",
+            &deployment("prod").replace("Deployment", "StatefulSet"),
+        ),
+    ]);
+    assert_eq!(run(&root, None, None).unwrap().len(), 4);
+}
+
+#[test]
+fn empty_render_is_an_error() {
+    let root = tree(&[
+        ("README.md", "docs"),
+        ("empty.yaml", "# nothing here\n---\n"),
+        (
+            "deploy/list.yaml",
+            "apiVersion: v1\nkind: List\nitems: []\n",
+        ),
+    ]);
+    match run(&root, None, None) {
+        Err(RenderError::Empty { path }) => assert_eq!(path, "."),
+        other => panic!("expected Empty, got {other:?}"),
+    }
+    match run(&root, Some("./deploy/"), None) {
+        Err(err @ RenderError::Empty { .. }) => {
+            assert!(matches!(&err, RenderError::Empty { path } if path == "deploy"));
+            assert!(err.to_string().contains("\"deploy\""), "{err}");
+        }
+        other => panic!("expected Empty, got {other:?}"),
+    }
+}
+
+#[test]
+fn file_over_size_limit_is_refused() {
+    let big = format!("{}data:\n  k: \"{}\"\n", cm("big"), "x".repeat(200));
+    let root = tree(&[("a.yaml", &cm("a")), ("big.yaml", &big)]);
+    let limits = Limits {
+        max_file_bytes: 100,
+        ..Limits::default()
+    };
+    match render(root.path(), None, None, &limits) {
+        Err(RenderError::FileTooLarge { file, size, limit }) => {
+            assert_eq!(file, "big.yaml");
+            assert_eq!(size, big.len() as u64);
+            assert_eq!(limit, 100);
+        }
+        other => panic!("expected FileTooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn total_over_limit_is_refused() {
+    let root = tree(&[("a.yaml", &cm("a")), ("b.yaml", &cm("b"))]);
+    let one = cm("a").len() as u64;
+    let limits = Limits {
+        max_total_bytes: one + 1,
+        ..Limits::default()
+    };
+    match render(root.path(), None, None, &limits) {
+        Err(RenderError::TooLarge { size, limit }) => {
+            assert_eq!((size, limit), (2 * one, one + 1));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn too_many_files_is_refused() {
+    let root = tree(&[
+        ("a.yaml", &cm("a")),
+        ("b.yaml", &cm("b")),
+        ("c/c.yaml", &cm("c")),
+        ("notes.md", "not counted"),
+    ]);
+    let limits = Limits {
+        max_files: 2,
+        ..Limits::default()
+    };
+    match render(root.path(), None, None, &limits) {
+        Err(RenderError::TooManyFiles { limit }) => assert_eq!(limit, 2),
+        other => panic!("expected TooManyFiles, got {other:?}"),
+    }
+    let limits = Limits {
+        max_files: 3,
+        ..Limits::default()
+    };
+    assert_eq!(render(root.path(), None, None, &limits).unwrap().len(), 3);
+}
+
+#[test]
+fn billion_laughs_fails_fast() {
+    let mut bomb = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: lol\ndata:\n");
+    bomb.push_str("  a0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    for level in 1..10 {
+        let refs = vec![format!("*a{}", level - 1); 10].join(",");
+        bomb.push_str(&format!("  a{level}: &a{level} [{refs}]\n"));
+    }
+    let root = tree(&[("bomb.yaml", &bomb)]);
+    let started = Instant::now();
+    let result = run(&root, None, None);
+    // 10^10 strings if expanded: finishing at all shows memory stayed bounded.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    match result {
+        Err(RenderError::Yaml {
+            file,
+            line,
+            message,
+        }) => {
+            assert_eq!(file, "bomb.yaml");
+            assert!(line > 0);
+            assert!(message.contains("too large or too complex"), "{message}");
+        }
+        other => panic!("expected Yaml error, got {other:?}"),
+    }
+}
+
+#[test]
+fn alias_count_is_limited() {
+    let refs = vec!["*a"; 20].join(", ");
+    let text = format!("{}data:\n  a: &a x\n  list: [{refs}]\n", cm("a"));
+    let root = tree(&[("a.yaml", &text)]);
+    let limits = Limits {
+        max_aliases: 10,
+        ..Limits::default()
+    };
+    match render(root.path(), None, None, &limits) {
+        Err(RenderError::Yaml { message, .. }) => assert!(message.contains("Aliases"), "{message}"),
+        other => panic!("expected Yaml error, got {other:?}"),
+    }
+    // The same file within the default limit is fine: aliases are legal YAML.
+    assert_eq!(run(&root, None, None).unwrap().len(), 1);
+}
+
+#[test]
+fn deep_flow_nesting_fails() {
+    let text = format!("{}data:\n  deep: {}\n", cm("a"), "[".repeat(10_000));
+    let root = tree(&[("deep.yaml", &text)]);
+    match run(&root, None, None) {
+        Err(RenderError::Yaml {
+            file,
+            line,
+            message,
+        }) => {
+            assert_eq!((file.as_str(), line), ("deep.yaml", 6));
+            assert!(message.contains("recursion limit"), "{message}");
+        }
+        other => panic!("expected Yaml error, got {other:?}"),
+    }
+}
+
+#[test]
+fn deep_block_nesting_fails() {
+    let mut text = cm("a");
+    for level in 0..100 {
+        text.push_str(&format!("{}k{level}:\n", "  ".repeat(level)));
+    }
+    let root = tree(&[("deep.yaml", &text)]);
+    match run(&root, None, None) {
+        Err(RenderError::Yaml { message, .. }) => assert!(message.contains("Depth"), "{message}"),
+        other => panic!("expected Yaml error, got {other:?}"),
+    }
+}
+
+#[test]
+fn kustomize_and_helm_are_not_supported_yet() {
+    for (marker, renderer) in [
+        ("kustomization.yaml", "kustomize"),
+        ("kustomization.yml", "kustomize"),
+        ("Kustomization", "kustomize"),
+        ("Chart.yaml", "Helm"),
+    ] {
+        let root = tree(&[
+            ("app/a.yaml", &cm("a")),
+            (&format!("app/{marker}"), "x: 1\n"),
+        ]);
+        let err = run(&root, Some("app"), None).unwrap_err();
+        match &err {
+            RenderError::Unsupported { file, renderer: r } => {
+                assert_eq!(file, &format!("app/{marker}"));
+                assert_eq!(*r, renderer);
+            }
+            other => panic!("{marker}: expected Unsupported, got {other:?}"),
+        }
+        assert!(err.to_string().contains("not supported yet"), "{err}");
+    }
+}

@@ -1,0 +1,204 @@
+//! Pure: what a reconcile found and did -> the GitRepository's status. Conditions follow
+//! Kubernetes API conventions and kstatus (`Ready`, `Reconciling`, `Stalled`); a status that
+//! differs from the last one only in timestamps is not written.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::GitRepositoryStatus;
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+
+/// How a reconcile ended, as far as the conditions are concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Everything in git is applied (and pruned as asked).
+    Ready {
+        reason: &'static str,
+        message: String,
+    },
+    /// Failed; retried with backoff.
+    Retrying {
+        reason: &'static str,
+        message: String,
+    },
+    /// Failed in a way that only a change (of the spec or in git) can fix; checked again each
+    /// interval.
+    Stalled {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// Sets the three kstatus conditions from `verdict`, keeping each condition's
+/// `lastTransitionTime` when its status did not change.
+pub fn set_conditions(
+    status: &mut GitRepositoryStatus,
+    verdict: &Verdict,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let (ready, reconciling, stalled, reason, message) = match verdict {
+        Verdict::Ready { reason, message } => (true, false, false, *reason, message),
+        Verdict::Retrying { reason, message } => (false, true, false, *reason, message),
+        Verdict::Stalled { reason, message } => (false, false, true, *reason, message),
+    };
+    let status_of = |b: bool| if b { "True" } else { "False" };
+    let mut set = |type_: &str, value: bool, reason: &str, message: &str| {
+        let condition = Condition {
+            type_: type_.to_string(),
+            status: status_of(value).to_string(),
+            reason: reason.to_string(),
+            message: truncate(message, 1024),
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        };
+        match status.conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(old) => {
+                let since = if old.status == condition.status {
+                    old.last_transition_time.clone()
+                } else {
+                    now.clone()
+                };
+                *old = Condition {
+                    last_transition_time: since,
+                    ..condition
+                };
+            }
+            None => status.conditions.push(condition),
+        }
+    };
+    set(READY, ready, reason, message);
+    set(
+        RECONCILING,
+        reconciling,
+        if reconciling {
+            "ProgressingWithRetry"
+        } else {
+            reason
+        },
+        if reconciling { message } else { "" },
+    );
+    set(STALLED, stalled, reason, if stalled { message } else { "" });
+}
+
+/// Whether writing `new` over `old` would change anything but timestamps.
+pub fn differs(old: Option<&GitRepositoryStatus>, new: &GitRepositoryStatus) -> bool {
+    let strip = |s: &GitRepositoryStatus| {
+        let mut s = s.clone();
+        let epoch = Time(Default::default());
+        for c in &mut s.conditions {
+            c.last_transition_time = epoch.clone();
+        }
+        if let Some(a) = &mut s.artifact {
+            a.fetched_at = epoch.clone();
+        }
+        for d in &mut s.drift {
+            d.detected_at = epoch.clone();
+        }
+        s.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+        s
+    };
+    match old {
+        None => true,
+        Some(old) => strip(old) != strip(new),
+    }
+}
+
+/// The Ready condition, if set.
+pub fn ready(status: Option<&GitRepositoryStatus>) -> Option<&Condition> {
+    status?.conditions.iter().find(|c| c.type_ == READY)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn ready_verdict() -> Verdict {
+        Verdict::Ready {
+            reason: "ReconciliationSucceeded",
+            message: "Applied revision main@sha1:abc".into(),
+        }
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let mut status = GitRepositoryStatus::default();
+        set_conditions(&mut status, &ready_verdict(), Some(1), &at(100));
+        let before = status.clone();
+        set_conditions(&mut status, &ready_verdict(), Some(1), &at(200));
+        assert_eq!(status, before, "same verdict later: nothing changes");
+        assert!(!differs(Some(&before), &status));
+
+        let fail = Verdict::Retrying {
+            reason: "FetchFailed",
+            message: "connection refused".into(),
+        };
+        set_conditions(&mut status, &fail, Some(1), &at(300));
+        let ready = ready(Some(&status)).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "FetchFailed")
+        );
+        assert_eq!(ready.last_transition_time, at(300));
+        let reconciling = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == RECONCILING)
+            .unwrap();
+        assert_eq!(reconciling.status, "True");
+        assert!(differs(Some(&before), &status));
+    }
+
+    #[test]
+    fn stalled_is_exclusive_with_reconciling() {
+        let mut status = GitRepositoryStatus::default();
+        let verdict = Verdict::Stalled {
+            reason: "BuildFailed",
+            message: "deploy/app.yaml:3: bad indentation".into(),
+        };
+        set_conditions(&mut status, &verdict, Some(2), &at(1));
+        let get = |t: &str| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .status
+                .clone()
+        };
+        assert_eq!(
+            (get(READY), get(RECONCILING), get(STALLED)),
+            ("False".into(), "False".into(), "True".into())
+        );
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2))
+        );
+    }
+
+    #[test]
+    fn long_messages_are_truncated_on_a_char_boundary() {
+        let s = "é".repeat(1000);
+        let t = truncate(&s, 1023);
+        assert!(t.len() <= 1026 && t.ends_with('…'));
+    }
+}

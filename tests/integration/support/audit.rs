@@ -1,0 +1,45 @@
+//! Reads the API server's audit log (every request, at Metadata level) to count what was sent.
+
+use serde_json::Value;
+
+use super::env::control_plane;
+
+/// A position in the audit log: requests logged after it are "since the mark".
+pub fn mark() -> usize {
+    std::fs::read_to_string(&control_plane().audit_log)
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// Mutating requests (create, update, patch, delete) on objects in `namespace` since `mark`,
+/// as "verb resource/name (user agent)".
+pub fn mutating_since(mark: usize, namespace: &str) -> Vec<String> {
+    std::fs::read_to_string(&control_plane().audit_log)
+        .unwrap_or_default()
+        .lines()
+        .skip(mark)
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete" | "deletecollection")
+            )
+        })
+        .filter(|e| e["objectRef"]["namespace"] == namespace)
+        .map(|e| {
+            format!(
+                "{} {}/{}{} ({})",
+                e["verb"].as_str().unwrap_or(""),
+                e["objectRef"]["resource"].as_str().unwrap_or(""),
+                e["objectRef"]["name"].as_str().unwrap_or(""),
+                e["objectRef"]["subresource"]
+                    .as_str()
+                    .map(|s| format!("/{s}"))
+                    .unwrap_or_default(),
+                e["userAgent"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}

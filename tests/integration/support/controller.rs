@@ -1,0 +1,189 @@
+//! A Capstan controller per test, in-process, watching only the test's namespace; and helpers
+//! to create GitRepositories and wait on what the API server shows of them.
+
+use std::time::Duration;
+
+use capstan::api::GitRepository;
+use capstan::controller::Config;
+use capstan::telemetry::LogFormat;
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+
+use super::env::{client, namespace};
+
+/// One test's world: a namespace, a client, and a controller reconciling that namespace.
+pub struct Fixture {
+    pub client: Client,
+    pub ns: String,
+    controller: Option<tokio::task::JoinHandle<()>>,
+    _cache: tempfile::TempDir,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(handle) = self.controller.take() {
+            handle.abort();
+        }
+    }
+}
+
+impl Fixture {
+    pub async fn new(test: &str) -> Fixture {
+        let client = client().await;
+        let ns = namespace(&client, test).await;
+        let cache = tempfile::tempdir().unwrap();
+        let mut fixture = Fixture {
+            client,
+            ns,
+            controller: None,
+            _cache: cache,
+        };
+        fixture.start_controller();
+        fixture
+    }
+
+    pub fn start_controller(&mut self) {
+        let config = Config {
+            concurrency: 4,
+            apply_concurrency: 8,
+            git_concurrency: 2,
+            namespace: Some(self.ns.clone()),
+            cache_dir: self._cache.path().to_path_buf(),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        };
+        let client = self.client.clone();
+        self.controller = Some(tokio::spawn(async move {
+            capstan::controller::serve(client, config, std::future::pending())
+                .await
+                .expect("controller");
+        }));
+    }
+
+    pub fn api(&self) -> Api<GitRepository> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates a GitRepository named `name` with `spec` (JSON, as a user would write it).
+    pub async fn create(&self, name: &str, spec: serde_json::Value) {
+        let gr: GitRepository = serde_json::from_value(serde_json::json!({
+            "apiVersion": "capstan.dev/v1alpha1",
+            "kind": "GitRepository",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .unwrap();
+        self.api()
+            .create(&PostParams::default(), &gr)
+            .await
+            .unwrap();
+    }
+
+    /// Merge-patches the GitRepository's spec or metadata, as `kubectl patch --type merge` does.
+    pub async fn patch(&self, name: &str, patch: serde_json::Value) {
+        self.api()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    /// Polls the GitRepository until `pred` holds; panics with its last status after `timeout`.
+    pub async fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&GitRepository) -> bool,
+    ) -> GitRepository {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let gr = self.api().get(name).await.unwrap();
+            if pred(&gr) {
+                return gr;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; status: {}",
+                    serde_json::to_string_pretty(&gr.status).unwrap()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until Ready is True for the current generation at a revision of `sha`.
+    pub async fn wait_applied(&self, name: &str, sha: &str) -> GitRepository {
+        self.wait(name, &format!("revision {sha} applied"), |gr| {
+            ready(gr) == Some(("True".into(), "ReconciliationSucceeded".into()))
+                && gr
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.last_applied_revision.as_deref())
+                    .is_some_and(|r| r.ends_with(sha))
+                && gr.status.as_ref().and_then(|s| s.observed_generation) == gr.metadata.generation
+        })
+        .await
+    }
+
+    /// Waits until Ready is False with `reason` for the current generation.
+    pub async fn wait_failed(&self, name: &str, reason: &str) -> GitRepository {
+        self.wait(name, &format!("Ready=False reason {reason}"), |gr| {
+            ready(gr) == Some(("False".into(), reason.into()))
+                && gr.status.as_ref().and_then(|s| s.observed_generation) == gr.metadata.generation
+        })
+        .await
+    }
+
+    /// A live object, untyped: `get("v1", "ConfigMap", "name")` in the test namespace.
+    pub async fn get(&self, api_version: &str, kind: &str, name: &str) -> Option<DynamicObject> {
+        self.get_in(&self.ns.clone(), api_version, kind, name).await
+    }
+
+    pub async fn get_in(
+        &self,
+        ns: &str,
+        api_version: &str,
+        kind: &str,
+        name: &str,
+    ) -> Option<DynamicObject> {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
+        let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .unwrap();
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+            Api::namespaced_with(self.client.clone(), ns, &ar)
+        } else {
+            Api::all_with(self.client.clone(), &ar)
+        };
+        api.get_opt(name).await.unwrap()
+    }
+
+    pub async fn wait_gone(&self, ns: &str, api_version: &str, kind: &str, name: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.get_in(ns, api_version, kind, name).await.is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{kind}/{name} was not deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// (status, reason) of the Ready condition.
+pub fn ready(gr: &GitRepository) -> Option<(String, String)> {
+    let c = capstan::status::ready(gr.status.as_ref())?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+pub fn ready_message(gr: &GitRepository) -> String {
+    capstan::status::ready(gr.status.as_ref())
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+pub fn configmap(name: &str, data: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {data:?}\n"
+    )
+}

@@ -1,0 +1,357 @@
+//! Core sync against the real control plane and git servers: apply, update, prune, refs, CRDs,
+//! deletion policies, suspend and reconcile-now, and the steady state.
+
+use serde_json::json;
+
+use crate::support::controller::{Fixture, configmap, ready_message};
+use crate::support::{Repo, audit, git_server};
+
+fn spec(repo: &Repo, extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({"url": repo.http_url(), "interval": "2s", "prune": true});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    spec
+}
+
+fn value(obj: &kube::api::DynamicObject) -> String {
+    obj.data["data"]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn sync_update_and_prune() {
+    let fx = Fixture::new("sync").await;
+    let repo = Repo::create(
+        "sync",
+        &[
+            ("deploy/a.yaml", &configmap("a", "1")),
+            ("deploy/b.yaml", &configmap("b", "1")),
+            ("README.md", "not a manifest"),
+        ],
+    );
+    fx.create("app", spec(&repo, json!({"path": "./deploy"})))
+        .await;
+    let gr = fx.wait_applied("app", &repo.head()).await;
+    let status = gr.status.unwrap();
+    assert_eq!(
+        status.last_applied_revision,
+        Some(format!("main@sha1:{}", repo.head()))
+    );
+    assert_eq!(status.last_attempted_revision, status.last_applied_revision);
+    let ids: Vec<String> = status
+        .inventory
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            format!("{}_a__ConfigMap", fx.ns),
+            format!("{}_b__ConfigMap", fx.ns)
+        ]
+    );
+    assert_eq!(status.summary.unwrap().created, 2);
+    let a = fx.get("v1", "ConfigMap", "a").await.unwrap();
+    assert_eq!(value(&a), "1");
+    assert_eq!(
+        a.metadata.labels.as_ref().unwrap()["capstan.dev/name"],
+        "app"
+    );
+    assert_eq!(
+        a.metadata.annotations.as_ref().unwrap()["capstan.dev/owner"],
+        format!("{}/app", fx.ns)
+    );
+
+    // An edit in git updates the object; a removed file is pruned.
+    repo.commit(&[("deploy/a.yaml", &configmap("a", "2"))], "edit a");
+    repo.remove(&["deploy/b.yaml"], "remove b");
+    let gr = fx.wait_applied("app", &repo.head()).await;
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "a").await.unwrap()), "2");
+    assert!(
+        fx.get("v1", "ConfigMap", "b").await.is_none(),
+        "b was pruned"
+    );
+    let summary = gr.status.unwrap().summary.unwrap();
+    assert_eq!((summary.configured, summary.pruned), (1, 1), "{summary:?}");
+}
+
+#[tokio::test]
+async fn unchanged_revision_sends_no_mutating_request() {
+    let fx = Fixture::new("steady").await;
+    let repo = Repo::create("steady", &[("cm.yaml", &configmap("steady", "1"))]);
+    fx.create("app", spec(&repo, json!({}))).await;
+    fx.wait_applied("app", &repo.head()).await;
+    // Let the first interval's poll settle, then watch three more intervals (2 s each).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let polls_before = git_server().requests(&repo, "GET", "/info/refs").await;
+    let fetches_before = git_server()
+        .requests(&repo, "POST", "/git-upload-pack")
+        .await;
+    let mark = audit::mark();
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let polls = git_server().requests(&repo, "GET", "/info/refs").await - polls_before;
+    assert!(
+        polls >= 2,
+        "the remote was polled each interval ({polls} polls)"
+    );
+    let mutating = audit::mutating_since(mark, &fx.ns);
+    assert!(
+        mutating.is_empty(),
+        "mutating requests in steady state: {mutating:#?}"
+    );
+    let fetches = git_server()
+        .requests(&repo, "POST", "/git-upload-pack")
+        .await
+        - fetches_before;
+    assert_eq!(fetches, 0, "a poll with nothing new fetches nothing");
+}
+
+#[tokio::test]
+async fn refs_branch_tag_and_switching() {
+    let fx = Fixture::new("refs").await;
+    let repo = Repo::create("refs", &[("cm.yaml", &configmap("ref", "main"))]);
+    repo.branch("release", &[("cm.yaml", &configmap("ref", "release"))]);
+    let release = repo.head();
+    repo.checkout("main");
+    repo.tag("v1.0.0");
+    let tagged = repo.head();
+    repo.commit(&[("cm.yaml", &configmap("ref", "main-2"))], "main moves on");
+
+    fx.create("app", spec(&repo, json!({"ref": {"tag": "v1.0.0"}})))
+        .await;
+    let gr = fx.wait_applied("app", &tagged).await;
+    assert_eq!(
+        gr.status.unwrap().last_applied_revision.unwrap(),
+        format!("v1.0.0@sha1:{tagged}")
+    );
+    assert_eq!(
+        value(&fx.get("v1", "ConfigMap", "ref").await.unwrap()),
+        "main"
+    );
+
+    fx.patch(
+        "app",
+        json!({"spec": {"ref": {"tag": null, "branch": "release"}}}),
+    )
+    .await;
+    fx.wait_applied("app", &release).await;
+    assert_eq!(
+        value(&fx.get("v1", "ConfigMap", "ref").await.unwrap()),
+        "release"
+    );
+
+    fx.patch(
+        "app",
+        json!({"spec": {"ref": {"branch": null, "semver": ">=1.0.0 <2"}}}),
+    )
+    .await;
+    fx.wait_applied("app", &tagged).await;
+    assert_eq!(
+        value(&fx.get("v1", "ConfigMap", "ref").await.unwrap()),
+        "main"
+    );
+}
+
+#[tokio::test]
+async fn crd_and_custom_resource_in_one_commit() {
+    let fx = Fixture::new("crd").await;
+    let group = format!("t{}.capstan.dev", std::process::id());
+    let crd = format!(
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.{group}
+spec:
+  group: {group}
+  names: {{kind: Widget, plural: widgets, singular: widget}}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#
+    );
+    let widget =
+        format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n");
+    // The custom resource sorts before its CRD: order in git must not matter.
+    let repo = Repo::create("crd", &[("a-widget.yaml", &widget), ("z-crd.yaml", &crd)]);
+    fx.create("app", spec(&repo, json!({}))).await;
+    fx.wait_applied("app", &repo.head()).await;
+    let w = fx
+        .get(&format!("{group}/v1"), "Widget", "w1")
+        .await
+        .unwrap();
+    assert_eq!(w.data["spec"]["size"], 3);
+
+    // Both removed in one commit: the custom resource goes first, then its CRD.
+    repo.remove(&["a-widget.yaml", "z-crd.yaml"], "remove both");
+    repo.commit(&[("cm.yaml", &configmap("left", "1"))], "keep something");
+    fx.wait_applied("app", &repo.head()).await;
+    fx.wait_gone(
+        "",
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        &format!("widgets.{group}"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deletion_policies() {
+    let fx = Fixture::new("deletion").await;
+    let repo = Repo::create("deletion", &[("cm.yaml", &configmap("doomed", "1"))]);
+    let orphan_repo = Repo::create("orphan", &[("cm.yaml", &configmap("orphan", "1"))]);
+    fx.create("delete", spec(&repo, json!({"deletionPolicy": "Delete"})))
+        .await;
+    fx.create(
+        "orphan",
+        spec(&orphan_repo, json!({"deletionPolicy": "Orphan"})),
+    )
+    .await;
+    fx.wait_applied("delete", &repo.head()).await;
+    fx.wait_applied("orphan", &orphan_repo.head()).await;
+
+    fx.api()
+        .delete("delete", &Default::default())
+        .await
+        .unwrap();
+    fx.api()
+        .delete("orphan", &Default::default())
+        .await
+        .unwrap();
+    fx.wait_gone(&fx.ns, "v1", "ConfigMap", "doomed").await;
+    fx.wait_gone(&fx.ns, "capstan.dev/v1alpha1", "GitRepository", "orphan")
+        .await;
+    let kept = fx
+        .get("v1", "ConfigMap", "orphan")
+        .await
+        .expect("orphaned object stays");
+    let labels = kept.metadata.labels.unwrap_or_default();
+    assert!(
+        !labels.contains_key("capstan.dev/name"),
+        "ownership label removed: {labels:?}"
+    );
+    let annotations = kept.metadata.annotations.unwrap_or_default();
+    assert!(
+        !annotations.contains_key("capstan.dev/owner"),
+        "{annotations:?}"
+    );
+}
+
+#[tokio::test]
+async fn suspend_and_reconcile_now() {
+    let fx = Fixture::new("suspend").await;
+    let repo = Repo::create("suspend", &[("cm.yaml", &configmap("s", "1"))]);
+    fx.create("app", spec(&repo, json!({"interval": "1h"})))
+        .await;
+    fx.wait_applied("app", &repo.head()).await;
+
+    // With an hour's interval, only the annotation brings the new commit in.
+    repo.commit(&[("cm.yaml", &configmap("s", "2"))], "two");
+    fx.patch(
+        "app",
+        json!({"metadata": {"annotations": {"capstan.dev/reconcile-requested-at": "first"}}}),
+    )
+    .await;
+    let gr = fx.wait_applied("app", &repo.head()).await;
+    assert_eq!(
+        gr.status.unwrap().last_handled_reconcile_at.as_deref(),
+        Some("first")
+    );
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "s").await.unwrap()), "2");
+
+    // Suspended: neither a new commit nor the annotation changes anything.
+    fx.patch("app", json!({"spec": {"suspend": true}})).await;
+    repo.commit(&[("cm.yaml", &configmap("s", "3"))], "three");
+    fx.patch(
+        "app",
+        json!({"metadata": {"annotations": {"capstan.dev/reconcile-requested-at": "second"}}}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "s").await.unwrap()), "2");
+
+    fx.patch("app", json!({"spec": {"suspend": false}})).await;
+    fx.wait_applied("app", &repo.head()).await;
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "s").await.unwrap()), "3");
+}
+
+#[tokio::test]
+async fn two_gitrepositories_on_one_url_fetch_once() {
+    let fx = Fixture::new("shared").await;
+    let repo = Repo::create(
+        "shared",
+        &[
+            ("one/cm.yaml", &configmap("one", "1")),
+            ("two/cm.yaml", &configmap("two", "1")),
+        ],
+    );
+    fx.create("one", spec(&repo, json!({"path": "one", "interval": "1h"})))
+        .await;
+    fx.wait_applied("one", &repo.head()).await;
+    let first_fetch = git_server()
+        .requests(&repo, "POST", "/git-upload-pack")
+        .await;
+    assert!(first_fetch > 0, "the first GitRepository fetched");
+    fx.create("two", spec(&repo, json!({"path": "two", "interval": "1h"})))
+        .await;
+    fx.wait_applied("two", &repo.head()).await;
+    assert_eq!(
+        git_server()
+            .requests(&repo, "POST", "/git-upload-pack")
+            .await,
+        first_fetch,
+        "the second GitRepository used the cache"
+    );
+}
+
+#[tokio::test]
+async fn blast_radius_guard_holds_back_a_large_prune() {
+    let fx = Fixture::new("blast").await;
+    let files: Vec<(String, String)> = (0..4)
+        .map(|i| (format!("cm{i}.yaml"), configmap(&format!("cm{i}"), "1")))
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let repo = Repo::create("blast", &files);
+    fx.create("app", spec(&repo, json!({"maxPrune": "25%"})))
+        .await;
+    fx.wait_applied("app", &repo.head()).await;
+
+    // Two of four objects leave git: 50% > 25%, so nothing is pruned.
+    repo.remove(&["cm0.yaml", "cm1.yaml"], "remove half");
+    let gr = fx.wait_failed("app", "PruneBlocked").await;
+    let blocked = gr
+        .status
+        .as_ref()
+        .unwrap()
+        .prune_blocked
+        .clone()
+        .expect("pruneBlocked in status");
+    assert_eq!(blocked.limit, "25%");
+    assert_eq!(blocked.candidates.len(), 2, "{blocked:?}");
+    assert!(
+        ready_message(&gr).contains("would prune 2 of 4"),
+        "{}",
+        ready_message(&gr)
+    );
+    assert!(fx.get("v1", "ConfigMap", "cm0").await.is_some());
+
+    // Raising the limit lets the prune through.
+    fx.patch("app", json!({"spec": {"maxPrune": "50%"}})).await;
+    let gr = fx.wait_applied("app", &repo.head()).await;
+    assert!(gr.status.unwrap().prune_blocked.is_none());
+    fx.wait_gone(&fx.ns, "v1", "ConfigMap", "cm0").await;
+}

@@ -1,9 +1,11 @@
 //! Capstan: a pull-based GitOps operator for Kubernetes.
-#![forbid(unsafe_code)]
+// One exception, commented where it is: libgit2's process-wide socket timeouts.
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod apply;
 pub mod controller;
+pub mod live;
 pub mod render;
 pub mod source;
 pub mod status;

@@ -90,6 +90,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, config: &Config) -> std::io::Result<Arc<Context>> {
+        crate::source::set_network_timeouts();
         let work_dir = config.cache_dir.join("work");
         // Checkouts left by a previous process are never reused.
         let _ = std::fs::remove_dir_all(&work_dir);
@@ -210,7 +211,7 @@ fn jitter(d: Duration) -> Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|t| t.subsec_nanos())
         .unwrap_or(0);
-    d + d.mul_f64(f64::from(nanos % 1000) / 10_000.0)
+    d.saturating_add(d.mul_f64(f64::from(nanos % 1000) / 10_000.0))
 }
 
 /// What a failed stage means for the GitRepository.
@@ -238,7 +239,10 @@ impl Failure {
 }
 
 async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
-    let interval = parse_duration(&gr.spec.interval).unwrap_or(Duration::from_secs(60));
+    // At least a second: `0s` must not spin.
+    let interval = parse_duration(&gr.spec.interval)
+        .unwrap_or(Duration::from_secs(60))
+        .max(Duration::from_secs(1));
     if gr.spec.suspend {
         info!("suspended; nothing changes");
         return Ok(Action::requeue(interval));
@@ -293,6 +297,12 @@ async fn pipeline(
     now: &Time,
 ) -> Result<Option<Verdict>, Failure> {
     let namespace = gr.namespace().unwrap_or_default();
+    parse_duration(&gr.spec.interval).ok_or_else(|| {
+        Failure::stall(
+            "InvalidSpec",
+            format!("invalid interval {:?}", gr.spec.interval),
+        )
+    })?;
     let timeout = match &gr.spec.timeout {
         Some(t) => parse_duration(t)
             .ok_or_else(|| Failure::stall("InvalidSpec", format!("invalid timeout {t:?}")))?,
@@ -357,7 +367,11 @@ async fn pipeline(
         .map_err(|e| Failure::stall(e.reason(), format!("revision {}: {e}", resolved.revision)))?;
     drop(work);
 
-    // Apply.
+    // Apply. An invalid maxPrune is refused before anything changes.
+    if gr.spec.prune {
+        apply::prune_blocked(1, 1, gr.spec.max_prune.as_ref())
+            .map_err(|m| Failure::stall("InvalidSpec", m))?;
+    }
     let owner = Owner {
         namespace: namespace.clone(),
         name: gr.name_any(),
@@ -365,13 +379,17 @@ async fn pipeline(
     let previous_entries = status.inventory.clone().unwrap_or_default().entries;
     let previous: HashSet<String> = previous_entries.iter().map(|e| e.id.clone()).collect();
     let key = ObjectRef::from(gr);
-    let previous_digests = ctx
-        .digests
-        .lock()
-        .expect("digests lock")
-        .get(&key)
-        .cloned()
-        .unwrap_or_default();
+    // A reconcile asked for by hand re-sends everything, whatever the digests say.
+    let previous_digests = match request {
+        Some(_) => HashMap::new(),
+        None => ctx
+            .digests
+            .lock()
+            .expect("digests lock")
+            .get(&key)
+            .cloned()
+            .unwrap_or_default(),
+    };
     let default_namespace = gr
         .spec
         .target_namespace
@@ -384,119 +402,110 @@ async fn pipeline(
         previous_digests: &previous_digests,
         timeout,
     };
-    let report = ctx
-        .applier
-        .apply(&ctx.client, &manifests, &opts)
-        .await
-        .map_err(|e| Failure::retry(e.reason(), e))?;
-    let mut digests = report.digests.clone();
-    let applied: Vec<InventoryEntry> = report
-        .objects
-        .iter()
-        .filter(|(_, _, action)| !matches!(action, Applied::Failed(_)))
-        .map(|(id, v, _)| InventoryEntry {
-            id: id.to_string(),
-            v: v.clone(),
-        })
-        .collect();
-    let mut summary = Summary {
-        total: report.objects.len() as i64,
-        created: report.count(|a| *a == Applied::Created),
-        configured: report.count(|a| *a == Applied::Configured),
-        unchanged: report.count(|a| *a == Applied::Unchanged),
-        ..Summary::default()
+    let report = ctx.applier.apply(&ctx.client, &manifests, &opts).await;
+    let mut outcome = Outcome {
+        entries: report
+            .objects
+            .iter()
+            .filter(|(_, _, action)| !matches!(action, Applied::Failed(_)))
+            .map(|(id, v, _)| InventoryEntry {
+                id: id.to_string(),
+                v: v.clone(),
+            })
+            .collect(),
+        digests: report.digests.clone(),
+        summary: Summary {
+            total: report.objects.len() as i64,
+            created: report.count(|a| *a == Applied::Created),
+            configured: report.count(|a| *a == Applied::Configured),
+            unchanged: report.count(|a| *a == Applied::Unchanged),
+            ..Summary::default()
+        },
     };
 
     if let Some(error) = report.error() {
         // Keep managing everything applied before and now; prune nothing.
-        let mut entries = previous_entries.clone();
-        entries.extend(applied);
-        set_inventory(status, entries);
-        status.summary = Some(summary);
-        ctx.digests
-            .lock()
-            .expect("digests lock")
-            .insert(key, digests);
+        outcome.entries.extend(previous_entries);
+        outcome.record(ctx, &key, status);
         return Err(Failure::retry(error.reason(), error));
     }
 
     // Prune, behind the blast-radius guard.
-    let desired: BTreeSet<String> = applied.iter().map(|e| e.id.clone()).collect();
-    let mut entries = applied;
-    status.prune_blocked = None;
-    let mut verdict = Verdict::Ready {
-        reason: "ReconciliationSucceeded",
-        message: String::new(),
-    };
+    let desired: BTreeSet<String> = outcome.entries.iter().map(|e| e.id.clone()).collect();
     let candidates = apply::prune_candidates(&previous_entries, &desired);
+    status.prune_blocked = None;
     if gr.spec.prune && !candidates.is_empty() {
-        match apply::prune_blocked(
-            candidates.len(),
-            previous_entries.len(),
-            gr.spec.max_prune.as_ref(),
-        ) {
-            Err(message) => return Err(Failure::stall("InvalidSpec", message)),
-            Ok(Some(limit)) => {
-                let message = format!(
-                    "revision {} would prune {} of {} managed objects, over the limit ({limit}); nothing was pruned",
-                    resolved.revision,
-                    candidates.len(),
-                    previous_entries.len()
-                );
-                status.prune_blocked = Some(PruneBlocked {
-                    candidates: candidates.iter().map(|e| e.id.clone()).collect(),
-                    limit,
-                });
-                entries.extend(candidates);
-                verdict = Verdict::Stalled {
-                    reason: "PruneBlocked",
-                    message,
-                };
-            }
-            Ok(None) => {
-                let pruned = ctx.applier.prune(&ctx.client, &candidates, &owner).await;
-                summary.pruned = pruned.deleted.len() as i64;
-                for id in pruned.deleted.iter().chain(&pruned.released) {
-                    digests.remove(id);
-                }
-                entries.extend(pruned.pending);
-                if !pruned.errors.is_empty() {
-                    set_inventory(status, entries);
-                    status.summary = Some(summary);
-                    ctx.digests
-                        .lock()
-                        .expect("digests lock")
-                        .insert(key, digests);
-                    return Err(Failure::retry("PruneFailed", pruned.errors.join("; ")));
-                }
-            }
+        let managed = previous_entries.len();
+        if let Ok(Some(limit)) =
+            apply::prune_blocked(candidates.len(), managed, gr.spec.max_prune.as_ref())
+        {
+            let message = format!(
+                "revision {} would prune {} of {managed} managed objects, over the limit ({limit}); nothing was pruned (raise spec.maxPrune to let it through)",
+                resolved.revision,
+                candidates.len(),
+            );
+            status.prune_blocked = Some(PruneBlocked {
+                candidates: candidates.iter().map(|e| e.id.clone()).collect(),
+                limit,
+            });
+            outcome.entries.extend(candidates);
+            outcome.record(ctx, &key, status);
+            return Err(Failure::stall("PruneBlocked", message));
+        }
+        let pruned = ctx.applier.prune(&ctx.client, &candidates, &owner).await;
+        outcome.summary.pruned = pruned.deleted.len() as i64;
+        outcome.entries.extend(pruned.pending);
+        if !pruned.errors.is_empty() {
+            outcome.record(ctx, &key, status);
+            return Err(Failure::retry("PruneFailed", pruned.errors.join("; ")));
         }
     }
-    let total = entries.len();
-    set_inventory(status, entries);
-    ctx.digests
-        .lock()
-        .expect("digests lock")
-        .insert(key, digests);
+    let message = format!(
+        "Applied revision {} ({} objects: {} created, {} configured, {} unchanged, {} pruned)",
+        resolved.revision,
+        outcome.summary.total,
+        outcome.summary.created,
+        outcome.summary.configured,
+        outcome.summary.unchanged,
+        outcome.summary.pruned
+    );
+    outcome.record(ctx, &key, status);
     status.last_applied_revision = Some(resolved.revision.clone());
-    if let Verdict::Ready { message, .. } = &mut verdict {
-        *message = format!(
-            "Applied revision {} ({total} objects: {} created, {} configured, {} unchanged, {} pruned)",
-            resolved.revision,
-            summary.created,
-            summary.configured,
-            summary.unchanged,
-            summary.pruned
-        );
-    }
-    status.summary = Some(summary);
-    Ok(Some(verdict))
+    Ok(Some(Verdict::Ready {
+        reason: "ReconciliationSucceeded",
+        message,
+    }))
 }
 
-fn set_inventory(status: &mut GitRepositoryStatus, mut entries: Vec<InventoryEntry>) {
-    entries.sort();
-    entries.dedup_by(|a, b| a.id == b.id);
-    status.inventory = Some(Inventory { entries });
+/// What an apply (and prune) leaves managed.
+struct Outcome {
+    entries: Vec<InventoryEntry>,
+    digests: HashMap<String, u64>,
+    summary: Summary,
+}
+
+impl Outcome {
+    /// Writes the inventory and summary into `status` and remembers the digests of what was
+    /// sent (only for objects still managed).
+    fn record(
+        mut self,
+        ctx: &Context,
+        key: &ObjectRef<GitRepository>,
+        status: &mut GitRepositoryStatus,
+    ) {
+        self.entries.sort();
+        self.entries.dedup_by(|a, b| a.id == b.id);
+        self.digests
+            .retain(|id, _| self.entries.iter().any(|e| &e.id == id));
+        status.inventory = Some(Inventory {
+            entries: self.entries,
+        });
+        status.summary = Some(self.summary);
+        ctx.digests
+            .lock()
+            .expect("digests lock")
+            .insert(key.clone(), self.digests);
+    }
 }
 
 async fn load_auth(ctx: &Context, gr: &GitRepository, namespace: &str) -> Result<Auth, Failure> {
@@ -655,7 +664,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         total += value * unit;
         rest = &rest[len..];
     }
-    Some(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).ok()
 }
 
 #[cfg(test)]

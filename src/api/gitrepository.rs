@@ -68,12 +68,12 @@ pub struct GitRepositorySpec {
     pub git_ref: Option<GitRef>,
 
     /// How often to check the remote for a new revision, e.g. `1m`. Jittered.
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 16))]
     pub interval: String,
 
     /// Deadline for each git operation, render and health wait. Defaults to `60s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 16))]
     pub timeout: Option<String>,
 
     /// Secret in the same namespace with the credentials: `username` and `password`, or

@@ -28,13 +28,15 @@ impl fmt::Display for ObjectId {
 }
 
 impl ObjectId {
-    /// Parses an inventory id. Names and namespaces never contain `_`, so the split is exact.
+    /// Parses an inventory id. Namespaces, groups and kinds never contain `_`; some names do
+    /// (RBAC roles), so the name is whatever lies between the namespace and the group.
     pub fn parse(id: &str) -> Option<ObjectId> {
-        let mut parts = id.splitn(4, '_');
-        let namespace = parts.next()?.to_string();
-        let name = parts.next()?.to_string();
-        let group = parts.next()?.to_string();
-        let kind = parts.next()?.to_string();
+        let (namespace, rest) = id.split_once('_')?;
+        let mut tail = rest.rsplitn(3, '_');
+        let kind = tail.next()?.to_string();
+        let group = tail.next()?.to_string();
+        let name = tail.next()?.to_string();
+        let namespace = namespace.to_string();
         (!name.is_empty() && !kind.is_empty()).then_some(ObjectId {
             namespace,
             name,
@@ -161,6 +163,11 @@ mod tests {
         assert!(ns.is_namespace());
         assert_eq!(ns.display_name(), "Namespace/apps");
         assert_eq!(ObjectId::parse("garbage"), None);
+        let role = ObjectId::parse("_my_odd_role_rbac.authorization.k8s.io_ClusterRole").unwrap();
+        assert_eq!(
+            (role.name.as_str(), role.group.as_str()),
+            ("my_odd_role", "rbac.authorization.k8s.io")
+        );
     }
 
     #[test]

@@ -61,29 +61,18 @@ fn label_value(value: &str) -> String {
     )
 }
 
+/// Some objects of a revision could not be applied; the others were.
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("{failed} of {total} objects failed to apply: {first}")]
-    Objects {
-        failed: usize,
-        total: usize,
-        first: String,
-    },
-    #[error("CustomResourceDefinition {name} did not become Established in time")]
-    CrdNotEstablished { name: String },
-    #[error("pruning failed: {0}")]
-    Prune(String),
-    #[error("{0}")]
-    InvalidSpec(String),
+#[error("{failed} of {total} objects failed to apply: {first}")]
+pub struct ApplyError {
+    failed: usize,
+    total: usize,
+    first: String,
 }
 
 impl ApplyError {
     pub fn reason(&self) -> &'static str {
-        match self {
-            ApplyError::Objects { .. } | ApplyError::CrdNotEstablished { .. } => "ApplyFailed",
-            ApplyError::Prune(_) => "PruneFailed",
-            ApplyError::InvalidSpec(_) => "InvalidSpec",
-        }
+        "ApplyFailed"
     }
 }
 
@@ -121,7 +110,7 @@ impl ApplyReport {
     pub fn error(&self) -> Option<ApplyError> {
         let mut failures = self.failures();
         let (id, message) = failures.next()?;
-        Some(ApplyError::Objects {
+        Some(ApplyError {
             failed: 1 + failures.count(),
             total: self.objects.len(),
             first: format!("{}: {message}", id.display_name()),
@@ -139,6 +128,20 @@ pub struct ApplyOptions<'a> {
     /// Digests of what was last sent; an object whose digest matches is not sent again.
     pub previous_digests: &'a HashMap<String, u64>,
     pub timeout: Duration,
+}
+
+enum KindError {
+    /// No such kind: nothing of it can exist in the cluster.
+    NotServed(String),
+    Other(String),
+}
+
+impl KindError {
+    fn message(self) -> String {
+        match self {
+            KindError::NotServed(m) | KindError::Other(m) => m,
+        }
+    }
 }
 
 /// Applies and prunes. Holds the discovery cache shared by all GitRepositories.
@@ -169,7 +172,7 @@ impl Applier {
         &self,
         client: &Client,
         gvk: &GroupVersionKind,
-    ) -> Result<(ApiResource, ApiCapabilities), String> {
+    ) -> Result<(ApiResource, ApiCapabilities), KindError> {
         if let Some(found) = self.kinds.lock().expect("kinds lock").get(gvk) {
             return Ok(found.clone());
         }
@@ -181,16 +184,19 @@ impl Applier {
                     .insert(gvk.clone(), found.clone());
                 Ok(found)
             }
-            Err(kube::Error::Discovery(_)) => Err(format!(
+            Err(kube::Error::Discovery(_)) => Err(KindError::NotServed(format!(
                 "the API server does not serve kind {} in {} (is its CustomResourceDefinition installed?)",
                 gvk.kind,
                 gvk_api_version(gvk)
-            )),
-            Err(kube::Error::Api(s)) if s.code == 404 => Err(format!(
+            ))),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(KindError::NotServed(format!(
                 "the API server does not serve {} (is its CustomResourceDefinition installed?)",
                 gvk_api_version(gvk)
-            )),
-            Err(other) => Err(format!("discovery of {}: {other}", gvk.kind)),
+            ))),
+            Err(other) => Err(KindError::Other(format!(
+                "discovery of {}: {other}",
+                gvk.kind
+            ))),
         }
     }
 
@@ -202,7 +208,7 @@ impl Applier {
         client: &Client,
         manifests: &[Manifest],
         opts: &ApplyOptions<'_>,
-    ) -> Result<ApplyReport, ApplyError> {
+    ) -> ApplyReport {
         let mut report = ApplyReport::default();
         for tier in [0u8, 1] {
             let batch: Vec<&Manifest> = manifests
@@ -236,10 +242,18 @@ impl Applier {
                 report.objects.push((id, version, action));
             }
             for name in new_crds {
-                wait_established(client, &name, opts.timeout).await?;
+                if let Err(message) = wait_established(client, &name, opts.timeout).await {
+                    let crd = report
+                        .objects
+                        .iter_mut()
+                        .find(|(id, _, _)| id.is_crd() && id.name == name);
+                    if let Some((_, _, action)) = crd {
+                        *action = Action::Failed(message);
+                    }
+                }
             }
         }
-        Ok(report)
+        report
     }
 
     async fn apply_one(
@@ -276,7 +290,16 @@ impl Applier {
             {
                 Ok(_) if opts.previous.contains(&id_str) => Action::Configured,
                 Ok(_) => Action::Created,
-                Err(kube::Error::Api(s)) => Action::Failed(s.message),
+                Err(kube::Error::Api(s)) => {
+                    if s.code == 404 {
+                        // The kind went away since discovery: look it up afresh next time.
+                        self.kinds
+                            .lock()
+                            .expect("kinds lock")
+                            .remove(&gvk_of(&manifest.object));
+                    }
+                    Action::Failed(s.message)
+                }
                 Err(e) => Action::Failed(e.to_string()),
             }
         };
@@ -299,7 +322,7 @@ impl Applier {
         let (resource, caps) = self
             .kind(client, &gvk)
             .await
-            .map_err(|e| format!("{e} ({})", manifest.source))?;
+            .map_err(|e| format!("{} ({})", e.message(), manifest.source))?;
         let namespaced = caps.scope == Scope::Namespaced;
         let metadata = object
             .get_mut("metadata")
@@ -326,6 +349,9 @@ impl Applier {
             let map = metadata
                 .entry(key)
                 .or_insert_with(|| Value::Object(Default::default()));
+            if map.is_null() {
+                *map = Value::Object(Default::default());
+            }
             let map = map
                 .as_object_mut()
                 .ok_or_else(|| format!("{}: metadata.{key} is not a mapping", manifest.source))?;
@@ -386,9 +412,9 @@ impl Applier {
         entry: &InventoryEntry,
         owner: &Owner,
     ) -> Result<PruneResult, String> {
-        let api = self.api_for_entry(client, entry).await?;
-        let Some(id) = ObjectId::parse(&entry.id) else {
-            return Ok(PruneResult::Released);
+        let Some((api, id)) = self.api_for_entry(client, entry).await? else {
+            // Its kind is no longer served, so the object is gone too.
+            return Ok(PruneResult::Deleted);
         };
         let live = match api.get_opt(&id.name).await.map_err(|e| e.to_string())? {
             None => return Ok(PruneResult::Deleted),
@@ -435,8 +461,7 @@ impl Applier {
         let futures: Vec<_> = entries
             .iter()
             .map(|entry| async move {
-                let api = self.api_for_entry(client, entry).await?;
-                let Some(id) = ObjectId::parse(&entry.id) else {
+                let Some((api, id)) = self.api_for_entry(client, entry).await? else {
                     return Ok(());
                 };
                 let Some(live) = api.get_opt(&id.name).await.map_err(|e| e.to_string())? else {
@@ -469,20 +494,26 @@ impl Applier {
             .await
     }
 
+    /// The API for an inventory entry, or None when its kind is not served (any more).
     async fn api_for_entry(
         &self,
         client: &Client,
         entry: &InventoryEntry,
-    ) -> Result<Api<DynamicObject>, String> {
+    ) -> Result<Option<(Api<DynamicObject>, ObjectId)>, String> {
         let id =
             ObjectId::parse(&entry.id).ok_or_else(|| format!("bad inventory id {:?}", entry.id))?;
         let gvk = GroupVersionKind::gvk(&id.group, &entry.v, &id.kind);
-        let (resource, caps) = self.kind(client, &gvk).await?;
-        Ok(if caps.scope == Scope::Namespaced {
+        let (resource, caps) = match self.kind(client, &gvk).await {
+            Ok(found) => found,
+            Err(KindError::NotServed(_)) => return Ok(None),
+            Err(KindError::Other(message)) => return Err(message),
+        };
+        let api = if caps.scope == Scope::Namespaced {
             Api::namespaced_with(client.clone(), &id.namespace, &resource)
         } else {
             Api::all_with(client.clone(), &resource)
-        })
+        };
+        Ok(Some((api, id)))
     }
 }
 
@@ -510,11 +541,7 @@ pub struct PruneReport {
     pub errors: Vec<String>,
 }
 
-async fn wait_established(
-    client: &Client,
-    name: &str,
-    timeout: Duration,
-) -> Result<(), ApplyError> {
+async fn wait_established(client: &Client, name: &str, timeout: Duration) -> Result<(), String> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let established = |crd: &CustomResourceDefinition| {
         crd.status
@@ -531,7 +558,7 @@ async fn wait_established(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ApplyError::CrdNotEstablished { name: name.into() });
+            return Err(format!("not Established within {timeout:?}"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use git2::Repository;
 use tokio::sync::Semaphore;
@@ -38,7 +38,7 @@ impl CheckError {
 pub struct Cache {
     root: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 impl Cache {
@@ -46,7 +46,7 @@ impl Cache {
         Cache {
             root,
             locks: Mutex::new(HashMap::new()),
-            permits: Semaphore::new(concurrency.max(1)),
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
         }
     }
 
@@ -56,20 +56,33 @@ impl Cache {
         self.root.join(format!("{:016x}.git", h.finish()))
     }
 
-    /// Runs blocking git work off the runtime, within `timeout`.
-    async fn blocking<T: Send + 'static>(
+    /// Runs blocking git work off the runtime, within `timeout`. The permit (and whatever `hold`
+    /// guards) moves into the work, so a git call that outlives the deadline still counts
+    /// against the bound until libgit2 gives up (its own progress deadline stops transfers).
+    async fn blocking<T: Send + 'static, G: Send + 'static>(
         &self,
         url: &RemoteUrl,
         timeout: Duration,
-        work: impl FnOnce() -> Result<T, CheckError> + Send + 'static,
+        hold: G,
+        work: impl FnOnce(Instant) -> Result<T, CheckError> + Send + 'static,
     ) -> Result<T, CheckError> {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .expect("semaphore never closes");
-        match tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await {
-            Ok(joined) => joined.expect("git work panicked"),
+        let deadline = Instant::now() + timeout;
+        let task = tokio::task::spawn_blocking(move || {
+            let _held = (permit, hold);
+            work(deadline)
+        });
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(CheckError::Source(SourceError::Fetch {
+                url: url.redacted().to_string(),
+                message: format!("git work failed: {join}"),
+            })),
             Err(_) => Err(CheckError::Timeout {
                 url: url.redacted().to_string(),
                 timeout,
@@ -86,7 +99,7 @@ impl Cache {
         timeout: Duration,
     ) -> Result<Resolved, CheckError> {
         let (url2, auth, git_ref) = (url.clone(), auth.clone(), git_ref.clone());
-        self.blocking(url, timeout, move || {
+        self.blocking(url, timeout, (), move |_deadline| {
             let refs = ls_remote(&url2, &auth)?;
             Ok(resolve::resolve(&git_ref, &refs)?)
         })
@@ -110,7 +123,7 @@ impl Cache {
             .entry(url.as_str().to_string())
             .or_default()
             .clone();
-        let _guard = lock.lock().await;
+        let guard = lock.lock_owned().await;
         let (url2, auth, resolved, git_dir, dest) = (
             url.clone(),
             auth.clone(),
@@ -118,19 +131,17 @@ impl Cache {
             self.repo_dir(url),
             dest.to_path_buf(),
         );
-        self.blocking(url, timeout, move || {
+        // The URL's lock moves into the work: a fetch that outlives its deadline still keeps
+        // the next one out of the same repository.
+        self.blocking(url, timeout, guard, move |deadline| {
             let repo = match Repository::open_bare(&git_dir) {
                 Ok(repo) if repo.find_commit(resolved.oid).is_ok() => repo,
                 _ => {
                     let refspecs: Vec<&str> =
                         resolved.refspecs.iter().map(String::as_str).collect();
-                    fetch(
-                        &git_dir,
-                        &url2,
-                        &refspecs,
-                        resolved.shallow.then_some(1),
-                        &auth,
-                    )?
+                    // A pinned commit may lie beyond a shallow cache's boundary: unshallow.
+                    let depth = if resolved.shallow { 1 } else { i32::MAX };
+                    fetch(&git_dir, &url2, &refspecs, depth, &auth, deadline)?
                 }
             };
             write_tree(&repo, &resolved, &dest)

@@ -6,6 +6,7 @@ mod cache;
 pub mod resolve;
 
 use std::path::Path;
+use std::time::Instant;
 
 use git2::{Direction, FetchOptions, Oid, Repository};
 
@@ -137,16 +138,26 @@ pub fn redact(raw: &str) -> String {
     }
 }
 
-fn fetch_options<'a>(
-    remote: &'a RemoteUrl,
-    auth: &'a Auth,
-    headers: &'a [String],
-) -> FetchOptions<'a> {
-    let mut opts = FetchOptions::new();
-    opts.remote_callbacks(auth.callbacks(&remote.host, remote.port));
-    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    opts.custom_headers(&headers);
-    opts
+/// libgit2's socket timeouts. A server that accepts a connection and never answers would
+/// otherwise hold a blocking thread forever; the GitRepository's own deadline stops transfers
+/// that are still moving (see `fetch`).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sets libgit2's process-wide socket timeouts, once.
+#[allow(unsafe_code)]
+pub fn set_network_timeouts() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: libgit2 reads these integers when it opens a socket; `Once` makes this the only
+        // write, done before the controller starts any git work.
+        unsafe {
+            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(
+                CONNECT_TIMEOUT.as_millis() as i32,
+            );
+            let _ = git2::opts::set_server_timeout_in_milliseconds(IO_TIMEOUT.as_millis() as i32);
+        }
+    });
 }
 
 /// The remote's refs and the commits they point at (peeled for annotated tags), without fetching.
@@ -169,13 +180,15 @@ pub fn ls_remote(remote: &RemoteUrl, auth: &Auth) -> Result<Vec<(String, Oid)>, 
 }
 
 /// Fetches `refspecs` from the remote into the bare repository at `git_dir`, creating it when
-/// missing. `depth` makes the fetch shallow.
+/// missing, to `depth` commits (`i32::MAX` also deepens a shallow repository). The transfer is
+/// cancelled once `deadline` passes.
 pub fn fetch(
     git_dir: &Path,
     remote: &RemoteUrl,
     refspecs: &[&str],
-    depth: Option<i32>,
+    depth: i32,
     auth: &Auth,
+    deadline: Instant,
 ) -> Result<Repository, SourceError> {
     let cache_err = |e: git2::Error| SourceError::Cache {
         path: git_dir.display().to_string(),
@@ -188,10 +201,14 @@ pub fn fetch(
     {
         let mut detached = repo.remote_anonymous(remote.as_str()).map_err(cache_err)?;
         let headers = auth.http_headers();
-        let mut opts = fetch_options(remote, auth, &headers);
-        if let Some(depth) = depth {
-            opts.depth(depth);
-        }
+        let mut opts = FetchOptions::new();
+        let mut callbacks = auth.callbacks(&remote.host, remote.port);
+        callbacks.transfer_progress(move |_| Instant::now() < deadline);
+        callbacks.sideband_progress(move |_| Instant::now() < deadline);
+        opts.remote_callbacks(callbacks);
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        opts.custom_headers(&headers);
+        opts.depth(depth);
         detached
             .fetch(refspecs, Some(&mut opts), None)
             .map_err(|e| remote.error(e))?;

@@ -141,8 +141,11 @@ async fn path_that_does_not_exist_and_emptied_directory() {
     fx.wait_applied("app", &repo.head()).await;
 
     // A commit that empties the directory is an error, never "prune everything".
-    repo.remove(&["deploy/keep.yaml"], "empty it");
-    repo.commit(&[("other/x.yaml", &configmap("x", "1"))], "elsewhere");
+    repo.change(
+        &[("other/x.yaml", &configmap("x", "1"))],
+        &["deploy/keep.yaml"],
+        "empty it",
+    );
     let gr = fx.wait_failed("app", "BuildFailed").await;
     assert!(
         ready_message(&gr).contains("deploy"),
@@ -161,9 +164,18 @@ async fn path_that_does_not_exist_and_emptied_directory() {
     );
     assert!(fx.get("v1", "ConfigMap", "keep").await.is_some());
 
+    // Another path replaces every managed object: the default guard holds that back until
+    // maxPrune allows it.
     fx.patch("app", json!({"spec": {"path": "other"}})).await;
+    fx.wait_failed("app", "PruneBlocked").await;
+    assert!(
+        fx.get("v1", "ConfigMap", "x").await.is_some(),
+        "applied, only the prune is held"
+    );
+    assert!(fx.get("v1", "ConfigMap", "keep").await.is_some());
+    fx.patch("app", json!({"spec": {"maxPrune": "100%"}})).await;
     fx.wait_applied("app", &repo.head()).await;
-    assert!(fx.get("v1", "ConfigMap", "x").await.is_some());
+    fx.wait_gone(&fx.ns, "v1", "ConfigMap", "keep").await;
 }
 
 #[tokio::test]

@@ -13,8 +13,9 @@ fn fetch_main(url: &str, auth: &Auth) -> Result<git2::Oid, SourceError> {
         cache.path(),
         &remote,
         &["+refs/heads/main:refs/heads/main"],
-        Some(1),
+        1,
         auth,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
     )?;
     let oid = repo.refname_to_id("refs/heads/main").unwrap();
     Ok(oid)

@@ -68,8 +68,11 @@ async fn sync_update_and_prune() {
     );
 
     // An edit in git updates the object; a removed file is pruned.
-    repo.commit(&[("deploy/a.yaml", &configmap("a", "2"))], "edit a");
-    repo.remove(&["deploy/b.yaml"], "remove b");
+    repo.change(
+        &[("deploy/a.yaml", &configmap("a", "2"))],
+        &["deploy/b.yaml"],
+        "edit a, remove b",
+    );
     let gr = fx.wait_applied("app", &repo.head()).await;
     assert_eq!(value(&fx.get("v1", "ConfigMap", "a").await.unwrap()), "2");
     assert!(
@@ -184,7 +187,14 @@ spec:
     let widget =
         format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n");
     // The custom resource sorts before its CRD: order in git must not matter.
-    let repo = Repo::create("crd", &[("a-widget.yaml", &widget), ("z-crd.yaml", &crd)]);
+    let repo = Repo::create(
+        "crd",
+        &[
+            ("a-widget.yaml", &widget),
+            ("z-crd.yaml", &crd),
+            ("cm.yaml", &configmap("stays", "1")),
+        ],
+    );
     fx.create("app", spec(&repo, json!({}))).await;
     fx.wait_applied("app", &repo.head()).await;
     let w = fx
@@ -195,7 +205,6 @@ spec:
 
     // Both removed in one commit: the custom resource goes first, then its CRD.
     repo.remove(&["a-widget.yaml", "z-crd.yaml"], "remove both");
-    repo.commit(&[("cm.yaml", &configmap("left", "1"))], "keep something");
     fx.wait_applied("app", &repo.head()).await;
     fx.wait_gone(
         "",

@@ -57,6 +57,16 @@ impl Repo {
 
     /// Writes `files` (path, content), commits and pushes the current branch; returns the SHA.
     pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        self.change(files, &[], message)
+    }
+
+    /// Writes `files` and removes `remove` in one commit, pushed; returns the SHA.
+    pub fn change(&self, files: &[(&str, &str)], remove: &[&str], message: &str) -> String {
+        if !remove.is_empty() {
+            let mut args = vec!["rm", "-q"];
+            args.extend(remove);
+            git(self.work.path(), &args);
+        }
         for (path, content) in files {
             let path = self.work.path().join(path);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -78,10 +88,7 @@ impl Repo {
 
     /// Removes `paths`, commits and pushes.
     pub fn remove(&self, paths: &[&str], message: &str) -> String {
-        let mut args = vec!["rm", "-q"];
-        args.extend(paths);
-        git(self.work.path(), &args);
-        self.commit(&[], message)
+        self.change(&[], paths, message)
     }
 
     /// Creates `branch` from the current commit, switches to it and commits `files` on it.

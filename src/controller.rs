@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -21,10 +21,13 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use crate::api::{
-    Artifact, DeletionPolicy, FIELD_MANAGER, FINALIZER, GitRepository, GitRepositoryStatus,
-    Inventory, InventoryEntry, PruneBlocked, RECONCILE_REQUESTED_ANNOTATION, Summary,
+    Artifact, DeletionPolicy, DriftEntry, DriftMode, FIELD_MANAGER, FINALIZER, GitRepository,
+    GitRepositoryStatus, Inventory, InventoryEntry, PruneBlocked, RECONCILE_REQUESTED_ANNOTATION,
+    Summary,
 };
-use crate::apply::{self, Action as Applied, Applier, ApplyOptions, Owner};
+use crate::apply::{self, Action as Applied, Applier, ApplyOptions, ObjectId, Owner, Sent};
+use crate::live::Live;
+use crate::live::health::Health;
 use crate::render::{self, Limits};
 use crate::source::{Auth, Cache, RemoteUrl, SourceError};
 use crate::status::{self, Verdict};
@@ -81,15 +84,16 @@ pub struct Context {
     applier: Applier,
     recorder: Recorder,
     limits: Limits,
-    /// Per GitRepository: digests of what was last sent, per inventory id. Lost on restart, which
-    /// costs one re-apply of everything.
-    digests: Mutex<HashMap<ObjectRef<GitRepository>, HashMap<String, u64>>>,
+    live: Arc<Live>,
+    /// Per GitRepository: what was applied last and when the remote was last asked. Lost on
+    /// restart, which costs one re-apply of everything.
+    memory: Mutex<HashMap<ObjectRef<GitRepository>, Memory>>,
     /// Per GitRepository: consecutive failures, for backoff.
     failures: Mutex<HashMap<ObjectRef<GitRepository>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, config: &Config) -> std::io::Result<Arc<Context>> {
+    pub fn new(client: Client, config: &Config, live: Arc<Live>) -> std::io::Result<Arc<Context>> {
         crate::source::set_network_timeouts();
         let work_dir = config.cache_dir.join("work");
         // Checkouts left by a previous process are never reused.
@@ -110,7 +114,8 @@ impl Context {
             work_dir,
             applier: Applier::new(config.apply_concurrency),
             limits: Limits::default(),
-            digests: Mutex::default(),
+            live,
+            memory: Mutex::default(),
             failures: Mutex::default(),
         }))
     }
@@ -137,7 +142,8 @@ pub async fn serve(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
-    let ctx = Context::new(client.clone(), &config)?;
+    let (live, wake) = Live::new(client.clone(), config.namespace.clone());
+    let ctx = Context::new(client.clone(), &config, live)?;
     let api: Api<GitRepository> = match &config.namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
@@ -152,6 +158,8 @@ pub async fn serve(
     info!("capstan controller starting");
     Controller::for_stream(triggers, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        // A managed object changed: its GitRepository looks at drift and health at once.
+        .reconcile_on(wake)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -254,42 +262,123 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         .get(RECONCILE_REQUESTED_ANNOTATION)
         .cloned();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let key = ObjectRef::from(gr);
 
-    let result = pipeline(gr, ctx, &mut status, request.as_deref(), &now).await;
-    let (verdict, action) = match result {
-        Ok(Some(verdict)) => {
-            ctx.failures
-                .lock()
-                .expect("failures lock")
-                .remove(&ObjectRef::from(gr));
-            (verdict, Action::requeue(jitter(interval)))
-        }
-        // Nothing changed: no write, no event.
-        Ok(None) => return Ok(Action::requeue(jitter(interval))),
+    // The remote is asked once per interval, or at once when the spec changed, a reconcile was
+    // requested, or this process has not applied the GitRepository yet. Between those, a wake-up
+    // comes from a managed object changing: only drift and health are looked at.
+    let settled = status.observed_generation == gr.meta().generation
+        && request
+            .as_deref()
+            .is_none_or(|r| status.last_handled_reconcile_at.as_deref() == Some(r));
+    let last_check = ctx
+        .memory
+        .lock()
+        .expect("memory lock")
+        .get(&key)
+        .and_then(|m| m.last_check);
+    let git_due = !settled || last_check.is_none_or(|t| t.elapsed() >= interval);
+
+    let result = if git_due {
+        pipeline(gr, ctx, &mut status, request.as_deref(), &now).await
+    } else {
+        Ok(None)
+    };
+    let (mut verdict, mut delay) = match result {
+        Ok(Some(verdict)) => (Some(verdict), jitter(interval)),
+        Ok(None) => (None, jitter(interval)),
         Err(Failure { verdict }) => {
             let delay = match verdict {
                 // Only a change fixes it; look again at the next interval.
                 Verdict::Stalled { .. } => jitter(interval),
                 _ => backoff(ctx, gr),
             };
-            (verdict, Action::requeue(delay))
+            (Some(verdict), delay)
         }
     };
+    let mut events = Vec::new();
+    let applied = ctx
+        .memory
+        .lock()
+        .expect("memory lock")
+        .get(&key)
+        .is_some_and(|m| m.applied_ok);
+    if applied
+        && !matches!(
+            verdict,
+            Some(Verdict::Retrying { .. } | Verdict::Stalled { .. })
+        )
+    {
+        ctx.failures.lock().expect("failures lock").remove(&key);
+        events = drift(gr, ctx, &mut status, &now).await;
+        if let Some((health_verdict, wait)) = health(gr, ctx, &mut status, &now) {
+            delay = delay.min(wait);
+            verdict = Some(health_verdict);
+        } else if verdict.is_none()
+            && status::ready(Some(&status)).is_some_and(|c| c.status != "True")
+        {
+            // Healthy now, after waiting: Ready again with the message of the last apply.
+            verdict = Some(Verdict::Ready {
+                reason: "ReconciliationSucceeded",
+                message: ctx
+                    .memory
+                    .lock()
+                    .expect("memory lock")
+                    .get(&key)
+                    .map(|m| m.message.clone())
+                    .unwrap_or_default(),
+            });
+        }
+    }
     if request.is_some() {
         status.last_handled_reconcile_at = request;
     }
     status.observed_generation = gr.meta().generation;
-    status::set_conditions(&mut status, &verdict, gr.meta().generation, &now);
+    if let Some(verdict) = &verdict {
+        status::set_conditions(&mut status, verdict, gr.meta().generation, &now);
+    }
     if status::differs(old_status.as_ref(), &status) {
         write_status(ctx, gr, &status).await?;
-        publish(ctx, gr, &verdict, &status).await;
+        if let Some(verdict) = &verdict {
+            let new_revision = old_status
+                .as_ref()
+                .and_then(|s| s.last_applied_revision.as_ref())
+                != status.last_applied_revision.as_ref();
+            publish(ctx, gr, verdict, new_revision, &status).await;
+        }
+        for (type_, reason, note) in events {
+            event(ctx, gr, type_, reason, note).await;
+        }
     }
-    Ok(action)
+    Ok(Action::requeue(delay))
 }
 
 /// The stages. `Ok(None)` when the remote still names the revision applied last and nothing else
 /// asks for work.
 async fn pipeline(
+    gr: &GitRepository,
+    ctx: &Context,
+    status: &mut GitRepositoryStatus,
+    request: Option<&str>,
+    now: &Time,
+) -> Result<Option<Verdict>, Failure> {
+    let result = stages(gr, ctx, status, request, now).await;
+    let mut memory = ctx.memory.lock().expect("memory lock");
+    let memory = memory.entry(ObjectRef::from(gr)).or_default();
+    memory.last_check = Some(Instant::now());
+    match &result {
+        Ok(Some(Verdict::Ready { message, .. })) => {
+            memory.applied_ok = true;
+            memory.applied_at = Some(Instant::now());
+            memory.message = message.clone();
+        }
+        Ok(_) => {}
+        Err(_) => memory.applied_ok = false,
+    }
+    result
+}
+
+async fn stages(
     gr: &GitRepository,
     ctx: &Context,
     status: &mut GitRepositoryStatus,
@@ -303,11 +392,7 @@ async fn pipeline(
             format!("invalid interval {:?}", gr.spec.interval),
         )
     })?;
-    let timeout = match &gr.spec.timeout {
-        Some(t) => parse_duration(t)
-            .ok_or_else(|| Failure::stall("InvalidSpec", format!("invalid timeout {t:?}")))?,
-        None => Duration::from_secs(60),
-    };
+    let timeout = timeout_of(gr).map_err(|m| Failure::stall("InvalidSpec", m))?;
 
     // Source: ask the remote which commit the ref names.
     let url = RemoteUrl::parse(&gr.spec.url).map_err(|e| Failure::stall(e.reason(), e))?;
@@ -321,10 +406,16 @@ async fn pipeline(
             reason => Failure::retry(reason, e),
         })?;
 
-    let up_to_date = status.last_applied_revision.as_deref() == Some(resolved.revision.as_str())
+    let applied_ok = ctx
+        .memory
+        .lock()
+        .expect("memory lock")
+        .get(&ObjectRef::from(gr))
+        .is_some_and(|m| m.applied_ok);
+    let up_to_date = applied_ok
+        && status.last_applied_revision.as_deref() == Some(resolved.revision.as_str())
         && status.observed_generation == gr.meta().generation
-        && request.is_none_or(|r| status.last_handled_reconcile_at.as_deref() == Some(r))
-        && status::ready(Some(status)).is_some_and(|c| c.status == "True");
+        && request.is_none_or(|r| status.last_handled_reconcile_at.as_deref() == Some(r));
     if up_to_date {
         return Ok(None);
     }
@@ -380,15 +471,19 @@ async fn pipeline(
     let previous: HashSet<String> = previous_entries.iter().map(|e| e.id.clone()).collect();
     let key = ObjectRef::from(gr);
     // A reconcile asked for by hand re-sends everything, whatever the digests say.
-    let previous_digests = match request {
+    let previous_sent: HashMap<String, Sent> = ctx
+        .memory
+        .lock()
+        .expect("memory lock")
+        .get(&key)
+        .map(|m| m.objects.clone())
+        .unwrap_or_default();
+    let previous_digests: HashMap<String, u64> = match request {
         Some(_) => HashMap::new(),
-        None => ctx
-            .digests
-            .lock()
-            .expect("digests lock")
-            .get(&key)
-            .cloned()
-            .unwrap_or_default(),
+        None => previous_sent
+            .iter()
+            .map(|(id, s)| (id.clone(), s.digest))
+            .collect(),
     };
     let default_namespace = gr
         .spec
@@ -403,6 +498,16 @@ async fn pipeline(
         timeout,
     };
     let report = ctx.applier.apply(&ctx.client, &manifests, &opts).await;
+    for kind in &report.kinds {
+        ctx.live.watch(kind);
+    }
+    let mut sent = report.sent.clone();
+    for (id, s) in sent.iter_mut() {
+        // Not sent again: Capstan still owns what it owned after the last send.
+        if s.fields.is_none() {
+            s.fields = previous_sent.get(id).and_then(|p| p.fields.clone());
+        }
+    }
     let mut outcome = Outcome {
         entries: report
             .objects
@@ -413,7 +518,7 @@ async fn pipeline(
                 v: v.clone(),
             })
             .collect(),
-        digests: report.digests.clone(),
+        sent,
         summary: Summary {
             total: report.objects.len() as i64,
             created: report.count(|a| *a == Applied::Created),
@@ -480,13 +585,13 @@ async fn pipeline(
 /// What an apply (and prune) leaves managed.
 struct Outcome {
     entries: Vec<InventoryEntry>,
-    digests: HashMap<String, u64>,
+    sent: HashMap<String, Sent>,
     summary: Summary,
 }
 
 impl Outcome {
-    /// Writes the inventory and summary into `status` and remembers the digests of what was
-    /// sent (only for objects still managed).
+    /// Writes the inventory and summary into `status` and remembers what was sent (only for
+    /// objects still managed). A new apply starts a new drift record.
     fn record(
         mut self,
         ctx: &Context,
@@ -495,16 +600,271 @@ impl Outcome {
     ) {
         self.entries.sort();
         self.entries.dedup_by(|a, b| a.id == b.id);
-        self.digests
+        self.sent
             .retain(|id, _| self.entries.iter().any(|e| &e.id == id));
         status.inventory = Some(Inventory {
             entries: self.entries,
         });
-        status.summary = Some(self.summary);
-        ctx.digests
+        status.summary = Some(Summary {
+            drifted: 0,
+            ..self.summary
+        });
+        status.drift.clear();
+        ctx.memory
             .lock()
-            .expect("digests lock")
-            .insert(key.clone(), self.digests);
+            .expect("memory lock")
+            .entry(key.clone())
+            .or_default()
+            .objects = self.sent;
+    }
+}
+
+/// What this process remembers of a GitRepository between reconciles.
+#[derive(Default)]
+struct Memory {
+    /// Per inventory id: what was sent last.
+    objects: HashMap<String, Sent>,
+    /// When the remote was last asked for the ref.
+    last_check: Option<Instant>,
+    /// Whether the last apply went through (prune included).
+    applied_ok: bool,
+    applied_at: Option<Instant>,
+    /// The Ready message of the last apply.
+    message: String,
+}
+
+fn timeout_of(gr: &GitRepository) -> Result<Duration, String> {
+    match &gr.spec.timeout {
+        Some(t) => parse_duration(t).ok_or_else(|| format!("invalid timeout {t:?}")),
+        None => Ok(Duration::from_secs(60)),
+    }
+}
+
+/// Drift: fields Capstan applied that another manager owns now, or objects deleted. Corrects
+/// (one apply per drifted object), reports, or ignores, as `spec.drift.mode` says. Returns the
+/// events to publish.
+async fn drift(
+    gr: &GitRepository,
+    ctx: &Context,
+    status: &mut GitRepositoryStatus,
+    now: &Time,
+) -> Vec<(EventType, &'static str, String)> {
+    let mode = gr.spec.drift.as_ref().map(|d| d.mode).unwrap_or_default();
+    let key = ObjectRef::from(gr);
+    if mode == DriftMode::Disabled {
+        status.drift.clear();
+        status::remove_condition(status, status::DRIFTED);
+        if let Some(summary) = &mut status.summary {
+            summary.drifted = 0;
+        }
+        return Vec::new();
+    }
+    let sent = ctx
+        .memory
+        .lock()
+        .expect("memory lock")
+        .get(&key)
+        .map(|m| m.objects.clone())
+        .unwrap_or_default();
+    let mut found: Vec<(String, Vec<String>)> = Vec::new();
+    for (id, s) in &sent {
+        let (Some(oid), Some(recorded)) = (ObjectId::parse(id), &s.fields) else {
+            continue;
+        };
+        if !ctx.live.synced(&oid) {
+            continue;
+        }
+        let fields = match ctx.live.observed(id) {
+            None => vec!["(deleted)".to_string()],
+            Some(observed) => recorded.missing_from(&observed.fields),
+        };
+        if !fields.is_empty() {
+            found.push((id.clone(), fields));
+        }
+    }
+    found.sort();
+
+    let mut events = Vec::new();
+    let previous: HashMap<String, DriftEntry> =
+        status.drift.drain(..).map(|d| (d.id.clone(), d)).collect();
+    let mut entries: Vec<DriftEntry> = Vec::new();
+    for (id, fields) in found {
+        let known = previous
+            .get(&id)
+            .is_some_and(|p| p.fields == fields && !p.corrected);
+        let mut corrected = false;
+        if mode == DriftMode::Correct {
+            match ctx.applier.reapply(&ctx.client, &sent[&id].object).await {
+                Ok(owned) => {
+                    corrected = true;
+                    if let Some(s) = ctx
+                        .memory
+                        .lock()
+                        .expect("memory lock")
+                        .get_mut(&key)
+                        .and_then(|m| m.objects.get_mut(&id))
+                    {
+                        s.fields = Some(owned);
+                    }
+                    events.push((
+                        EventType::Normal,
+                        "DriftCorrected",
+                        format!("{id}: re-applied {}", fields.join(", ")),
+                    ));
+                }
+                Err(message) => warn!(%id, %message, "drift correction failed"),
+            }
+        } else if !known {
+            events.push((
+                EventType::Warning,
+                "DriftDetected",
+                format!("{id}: {}", fields.join(", ")),
+            ));
+        }
+        let detected_at = previous
+            .get(&id)
+            .filter(|p| p.fields == fields)
+            .map(|p| p.detected_at.clone())
+            .unwrap_or_else(|| now.clone());
+        entries.push(DriftEntry {
+            id,
+            fields,
+            detected_at,
+            corrected,
+        });
+    }
+    // Corrections stay on record until the next revision is applied.
+    for (id, p) in previous {
+        if p.corrected && !entries.iter().any(|e| e.id == id) {
+            entries.push(p);
+        }
+    }
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    let open: Vec<&DriftEntry> = entries.iter().filter(|e| !e.corrected).collect();
+    let generation = gr.meta().generation;
+    let drifted = open.len() as i64;
+    if open.is_empty() {
+        status::set_condition(
+            status,
+            status::DRIFTED,
+            false,
+            "NoDrift",
+            "",
+            generation,
+            now,
+        );
+    } else {
+        let message = open
+            .iter()
+            .map(|e| format!("{} ({})", e.id, e.fields.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        status::set_condition(
+            status,
+            status::DRIFTED,
+            true,
+            "DriftDetected",
+            &message,
+            generation,
+            now,
+        );
+    }
+    if let Some(summary) = &mut status.summary {
+        summary.drifted = drifted;
+    }
+    status.drift = entries;
+    events
+}
+
+/// Health (`spec.wait`): the kstatus health of every managed object, from the watches. Returns
+/// the verdict that replaces Ready while they are not all healthy, and how soon to look again.
+fn health(
+    gr: &GitRepository,
+    ctx: &Context,
+    status: &mut GitRepositoryStatus,
+    now: &Time,
+) -> Option<(Verdict, Duration)> {
+    if !gr.spec.wait {
+        status::remove_condition(status, status::HEALTHY);
+        return None;
+    }
+    let generation = gr.meta().generation;
+    let mut waiting = Vec::new();
+    let mut failed = Vec::new();
+    for entry in status.inventory.iter().flat_map(|i| &i.entries) {
+        let Some(id) = ObjectId::parse(&entry.id) else {
+            continue;
+        };
+        let name = id.display_name();
+        if !ctx.live.synced(&id) {
+            waiting.push(format!("{name}: status not observed yet"));
+            continue;
+        }
+        match ctx.live.observed(&entry.id).map(|o| o.health) {
+            None => waiting.push(format!("{name}: not found")),
+            Some(Health::Current) => {}
+            Some(Health::InProgress(m)) => waiting.push(format!("{name}: {m}")),
+            Some(Health::Failed(m)) => failed.push(format!("{name}: {m}")),
+        }
+    }
+    if waiting.is_empty() && failed.is_empty() {
+        let count = status.inventory.as_ref().map_or(0, |i| i.entries.len());
+        let message = format!("{count} objects are healthy");
+        status::set_condition(
+            status,
+            status::HEALTHY,
+            true,
+            "Healthy",
+            &message,
+            generation,
+            now,
+        );
+        return None;
+    }
+    let timeout = timeout_of(gr).unwrap_or(Duration::from_secs(60));
+    let since = ctx
+        .memory
+        .lock()
+        .expect("memory lock")
+        .get(&ObjectRef::from(gr))
+        .and_then(|m| m.applied_at)
+        .map(|t| t.elapsed())
+        .unwrap_or_default();
+    let (reason, message, wait) = if !failed.is_empty() {
+        ("HealthCheckFailed", failed.join("; "), None)
+    } else if since >= timeout {
+        let message = format!("not healthy after {timeout:?}: {}", waiting.join("; "));
+        ("HealthCheckFailed", message, None)
+    } else {
+        let message = format!("waiting for {}", waiting.join("; "));
+        ("Progressing", message, Some(timeout - since))
+    };
+    status::set_condition(
+        status,
+        status::HEALTHY,
+        false,
+        reason,
+        &message,
+        generation,
+        now,
+    );
+    let interval = parse_duration(&gr.spec.interval).unwrap_or(Duration::from_secs(60));
+    Some(match wait {
+        Some(wait) => (Verdict::Progressing { reason, message }, wait),
+        None => (Verdict::Stalled { reason, message }, interval),
+    })
+}
+
+async fn event(ctx: &Context, gr: &GitRepository, type_: EventType, reason: &str, note: String) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &gr.object_ref(&())).await {
+        warn!(error = %e, "publishing event failed");
     }
 }
 
@@ -559,10 +919,13 @@ async fn write_status(
     Ok(())
 }
 
+/// The event for a verdict: `Applied` for a new revision or changed objects, a Warning with the
+/// reason for a failure.
 async fn publish(
     ctx: &Context,
     gr: &GitRepository,
     verdict: &Verdict,
+    new_revision: bool,
     status: &GitRepositoryStatus,
 ) {
     let (type_, reason, note) = match verdict {
@@ -571,25 +934,17 @@ async fn publish(
                 .summary
                 .as_ref()
                 .is_some_and(|s| s.created + s.configured + s.pruned > 0);
-            if !changed {
+            if !changed && !new_revision {
                 return;
             }
             (EventType::Normal, "Applied", message)
         }
+        Verdict::Progressing { .. } => return,
         Verdict::Retrying { reason, message } | Verdict::Stalled { reason, message } => {
             (EventType::Warning, *reason, message)
         }
     };
-    let event = KubeEvent {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &gr.object_ref(&())).await {
-        warn!(error = %e, "publishing event failed");
-    }
+    event(ctx, gr, type_, reason, note.clone()).await;
 }
 
 async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
@@ -634,7 +989,7 @@ async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         );
     }
     let key = ObjectRef::from(gr);
-    ctx.digests.lock().expect("digests lock").remove(&key);
+    ctx.memory.lock().expect("memory lock").remove(&key);
     ctx.failures.lock().expect("failures lock").remove(&key);
     Ok(Action::await_change())
 }

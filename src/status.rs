@@ -9,6 +9,8 @@ use crate::api::GitRepositoryStatus;
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
+pub const DRIFTED: &str = "Drifted";
+pub const HEALTHY: &str = "Healthy";
 
 /// How a reconcile ended, as far as the conditions are concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +22,11 @@ pub enum Verdict {
     },
     /// Failed; retried with backoff.
     Retrying {
+        reason: &'static str,
+        message: String,
+    },
+    /// Applied; waiting for the objects to become healthy.
+    Progressing {
         reason: &'static str,
         message: String,
     },
@@ -42,32 +49,11 @@ pub fn set_conditions(
     let (ready, reconciling, stalled, reason, message) = match verdict {
         Verdict::Ready { reason, message } => (true, false, false, *reason, message),
         Verdict::Retrying { reason, message } => (false, true, false, *reason, message),
+        Verdict::Progressing { reason, message } => (false, true, false, *reason, message),
         Verdict::Stalled { reason, message } => (false, false, true, *reason, message),
     };
-    let status_of = |b: bool| if b { "True" } else { "False" };
     let mut set = |type_: &str, value: bool, reason: &str, message: &str| {
-        let condition = Condition {
-            type_: type_.to_string(),
-            status: status_of(value).to_string(),
-            reason: reason.to_string(),
-            message: truncate(message, 1024),
-            observed_generation: generation,
-            last_transition_time: now.clone(),
-        };
-        match status.conditions.iter_mut().find(|c| c.type_ == type_) {
-            Some(old) => {
-                let since = if old.status == condition.status {
-                    old.last_transition_time.clone()
-                } else {
-                    now.clone()
-                };
-                *old = Condition {
-                    last_transition_time: since,
-                    ..condition
-                };
-            }
-            None => status.conditions.push(condition),
-        }
+        set_condition(status, type_, value, reason, message, generation, now)
     };
     set(READY, ready, reason, message);
     set(
@@ -81,6 +67,45 @@ pub fn set_conditions(
         if reconciling { message } else { "" },
     );
     set(STALLED, stalled, reason, if stalled { message } else { "" });
+}
+
+/// Sets one condition, keeping its `lastTransitionTime` when its status did not change.
+pub fn set_condition(
+    status: &mut GitRepositoryStatus,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let condition = Condition {
+        type_: type_.to_string(),
+        status: if value { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message: truncate(message, 1024),
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    };
+    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(old) => {
+            let since = if old.status == condition.status {
+                old.last_transition_time.clone()
+            } else {
+                now.clone()
+            };
+            *old = Condition {
+                last_transition_time: since,
+                ..condition
+            };
+        }
+        None => status.conditions.push(condition),
+    }
+}
+
+/// Removes a condition that no longer applies (e.g. `Healthy` once `wait` is off).
+pub fn remove_condition(status: &mut GitRepositoryStatus, type_: &str) {
+    status.conditions.retain(|c| c.type_ != type_);
 }
 
 /// Whether writing `new` over `old` would change anything but timestamps.

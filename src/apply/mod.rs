@@ -23,6 +23,7 @@ use crate::api::{
     FIELD_MANAGER, InventoryEntry, OWNER_ANNOTATION, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL,
     PRUNE_ANNOTATION,
 };
+use crate::live::fields::FieldSet;
 use crate::render::Manifest;
 
 /// The GitRepository an object belongs to, as written onto every object Capstan applies.
@@ -90,8 +91,26 @@ pub enum Action {
 pub struct ApplyReport {
     /// Every rendered object, in apply order, with the version it was applied with.
     pub objects: Vec<(ObjectId, String, Action)>,
-    /// Digest of what was sent, per inventory id, for objects now in the cluster as rendered.
-    pub digests: HashMap<String, u64>,
+    /// Per inventory id, for objects now in the cluster as rendered: what was sent.
+    pub sent: HashMap<String, Sent>,
+    /// The kinds applied, for the live stage to watch.
+    pub kinds: Vec<Kind>,
+}
+
+/// An object as Capstan applied it: its digest, the object itself (for drift correction) and
+/// the fields Capstan owned right after (None when it was not sent again: unchanged).
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub digest: u64,
+    pub object: Value,
+    pub fields: Option<FieldSet>,
+}
+
+/// A served kind: its API resource and whether it is namespaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kind {
+    pub resource: ApiResource,
+    pub namespaced: bool,
 }
 
 impl ApplyReport {
@@ -152,8 +171,7 @@ pub struct Applier {
 
 struct Prepared {
     id: ObjectId,
-    resource: ApiResource,
-    namespaced: bool,
+    kind: Kind,
     object: Value,
     digest: u64,
 }
@@ -230,11 +248,15 @@ impl Applier {
                 id,
                 version,
                 action,
-                digest,
+                sent,
+                kind,
             } in results
             {
-                if let (Some(digest), false) = (digest, matches!(action, Action::Failed(_))) {
-                    report.digests.insert(id.to_string(), digest);
+                if let (Some(sent), false) = (sent, matches!(action, Action::Failed(_))) {
+                    report.sent.insert(id.to_string(), sent);
+                }
+                if let Some(kind) = kind.filter(|k| !report.kinds.contains(k)) {
+                    report.kinds.push(kind);
                 }
                 if id.is_crd() && matches!(action, Action::Created | Action::Configured) {
                     new_crds.push(id.name.clone());
@@ -270,45 +292,78 @@ impl Applier {
                     id: manifest_id_hint(&manifest.object),
                     version,
                     action: Action::Failed(message),
-                    digest: None,
+                    sent: None,
+                    kind: None,
                 };
             }
         };
         let id_str = prepared.id.to_string();
-        let action = if opts.previous_digests.get(&id_str) == Some(&prepared.digest) {
-            Action::Unchanged
+        let (action, fields) = if opts.previous_digests.get(&id_str) == Some(&prepared.digest) {
+            (Action::Unchanged, None)
         } else {
-            let api: Api<DynamicObject> = if prepared.namespaced {
-                Api::namespaced_with(client.clone(), &prepared.id.namespace, &prepared.resource)
-            } else {
-                Api::all_with(client.clone(), &prepared.resource)
-            };
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            match api
-                .patch(&prepared.id.name, &params, &Patch::Apply(&prepared.object))
-                .await
-            {
-                Ok(_) if opts.previous.contains(&id_str) => Action::Configured,
-                Ok(_) => Action::Created,
-                Err(kube::Error::Api(s)) => {
-                    if s.code == 404 {
-                        // The kind went away since discovery: look it up afresh next time.
-                        self.kinds
-                            .lock()
-                            .expect("kinds lock")
-                            .remove(&gvk_of(&manifest.object));
-                    }
-                    Action::Failed(s.message)
-                }
-                Err(e) => Action::Failed(e.to_string()),
+            match self.send(client, &prepared.kind, &prepared.object).await {
+                Ok(fields) if opts.previous.contains(&id_str) => (Action::Configured, Some(fields)),
+                Ok(fields) => (Action::Created, Some(fields)),
+                Err(message) => (Action::Failed(message), None),
             }
         };
         Outcome {
             id: prepared.id,
             version,
             action,
-            digest: Some(prepared.digest),
+            sent: Some(Sent {
+                digest: prepared.digest,
+                object: prepared.object,
+                fields,
+            }),
+            kind: Some(prepared.kind),
         }
+    }
+
+    /// One server-side apply, conflicts forced; returns the fields Capstan owns afterwards.
+    async fn send(&self, client: &Client, kind: &Kind, object: &Value) -> Result<FieldSet, String> {
+        let meta = &object["metadata"];
+        let name = meta["name"].as_str().unwrap_or_default();
+        let api: Api<DynamicObject> = if kind.namespaced {
+            Api::namespaced_with(
+                client.clone(),
+                meta["namespace"].as_str().unwrap_or_default(),
+                &kind.resource,
+            )
+        } else {
+            Api::all_with(client.clone(), &kind.resource)
+        };
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch(name, &params, &Patch::Apply(object)).await {
+            Ok(applied) => {
+                let applied = serde_json::to_value(&applied).unwrap_or_default();
+                Ok(FieldSet::of_manager(&applied, FIELD_MANAGER, "Apply").unwrap_or_default())
+            }
+            Err(kube::Error::Api(s)) => {
+                if s.code == 404 {
+                    // The kind went away since discovery: look it up afresh next time.
+                    self.kinds
+                        .lock()
+                        .expect("kinds lock")
+                        .remove(&gvk_of(object));
+                }
+                Err(s.message)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Applies an object prepared by an earlier apply again (drift correction).
+    pub async fn reapply(&self, client: &Client, object: &Value) -> Result<FieldSet, String> {
+        let (resource, caps) = self
+            .kind(client, &gvk_of(object))
+            .await
+            .map_err(KindError::message)?;
+        let kind = Kind {
+            resource,
+            namespaced: caps.scope == Scope::Namespaced,
+        };
+        self.send(client, &kind, object).await
     }
 
     async fn prepare(
@@ -375,8 +430,10 @@ impl Applier {
         let digest = digest(&object);
         Ok(Prepared {
             id,
-            resource,
-            namespaced,
+            kind: Kind {
+                resource,
+                namespaced,
+            },
             object,
             digest,
         })
@@ -521,7 +578,8 @@ struct Outcome {
     id: ObjectId,
     version: String,
     action: Action,
-    digest: Option<u64>,
+    sent: Option<Sent>,
+    kind: Option<Kind>,
 }
 
 enum PruneResult {

@@ -3,3 +3,6 @@
 
 pub mod fields;
 pub mod health;
+mod watch;
+
+pub use watch::{Live, Observed};

@@ -1,0 +1,191 @@
+//! Shared watches of what Capstan applied: one watch per kind (not per GitRepository or object),
+//! selected by Capstan's ownership label, keeping per object only what drift and health need
+//! (the fields Capstan owns and the kstatus health), never the object itself. A change wakes
+//! the owning GitRepository.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::StreamExt;
+use kube::Client;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::warn;
+
+use super::fields::FieldSet;
+use super::health::{Health, health};
+use crate::api::{FIELD_MANAGER, GitRepository, OWNER_ANNOTATION, OWNER_NAME_LABEL};
+use crate::apply::{Kind, ObjectId};
+
+/// What the cluster shows of one managed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// `<namespace>/<name>` of the owning GitRepository, from the ownership annotation.
+    pub owner: String,
+    /// The fields Capstan's apply owns now.
+    pub fields: FieldSet,
+    pub health: Health,
+}
+
+pub struct Live {
+    client: Client,
+    namespace: Option<String>,
+    watched: Mutex<HashSet<String>>,
+    /// Kinds (`group/kind`) whose watch has listed everything at least once.
+    synced: Arc<RwLock<HashSet<String>>>,
+    objects: Arc<RwLock<HashMap<String, Observed>>>,
+    wake: mpsc::UnboundedSender<ObjectRef<GitRepository>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().expect("tasks lock").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Live {
+    /// The live state, and the stream of GitRepositories to wake when an object changes.
+    pub fn new(
+        client: Client,
+        namespace: Option<String>,
+    ) -> (Arc<Live>, UnboundedReceiverStream<ObjectRef<GitRepository>>) {
+        let (wake, rx) = mpsc::unbounded_channel();
+        let live = Live {
+            client,
+            namespace,
+            watched: Mutex::default(),
+            synced: Arc::default(),
+            objects: Arc::default(),
+            wake,
+            tasks: Mutex::default(),
+        };
+        (Arc::new(live), UnboundedReceiverStream::new(rx))
+    }
+
+    /// What the cluster shows of `id`; None when it is not there (or its kind is not synced yet:
+    /// ask `synced` first).
+    pub fn observed(&self, id: &str) -> Option<Observed> {
+        self.objects.read().expect("objects lock").get(id).cloned()
+    }
+
+    pub fn synced(&self, id: &ObjectId) -> bool {
+        self.synced
+            .read()
+            .expect("synced lock")
+            .contains(&format!("{}/{}", id.group, id.kind))
+    }
+
+    /// Starts the shared watch of `kind`, once.
+    pub fn watch(&self, kind: &Kind) {
+        let key = format!("{}/{}", kind.resource.group, kind.resource.kind);
+        if !self
+            .watched
+            .lock()
+            .expect("watched lock")
+            .insert(key.clone())
+        {
+            return;
+        }
+        let api: Api<DynamicObject> = match (&self.namespace, kind.namespaced) {
+            (Some(ns), true) => Api::namespaced_with(self.client.clone(), ns, &kind.resource),
+            _ => Api::all_with(self.client.clone(), &kind.resource),
+        };
+        let config = watcher::Config::default().labels(OWNER_NAME_LABEL);
+        let (objects, synced, wake) =
+            (self.objects.clone(), self.synced.clone(), self.wake.clone());
+        let (group, kind_name) = (kind.resource.group.clone(), kind.resource.kind.clone());
+        let task = tokio::spawn(async move {
+            let mut listing: Option<HashSet<String>> = None;
+            let mut events = watcher(api, config).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        warn!(kind = %key, error = %e, "watch failed; retrying");
+                        continue;
+                    }
+                };
+                let id_of = |obj: &DynamicObject| {
+                    ObjectId {
+                        namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+                        name: obj.metadata.name.clone().unwrap_or_default(),
+                        group: group.clone(),
+                        kind: kind_name.clone(),
+                    }
+                    .to_string()
+                };
+                match event {
+                    watcher::Event::Init => listing = Some(HashSet::new()),
+                    watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
+                        let id = id_of(&obj);
+                        if let Some(seen) = listing.as_mut() {
+                            seen.insert(id.clone());
+                        }
+                        let observed = observe(&obj);
+                        let previous = objects
+                            .write()
+                            .expect("objects lock")
+                            .insert(id, observed.clone());
+                        if previous.as_ref() != Some(&observed) {
+                            wake_owner(&wake, &observed.owner);
+                        }
+                    }
+                    watcher::Event::Delete(obj) => {
+                        let removed = objects.write().expect("objects lock").remove(&id_of(&obj));
+                        if let Some(gone) = removed {
+                            wake_owner(&wake, &gone.owner);
+                        }
+                    }
+                    watcher::Event::InitDone => {
+                        // After a re-list (e.g. 410 Gone), what was not listed is gone.
+                        let seen = listing.take().unwrap_or_default();
+                        let prefix_kind = format!("_{group}_{kind_name}");
+                        let mut map = objects.write().expect("objects lock");
+                        let stale: Vec<String> = map
+                            .keys()
+                            .filter(|id| id.ends_with(&prefix_kind) && !seen.contains(*id))
+                            .cloned()
+                            .collect();
+                        for id in stale {
+                            if let Some(gone) = map.remove(&id) {
+                                wake_owner(&wake, &gone.owner);
+                            }
+                        }
+                        drop(map);
+                        synced.write().expect("synced lock").insert(key.clone());
+                    }
+                }
+            }
+        });
+        self.tasks.lock().expect("tasks lock").push(task);
+    }
+}
+
+fn observe(obj: &DynamicObject) -> Observed {
+    let value = serde_json::to_value(obj).unwrap_or_default();
+    Observed {
+        owner: obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OWNER_ANNOTATION))
+            .cloned()
+            .unwrap_or_default(),
+        // The API server drops a manager's entry once others took all its fields: that is
+        // an empty set, the worst drift, not "unknown".
+        fields: FieldSet::of_manager(&value, FIELD_MANAGER, "Apply").unwrap_or_default(),
+        health: health(&value),
+    }
+}
+
+fn wake_owner(wake: &mpsc::UnboundedSender<ObjectRef<GitRepository>>, owner: &str) {
+    if let Some((ns, name)) = owner.split_once('/') {
+        let _ = wake.send(ObjectRef::new(name).within(ns));
+    }
+}

@@ -379,6 +379,9 @@ impl Applier {
             .await
             .map_err(|e| format!("{} ({})", e.message(), manifest.source))?;
         let namespaced = caps.scope == Scope::Namespaced;
+        if gvk.group.is_empty() && gvk.kind == "Secret" {
+            string_data_to_data(&mut object);
+        }
         let metadata = object
             .get_mut("metadata")
             .and_then(Value::as_object_mut)
@@ -622,6 +625,35 @@ async fn wait_established(client: &Client, name: &str, timeout: Duration) -> Res
     }
 }
 
+/// A Secret's `stringData` is write-only: the API server folds it into `data` and records the
+/// ownership under `stringData`, where a later edit of `data` never shows as drift. Capstan sends
+/// it as `data`, as the API server would store it.
+fn string_data_to_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(map) = secret.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(string_data)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map
+        .entry("data")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if data.is_null() {
+        *data = Value::Object(Default::default());
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in string_data {
+            let text = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+            data.insert(key, Value::String(encoded));
+        }
+    }
+}
+
 fn api_version(object: &Value) -> &str {
     object
         .get("apiVersion")
@@ -695,6 +727,21 @@ mod tests {
         };
         assert_eq!(short.labels()[OWNER_NAME_LABEL], "web");
         assert_eq!(short.annotation(), "apps/web");
+    }
+
+    #[test]
+    fn secret_string_data_is_sent_as_data() {
+        let mut secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"a": "YQ==", "b": "old"},
+            "stringData": {"b": "bee", "c": "see"},
+        });
+        string_data_to_data(&mut secret);
+        assert_eq!(
+            secret["data"],
+            serde_json::json!({"a": "YQ==", "b": "YmVl", "c": "c2Vl"})
+        );
+        assert!(secret.get("stringData").is_none());
     }
 
     #[test]

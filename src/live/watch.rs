@@ -100,6 +100,10 @@ impl Live {
         let (objects, synced, wake) =
             (self.objects.clone(), self.synced.clone(), self.wake.clone());
         let (group, kind_name) = (kind.resource.group.clone(), kind.resource.kind.clone());
+        let types = kube::api::TypeMeta {
+            api_version: kind.resource.api_version.clone(),
+            kind: kind.resource.kind.clone(),
+        };
         let task = tokio::spawn(async move {
             let mut listing: Option<HashSet<String>> = None;
             let mut events = watcher(api, config).default_backoff().boxed();
@@ -127,7 +131,7 @@ impl Live {
                         if let Some(seen) = listing.as_mut() {
                             seen.insert(id.clone());
                         }
-                        let observed = observe(&obj);
+                        let observed = observe(obj, &types);
                         let previous = objects
                             .write()
                             .expect("objects lock")
@@ -167,8 +171,10 @@ impl Live {
     }
 }
 
-fn observe(obj: &DynamicObject) -> Observed {
-    let value = serde_json::to_value(obj).unwrap_or_default();
+fn observe(mut obj: DynamicObject, types: &kube::api::TypeMeta) -> Observed {
+    // Listed items come without apiVersion and kind; health rules go by them.
+    obj.types.get_or_insert_with(|| types.clone());
+    let value = serde_json::to_value(&obj).unwrap_or_default();
     Observed {
         owner: obj
             .metadata

@@ -7,4 +7,5 @@ mod support;
 mod admission;
 mod bad_input;
 mod git;
+mod live;
 mod sync;

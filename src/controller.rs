@@ -85,6 +85,8 @@ pub struct Context {
     recorder: Recorder,
     limits: Limits,
     live: Arc<Live>,
+    /// Credentials per Secret (namespace, name), as read last.
+    auth: Mutex<HashMap<(String, String), Auth>>,
     /// Per GitRepository: what was applied last and when the remote was last asked. Lost on
     /// restart, which costs one re-apply of everything.
     memory: Mutex<HashMap<ObjectRef<GitRepository>, Memory>>,
@@ -115,6 +117,7 @@ impl Context {
             applier: Applier::new(config.apply_concurrency),
             limits: Limits::default(),
             live,
+            auth: Mutex::default(),
             memory: Mutex::default(),
             failures: Mutex::default(),
         }))
@@ -396,22 +399,34 @@ async fn stages(
 
     // Source: ask the remote which commit the ref names.
     let url = RemoteUrl::parse(&gr.spec.url).map_err(|e| Failure::stall(e.reason(), e))?;
-    let auth = load_auth(ctx, gr, &namespace).await?;
-    let resolved = ctx
-        .cache
-        .resolve(&url, &auth, &gr.spec.git_ref(), timeout)
-        .await
-        .map_err(|e| match e.reason() {
-            "InvalidSpec" | "InvalidSource" => Failure::stall(e.reason(), e),
-            reason => Failure::retry(reason, e),
-        })?;
-
+    // Credentials are read afresh after a change or a failure, and when the remote refuses the
+    // copy read last (a rotated Secret).
+    let key = ObjectRef::from(gr);
     let applied_ok = ctx
         .memory
         .lock()
         .expect("memory lock")
-        .get(&ObjectRef::from(gr))
+        .get(&key)
         .is_some_and(|m| m.applied_ok);
+    let settled = status.observed_generation == gr.meta().generation && request.is_none();
+    let mut auth = load_auth(ctx, gr, &namespace, !(settled && applied_ok)).await?;
+    let mut resolved = ctx
+        .cache
+        .resolve(&url, &auth, &gr.spec.git_ref(), timeout)
+        .await;
+    if settled && applied_ok && matches!(&resolved, Err(e) if e.reason() == "AuthenticationFailed")
+    {
+        auth = load_auth(ctx, gr, &namespace, true).await?;
+        resolved = ctx
+            .cache
+            .resolve(&url, &auth, &gr.spec.git_ref(), timeout)
+            .await;
+    }
+    let resolved = resolved.map_err(|e| match e.reason() {
+        "InvalidSpec" | "InvalidSource" => Failure::stall(e.reason(), e),
+        reason => Failure::retry(reason, e),
+    })?;
+
     let up_to_date = applied_ok
         && status.last_applied_revision.as_deref() == Some(resolved.revision.as_str())
         && status.observed_generation == gr.meta().generation
@@ -868,10 +883,22 @@ async fn event(ctx: &Context, gr: &GitRepository, type_: EventType, reason: &str
     }
 }
 
-async fn load_auth(ctx: &Context, gr: &GitRepository, namespace: &str) -> Result<Auth, Failure> {
+/// The credentials of `spec.secretRef`. Read from the API server when `fresh`, or when not read
+/// before; otherwise the copy read last, so that a steady state reads no Secret.
+async fn load_auth(
+    ctx: &Context,
+    gr: &GitRepository,
+    namespace: &str,
+    fresh: bool,
+) -> Result<Auth, Failure> {
     let Some(secret_ref) = &gr.spec.secret_ref else {
         return Ok(Auth::default());
     };
+    let key = (namespace.to_string(), secret_ref.name.clone());
+    let cached = ctx.auth.lock().expect("auth lock").get(&key).cloned();
+    if let (false, Some(auth)) = (fresh, cached) {
+        return Ok(auth);
+    }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret = secrets
         .get_opt(&secret_ref.name)
@@ -894,7 +921,13 @@ async fn load_auth(ctx: &Context, gr: &GitRepository, namespace: &str) -> Result
         .into_iter()
         .map(|(k, v)| (k, v.0))
         .collect();
-    Auth::from_secret_data(&data).map_err(|e: SourceError| Failure::stall(e.reason(), e))
+    let auth =
+        Auth::from_secret_data(&data).map_err(|e: SourceError| Failure::stall(e.reason(), e))?;
+    ctx.auth
+        .lock()
+        .expect("auth lock")
+        .insert(key, auth.clone());
+    Ok(auth)
 }
 
 async fn write_status(

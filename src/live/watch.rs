@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
 use kube::Client;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
@@ -92,11 +92,37 @@ impl Live {
         {
             return;
         }
-        let api: Api<DynamicObject> = match (&self.namespace, kind.namespaced) {
-            (Some(ns), true) => Api::namespaced_with(self.client.clone(), ns, &kind.resource),
-            _ => Api::all_with(self.client.clone(), &kind.resource),
+        fn api<
+            K: kube::Resource<
+                    DynamicType = kube::api::ApiResource,
+                    Scope = kube::core::DynamicResourceScope,
+                >,
+        >(
+            client: &Client,
+            namespace: Option<&str>,
+            resource: &kube::api::ApiResource,
+        ) -> Api<K> {
+            match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+                None => Api::all_with(client.clone(), resource),
+            }
+        }
+        let namespace = self.namespace.as_deref().filter(|_| kind.namespaced);
+        let events = if has_status(&kind.resource.group, &kind.resource.kind) {
+            let api: Api<DynamicObject> = api(&self.client, namespace, &kind.resource);
+            watcher(api, watcher::Config::default().labels(OWNER_NAME_LABEL))
+                .default_backoff()
+                .boxed()
+        } else {
+            // Kinds without status need no more than metadata (managed fields included): a
+            // Secret's data never crosses the wire to Capstan.
+            let api: Api<PartialObjectMeta<DynamicObject>> =
+                api(&self.client, namespace, &kind.resource);
+            watcher(api, watcher::Config::default().labels(OWNER_NAME_LABEL))
+                .default_backoff()
+                .map(|event| event.map(|e| map_event(e, metadata_only)))
+                .boxed()
         };
-        let config = watcher::Config::default().labels(OWNER_NAME_LABEL);
         let (objects, synced, wake) =
             (self.objects.clone(), self.synced.clone(), self.wake.clone());
         let (group, kind_name) = (kind.resource.group.clone(), kind.resource.kind.clone());
@@ -106,7 +132,7 @@ impl Live {
         };
         let task = tokio::spawn(async move {
             let mut listing: Option<HashSet<String>> = None;
-            let mut events = watcher(api, config).default_backoff().boxed();
+            let mut events = events;
             while let Some(event) = events.next().await {
                 let event = match event {
                     Ok(event) => event,
@@ -168,6 +194,38 @@ impl Live {
             }
         });
         self.tasks.lock().expect("tasks lock").push(task);
+    }
+}
+
+/// Whether health rules read the kind's status; the others are watched by metadata only.
+fn has_status(group: &str, kind: &str) -> bool {
+    !matches!(
+        (group, kind),
+        (
+            "",
+            "ConfigMap" | "Secret" | "ServiceAccount" | "Endpoints" | "LimitRange"
+        ) | ("rbac.authorization.k8s.io", _)
+            | ("networking.k8s.io", "NetworkPolicy")
+            | ("scheduling.k8s.io", "PriorityClass")
+            | ("storage.k8s.io", "StorageClass")
+    )
+}
+
+fn metadata_only(meta: PartialObjectMeta<DynamicObject>) -> DynamicObject {
+    DynamicObject {
+        types: None,
+        metadata: meta.metadata,
+        data: serde_json::Value::Null,
+    }
+}
+
+fn map_event<A, B>(event: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Event<B> {
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(f(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(f(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(f(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
     }
 }
 

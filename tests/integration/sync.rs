@@ -87,7 +87,18 @@ async fn sync_update_and_prune() {
 async fn unchanged_revision_sends_no_mutating_request() {
     let fx = Fixture::new("steady").await;
     let repo = Repo::create("steady", &[("cm.yaml", &configmap("steady", "1"))]);
-    fx.create("app", spec(&repo, json!({}))).await;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "git"},
+        "stringData": {"username": "capstan", "password": git_server().var("GIT_HTTP_PASSWORD")},
+    }))
+    .unwrap();
+    kube::Api::namespaced(fx.client.clone(), &fx.ns)
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+    let mut spec = spec(&repo, json!({"secretRef": {"name": "git"}}));
+    spec["url"] = repo.auth_url().into();
+    fx.create("app", spec).await;
     fx.wait_applied("app", &repo.head()).await;
     // Let the first interval's poll settle, then watch three more intervals (2 s each).
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
@@ -106,6 +117,11 @@ async fn unchanged_revision_sends_no_mutating_request() {
     assert!(
         mutating.is_empty(),
         "mutating requests in steady state: {mutating:#?}"
+    );
+    let reads = audit::reads_since(mark, &fx.ns);
+    assert!(
+        reads.is_empty(),
+        "reads beyond the watches in steady state: {reads:#?}"
     );
     let fetches = git_server()
         .requests(&repo, "POST", "/git-upload-pack")

@@ -15,18 +15,26 @@ pub fn mark() -> usize {
 /// Mutating requests (create, update, patch, delete) on objects in `namespace` since `mark`,
 /// as "verb resource/name (user agent)".
 pub fn mutating_since(mark: usize, namespace: &str) -> Vec<String> {
+    since(
+        mark,
+        namespace,
+        &["create", "update", "patch", "delete", "deletecollection"],
+    )
+}
+
+/// Reads (get, list) in `namespace` since `mark`; watches are not counted.
+pub fn reads_since(mark: usize, namespace: &str) -> Vec<String> {
+    since(mark, namespace, &["get", "list"])
+}
+
+fn since(mark: usize, namespace: &str, verbs: &[&str]) -> Vec<String> {
     std::fs::read_to_string(&control_plane().audit_log)
         .unwrap_or_default()
         .lines()
         .skip(mark)
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| {
-            matches!(
-                e["verb"].as_str(),
-                Some("create" | "update" | "patch" | "delete" | "deletecollection")
-            )
-        })
+        .filter(|e| e["verb"].as_str().is_some_and(|v| verbs.contains(&v)))
         .filter(|e| e["objectRef"]["namespace"] == namespace)
         .map(|e| {
             format!(

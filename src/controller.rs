@@ -28,7 +28,9 @@ use crate::api::{
 use crate::apply::{self, Action as Applied, Applier, ApplyOptions, ObjectId, Owner, Sent};
 use crate::live::Live;
 use crate::live::health::Health;
+use crate::metrics::Metrics;
 use crate::render::{self, Limits};
+use crate::server::{self, Readiness};
 use crate::source::{Auth, Cache, RemoteUrl, SourceError};
 use crate::status::{self, Verdict};
 use crate::telemetry::LogFormat;
@@ -45,6 +47,20 @@ pub struct Config {
     /// Concurrent git operations.
     #[arg(long, env = "CAPSTAN_GIT_CONCURRENCY", default_value_t = 2)]
     pub git_concurrency: usize,
+    /// Where `/metrics` is served.
+    #[arg(
+        long,
+        env = "CAPSTAN_METRICS_BIND_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_bind_address: Option<std::net::SocketAddr>,
+    /// Where `/healthz` and `/readyz` are served.
+    #[arg(
+        long,
+        env = "CAPSTAN_HEALTH_PROBE_BIND_ADDRESS",
+        default_value = "0.0.0.0:8081"
+    )]
+    pub health_probe_bind_address: Option<std::net::SocketAddr>,
     /// Watch GitRepositories in this namespace only (default: all namespaces).
     #[arg(long, env = "CAPSTAN_NAMESPACE")]
     pub namespace: Option<String>,
@@ -85,6 +101,7 @@ pub struct Context {
     recorder: Recorder,
     limits: Limits,
     live: Arc<Live>,
+    metrics: Arc<Metrics>,
     /// Credentials per Secret (namespace, name), as read last.
     auth: Mutex<HashMap<(String, String), Auth>>,
     /// Per GitRepository: what was applied last and when the remote was last asked. Lost on
@@ -95,7 +112,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, config: &Config, live: Arc<Live>) -> std::io::Result<Arc<Context>> {
+    pub fn new(
+        client: Client,
+        config: &Config,
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Arc<Context>> {
         crate::source::set_network_timeouts();
         let work_dir = config.cache_dir.join("work");
         // Checkouts left by a previous process are never reused.
@@ -117,6 +139,7 @@ impl Context {
             applier: Applier::new(config.apply_concurrency),
             limits: Limits::default(),
             live,
+            metrics,
             auth: Mutex::default(),
             memory: Mutex::default(),
             failures: Mutex::default(),
@@ -146,16 +169,32 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     let (live, wake) = Live::new(client.clone(), config.namespace.clone());
-    let ctx = Context::new(client.clone(), &config, live)?;
+    let metrics = Arc::new(Metrics::default());
+    let ctx = Context::new(client.clone(), &config, live, metrics.clone())?;
+    let readiness = Readiness::default();
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(addr) = config.metrics_bind_address {
+        servers.spawn(server::serve_metrics(addr, metrics));
+    }
+    if let Some(addr) = config.health_probe_bind_address {
+        servers.spawn(server::serve_probes(addr, readiness.clone()));
+    }
     let api: Api<GitRepository> = match &config.namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
     let (reader, writer) = reflector::store();
+    let listed = readiness.clone();
     // Our own status writes change neither of these, so they never trigger a reconcile.
     let triggers = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| {
+            // Ready once every GitRepository has been listed.
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                listed.set_ready();
+            }
+        })
         .applied_objects()
         .predicate_filter(trigger_hash, Default::default());
     info!("capstan controller starting");
@@ -254,10 +293,18 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     let interval = parse_duration(&gr.spec.interval)
         .unwrap_or(Duration::from_secs(60))
         .max(Duration::from_secs(1));
+    let (ns, name) = (gr.namespace().unwrap_or_default(), gr.name_any());
+    let labels = [ns.as_str(), name.as_str()];
+    ctx.metrics
+        .suspended
+        .with_label_values(&labels)
+        .set(i64::from(gr.spec.suspend));
     if gr.spec.suspend {
         info!("suspended; nothing changes");
+        ctx.metrics.reconciled(&ns, &name, "Suspended");
         return Ok(Action::requeue(interval));
     }
+    let started = Instant::now();
     let mut status = gr.status.clone().unwrap_or_default();
     let old_status = gr.status.clone();
     let request = gr
@@ -340,6 +387,27 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     if let Some(verdict) = &verdict {
         status::set_conditions(&mut status, verdict, gr.meta().generation, &now);
     }
+    let ready = status::ready(Some(&status));
+    ctx.metrics
+        .ready
+        .with_label_values(&labels)
+        .set(i64::from(ready.is_some_and(|c| c.status == "True")));
+    ctx.metrics
+        .reconciled(&ns, &name, ready.map_or("Unknown", |c| c.reason.as_str()));
+    ctx.metrics.managed_objects.with_label_values(&labels).set(
+        status
+            .inventory
+            .as_ref()
+            .map_or(0, |i| i.entries.len() as i64),
+    );
+    ctx.metrics
+        .drifted_objects
+        .with_label_values(&labels)
+        .set(status.summary.as_ref().map_or(0, |s| s.drifted));
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
     if status::differs(old_status.as_ref(), &status) {
         write_status(ctx, gr, &status).await?;
         if let Some(verdict) = &verdict {
@@ -447,10 +515,20 @@ async fn stages(
     let work = tempfile::tempdir_in(&ctx.work_dir).map_err(|e| {
         Failure::retry("FetchFailed", format!("creating a checkout directory: {e}"))
     })?;
-    ctx.cache
+    let fetch_started = Instant::now();
+    let fetched = ctx
+        .cache
         .checkout(&url, &auth, &resolved, work.path(), timeout)
-        .await
-        .map_err(|e| Failure::retry(e.reason(), e))?;
+        .await;
+    ctx.metrics
+        .git_fetch_duration
+        .with_label_values(&[
+            namespace.as_str(),
+            gr.name_any().as_str(),
+            if fetched.is_ok() { "ok" } else { "error" },
+        ])
+        .observe(fetch_started.elapsed().as_secs_f64());
+    fetched.map_err(|e| Failure::retry(e.reason(), e))?;
 
     // Render.
     let root = work.path().to_path_buf();
@@ -625,6 +703,19 @@ impl Outcome {
             ..self.summary
         });
         status.drift.clear();
+        let (ns, name) = (key.namespace.clone().unwrap_or_default(), key.name.clone());
+        let counts = [
+            self.summary.created,
+            self.summary.configured,
+            self.summary.unchanged,
+            self.summary.pruned,
+        ];
+        for (action, n) in crate::metrics::ACTIONS.iter().zip(counts) {
+            ctx.metrics
+                .apply_objects
+                .with_label_values(&[ns.as_str(), name.as_str(), action])
+                .inc_by(n.max(0) as u64);
+        }
         ctx.memory
             .lock()
             .expect("memory lock")
@@ -712,6 +803,13 @@ async fn drift(
             match ctx.applier.reapply(&ctx.client, &sent[&id].object).await {
                 Ok(owned) => {
                     corrected = true;
+                    ctx.metrics
+                        .drift_corrections
+                        .with_label_values(&[
+                            key.namespace.as_deref().unwrap_or_default(),
+                            key.name.as_str(),
+                        ])
+                        .inc();
                     if let Some(s) = ctx
                         .memory
                         .lock()
@@ -1023,6 +1121,7 @@ async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     }
     let key = ObjectRef::from(gr);
     ctx.memory.lock().expect("memory lock").remove(&key);
+    ctx.metrics.forget(&owner.namespace, &owner.name);
     ctx.failures.lock().expect("failures lock").remove(&key);
     Ok(Action::await_change())
 }

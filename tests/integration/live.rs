@@ -330,3 +330,57 @@ async fn wait_reports_healthy_only_when_the_deployment_is() {
         ready_message(&gr)
     );
 }
+
+#[tokio::test]
+async fn metrics_and_probes() {
+    use crate::support::controller::http_get;
+    let fx = Fixture::with_http("metrics").await;
+    let (probes, metrics) = (fx.probe_addr.unwrap(), fx.metrics_addr.unwrap());
+    let repo = Repo::create(
+        "metrics",
+        &[
+            ("a.yaml", &configmap("a", "1")),
+            ("b.yaml", &configmap("b", "1")),
+        ],
+    );
+    fx.create("app", spec(&repo, json!({}))).await;
+    fx.wait_applied("app", &repo.head()).await;
+
+    assert_eq!(http_get(probes, "/healthz").await.0, 200);
+    assert_eq!(http_get(probes, "/readyz").await.0, 200);
+    let (code, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(code, 200);
+    let labels = format!(r#"name="app",namespace="{}""#, fx.ns);
+    for line in [
+        format!("capstan_managed_objects{{{labels}}} 2"),
+        format!("capstan_ready{{{labels}}} 1"),
+        format!("capstan_suspended{{{labels}}} 0"),
+        format!("capstan_drifted_objects{{{labels}}} 0"),
+        format!(r#"capstan_apply_objects_total{{action="created",{labels}}} 2"#),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    let reconciles =
+        format!(r#"capstan_reconcile_total{{{labels},result="ReconciliationSucceeded"}}"#);
+    assert!(
+        text.contains(&reconciles),
+        "missing {reconciles} in:\n{text}"
+    );
+    assert!(text.contains(&format!(
+        "capstan_reconcile_duration_seconds_count{{{labels}}}"
+    )));
+    assert!(text.contains(&format!(
+        r#"capstan_git_fetch_duration_seconds_count{{{labels},result="ok"}} 1"#
+    )));
+    assert!(!text.contains(&repo.http_url()), "no URLs in labels");
+
+    // Deleting the GitRepository removes its series.
+    fx.api().delete("app", &Default::default()).await.unwrap();
+    fx.wait_gone(&fx.ns, "capstan.dev/v1alpha1", "GitRepository", "app")
+        .await;
+    let (_, text) = http_get(metrics, "/metrics").await;
+    assert!(
+        !text.contains(&labels),
+        "series left after deletion:\n{text}"
+    );
+}

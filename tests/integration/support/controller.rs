@@ -15,6 +15,9 @@ use super::env::{client, namespace};
 pub struct Fixture {
     pub client: Client,
     pub ns: String,
+    /// Where this test's controller serves `/metrics`, and `/healthz` and `/readyz`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub probe_addr: Option<std::net::SocketAddr>,
     controller: Option<tokio::task::JoinHandle<()>>,
     _cache: tempfile::TempDir,
 }
@@ -29,17 +32,38 @@ impl Drop for Fixture {
 
 impl Fixture {
     pub async fn new(test: &str) -> Fixture {
+        let mut fixture = Fixture::new_stopped(test).await;
+        fixture.start_controller();
+        fixture
+    }
+
+    /// A fixture whose controller also serves metrics and probes, on free loopback ports.
+    pub async fn with_http(test: &str) -> Fixture {
+        let mut fixture = Fixture::new_stopped(test).await;
+        // Both listeners are held at once, so the two ports differ.
+        let (a, b) = (
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        fixture.metrics_addr = Some(a.local_addr().unwrap());
+        fixture.probe_addr = Some(b.local_addr().unwrap());
+        drop((a, b));
+        fixture.start_controller();
+        fixture
+    }
+
+    async fn new_stopped(test: &str) -> Fixture {
         let client = client().await;
         let ns = namespace(&client, test).await;
         let cache = tempfile::tempdir().unwrap();
-        let mut fixture = Fixture {
+        Fixture {
             client,
             ns,
+            metrics_addr: None,
+            probe_addr: None,
             controller: None,
             _cache: cache,
-        };
-        fixture.start_controller();
-        fixture
+        }
     }
 
     pub fn start_controller(&mut self) {
@@ -48,6 +72,8 @@ impl Fixture {
             apply_concurrency: 8,
             git_concurrency: 2,
             namespace: Some(self.ns.clone()),
+            metrics_bind_address: self.metrics_addr,
+            health_probe_bind_address: self.probe_addr,
             cache_dir: self._cache.path().to_path_buf(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -168,6 +194,27 @@ impl Fixture {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// GET `path` from `addr` over plain HTTP: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 /// (status, reason) of the Ready condition.

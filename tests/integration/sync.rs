@@ -380,3 +380,44 @@ async fn blast_radius_guard_holds_back_a_large_prune() {
     assert!(gr.status.unwrap().prune_blocked.is_none());
     fx.wait_gone(&fx.ns, "v1", "ConfigMap", "cm0").await;
 }
+
+#[tokio::test]
+async fn finalizer_survives_a_restart_and_a_namespace_deletion() {
+    let mut fx = Fixture::new("finalizer").await;
+    let repo = Repo::create("finalizer", &[("cm.yaml", &configmap("owned", "1"))]);
+    fx.create("app", spec(&repo, json!({"deletionPolicy": "Delete"})))
+        .await;
+    fx.wait_applied("app", &repo.head()).await;
+
+    // Deleted while no controller runs: the finalizer holds the GitRepository until one does.
+    fx.stop_controller();
+    fx.api().delete("app", &Default::default()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let held = fx.api().get("app").await.expect("held by the finalizer");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(fx.get("v1", "ConfigMap", "owned").await.is_some());
+    fx.start_controller();
+    fx.wait_gone(&fx.ns, "capstan.dev/v1alpha1", "GitRepository", "app")
+        .await;
+    fx.wait_gone(&fx.ns, "v1", "ConfigMap", "owned").await;
+
+    // The whole namespace deleted: the GitRepository goes with it and does not wedge it.
+    fx.create("again", spec(&repo, json!({"deletionPolicy": "Delete"})))
+        .await;
+    fx.wait_applied("again", &repo.head()).await;
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(fx.client.clone());
+    namespaces
+        .delete(&fx.ns, &Default::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    while namespaces.get_opt(&fx.ns).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "namespace {} wedged",
+            fx.ns
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

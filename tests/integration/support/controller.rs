@@ -66,6 +66,12 @@ impl Fixture {
         }
     }
 
+    pub fn stop_controller(&mut self) {
+        if let Some(handle) = self.controller.take() {
+            handle.abort();
+        }
+    }
+
     pub fn start_controller(&mut self) {
         let config = Config {
             concurrency: 4,

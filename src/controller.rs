@@ -61,9 +61,25 @@ pub struct Config {
         default_value = "0.0.0.0:8081"
     )]
     pub health_probe_bind_address: Option<std::net::SocketAddr>,
+    /// Lockdown: GitRepositories that name no `serviceAccountName` apply as this ServiceAccount
+    /// (of their own namespace).
+    #[arg(long, env = "CAPSTAN_DEFAULT_SERVICE_ACCOUNT")]
+    pub default_service_account: Option<String>,
     /// Watch GitRepositories in this namespace only (default: all namespaces).
     #[arg(long, env = "CAPSTAN_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Most bytes one fetch may transfer.
+    #[arg(long, env = "CAPSTAN_MAX_FETCH_BYTES", default_value_t = 512 << 20)]
+    pub max_fetch_bytes: u64,
+    /// Largest manifest file, in bytes.
+    #[arg(long, env = "CAPSTAN_MAX_MANIFEST_FILE_BYTES", default_value_t = render::DEFAULT_MAX_FILE_BYTES)]
+    pub max_manifest_file_bytes: u64,
+    /// Largest sum of all manifest files of a revision, in bytes.
+    #[arg(long, env = "CAPSTAN_MAX_MANIFEST_BYTES", default_value_t = render::DEFAULT_MAX_TOTAL_BYTES)]
+    pub max_manifest_bytes: u64,
+    /// Most manifest files under a GitRepository's path.
+    #[arg(long, env = "CAPSTAN_MAX_MANIFEST_FILES", default_value_t = render::DEFAULT_MAX_FILES)]
+    pub max_manifest_files: usize,
     /// Where repositories are cached between polls.
     #[arg(long, env = "CAPSTAN_CACHE_DIR", default_value = "/tmp/capstan")]
     pub cache_dir: PathBuf,
@@ -102,6 +118,11 @@ pub struct Context {
     limits: Limits,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
+    /// The controller's own connection settings, from which impersonating clients are made.
+    kube_config: kube::Config,
+    default_service_account: Option<String>,
+    /// Clients impersonating a ServiceAccount, per `system:serviceaccount:<ns>:<name>`.
+    impersonating: Mutex<HashMap<String, Client>>,
     /// Credentials per Secret (namespace, name), as read last.
     auth: Mutex<HashMap<(String, String), Auth>>,
     /// Per GitRepository: what was applied last and when the remote was last asked. Lost on
@@ -113,6 +134,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(
+        kube_config: kube::Config,
         client: Client,
         config: &Config,
         live: Arc<Live>,
@@ -134,12 +156,20 @@ impl Context {
                 },
             ),
             client,
-            cache: Cache::new(repos, config.git_concurrency),
+            cache: Cache::new(repos, config.git_concurrency, config.max_fetch_bytes),
             work_dir,
             applier: Applier::new(config.apply_concurrency),
-            limits: Limits::default(),
+            limits: Limits {
+                max_file_bytes: config.max_manifest_file_bytes,
+                max_total_bytes: config.max_manifest_bytes,
+                max_files: config.max_manifest_files,
+                ..Limits::default()
+            },
             live,
             metrics,
+            kube_config,
+            default_service_account: config.default_service_account.clone(),
+            impersonating: Mutex::default(),
             auth: Mutex::default(),
             memory: Mutex::default(),
             failures: Mutex::default(),
@@ -147,9 +177,42 @@ impl Context {
     }
 }
 
+impl Context {
+    /// The client that changes the cluster for `gr`: the controller's own, or one impersonating
+    /// `spec.serviceAccountName` (or the lockdown default), so that the API server enforces that
+    /// ServiceAccount's RBAC on every apply, prune and correction.
+    fn client_for(&self, gr: &GitRepository) -> Result<Client, String> {
+        let Some(sa) = gr
+            .spec
+            .service_account_name
+            .as_ref()
+            .or(self.default_service_account.as_ref())
+        else {
+            return Ok(self.client.clone());
+        };
+        let user = format!(
+            "system:serviceaccount:{}:{sa}",
+            gr.namespace().unwrap_or_default()
+        );
+        if let Some(client) = self.impersonating.lock().expect("clients lock").get(&user) {
+            return Ok(client.clone());
+        }
+        let mut config = self.kube_config.clone();
+        config.auth_info.impersonate = Some(user.clone());
+        let client = Client::try_from(config).map_err(|e| format!("impersonating {user}: {e}"))?;
+        self.impersonating
+            .lock()
+            .expect("clients lock")
+            .insert(user, client.clone());
+        Ok(client)
+    }
+}
+
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let client = Client::try_default().await?;
+    let kube_config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing a SIGTERM handler");
@@ -159,18 +222,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
         info!("shutting down: finishing in-flight reconciles");
     };
-    serve(client, config, shutdown).await
+    serve(kube_config, config, shutdown).await
 }
 
 /// Runs the controller with `client` until `shutdown` completes; in-flight reconciles finish.
 pub async fn serve(
-    client: Client,
+    kube_config: kube::Config,
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
+    let client = Client::try_from(kube_config.clone())?;
     let (live, wake) = Live::new(client.clone(), config.namespace.clone());
     let metrics = Arc::new(Metrics::default());
-    let ctx = Context::new(client.clone(), &config, live, metrics.clone())?;
+    let ctx = Context::new(kube_config, client.clone(), &config, live, metrics.clone())?;
     let readiness = Readiness::default();
     let mut servers = tokio::task::JoinSet::new();
     if let Some(addr) = config.metrics_bind_address {
@@ -590,7 +654,10 @@ async fn stages(
         previous_digests: &previous_digests,
         timeout,
     };
-    let report = ctx.applier.apply(&ctx.client, &manifests, &opts).await;
+    let client = ctx
+        .client_for(gr)
+        .map_err(|m| Failure::retry("ApplyFailed", m))?;
+    let report = ctx.applier.apply(&client, &manifests, &opts).await;
     for kind in &report.kinds {
         ctx.live.watch(kind);
     }
@@ -650,7 +717,7 @@ async fn stages(
             outcome.record(ctx, &key, status);
             return Err(Failure::stall("PruneBlocked", message));
         }
-        let pruned = ctx.applier.prune(&ctx.client, &candidates, &owner).await;
+        let pruned = ctx.applier.prune(&client, &candidates, &owner).await;
         outcome.summary.pruned = pruned.deleted.len() as i64;
         outcome.entries.extend(pruned.pending);
         if !pruned.errors.is_empty() {
@@ -800,7 +867,14 @@ async fn drift(
             .is_some_and(|p| p.fields == fields && !p.corrected);
         let mut corrected = false;
         if mode == DriftMode::Correct {
-            match ctx.applier.reapply(&ctx.client, &sent[&id].object).await {
+            let client = match ctx.client_for(gr) {
+                Ok(client) => client,
+                Err(message) => {
+                    warn!(%message, "drift correction skipped");
+                    continue;
+                }
+            };
+            match ctx.applier.reapply(&client, &sent[&id].object).await {
                 Ok(owned) => {
                     corrected = true;
                     ctx.metrics
@@ -1100,7 +1174,8 @@ async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
             apply::ObjectId::parse(&e.id)
                 .map(|id| (std::cmp::Reverse(apply::apply_tier(&id)), e.id.clone()))
         });
-        let report = ctx.applier.prune(&ctx.client, &ordered, &owner).await;
+        let client = ctx.client_for(gr).map_err(Error::Cleanup)?;
+        let report = ctx.applier.prune(&client, &ordered, &owner).await;
         // Objects already being deleted (finalizers) do not hold the GitRepository back.
         if !report.errors.is_empty() {
             return Err(Error::Cleanup(report.errors.join("; ")));
@@ -1111,7 +1186,11 @@ async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         );
     } else {
         ctx.applier
-            .release(&ctx.client, &entries, &owner)
+            .release(
+                &ctx.client_for(gr).map_err(Error::Cleanup)?,
+                &entries,
+                &owner,
+            )
             .await
             .map_err(Error::Cleanup)?;
         info!(

@@ -12,7 +12,7 @@ use git2::Repository;
 use tokio::sync::Semaphore;
 
 use super::resolve::{self, ResolveError, Resolved};
-use super::{Auth, RemoteUrl, SourceError, fetch, ls_remote};
+use super::{Auth, FetchLimits, RemoteUrl, SourceError, fetch, ls_remote};
 use crate::api::GitRef;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,15 +38,20 @@ impl CheckError {
 pub struct Cache {
     root: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    permits: Arc<Semaphore>,
+    permits: Semaphore,
+    /// URLs with git work still running past its deadline, and how many such calls.
+    stuck: Arc<Mutex<HashMap<String, usize>>>,
+    max_fetch_bytes: u64,
 }
 
 impl Cache {
-    pub fn new(root: PathBuf, concurrency: usize) -> Self {
+    pub fn new(root: PathBuf, concurrency: usize, max_fetch_bytes: u64) -> Self {
         Cache {
             root,
             locks: Mutex::new(HashMap::new()),
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Semaphore::new(concurrency.max(1)),
+            stuck: Arc::default(),
+            max_fetch_bytes,
         }
     }
 
@@ -56,9 +61,11 @@ impl Cache {
         self.root.join(format!("{:016x}.git", h.finish()))
     }
 
-    /// Runs blocking git work off the runtime, within `timeout`. The permit (and whatever `hold`
-    /// guards) moves into the work, so a git call that outlives the deadline still counts
-    /// against the bound until libgit2 gives up (its own progress deadline stops transfers).
+    /// Runs blocking git work off the runtime, within `timeout`. libgit2 cannot be interrupted
+    /// while it waits on a silent server, so work that outlives its deadline is left to finish
+    /// (libgit2's socket timeout ends it) without its permit, and marks its URL as stuck: until
+    /// it ends, new work on that URL fails at once rather than pile up threads. Other remotes
+    /// keep every permit.
     async fn blocking<T: Send + 'static, G: Send + 'static>(
         &self,
         url: &RemoteUrl,
@@ -66,16 +73,38 @@ impl Cache {
         hold: G,
         work: impl FnOnce(Instant) -> Result<T, CheckError> + Send + 'static,
     ) -> Result<T, CheckError> {
-        let permit = self
+        let key = url.as_str().to_string();
+        if self.stuck.lock().expect("stuck lock").contains_key(&key) {
+            return Err(CheckError::Source(SourceError::Fetch {
+                url: url.redacted().to_string(),
+                message: "an earlier git operation on this remote has not returned yet (the server does not answer)".into(),
+            }));
+        }
+        let _permit = self
             .permits
-            .clone()
-            .acquire_owned()
+            .acquire()
             .await
             .expect("semaphore never closes");
         let deadline = Instant::now() + timeout;
+        // (returned, timed out), both only changed under the `stuck` lock.
+        let state = Arc::new(Mutex::new((false, false)));
+        let (stuck, shared, stuck_key) = (self.stuck.clone(), state.clone(), key.clone());
         let task = tokio::task::spawn_blocking(move || {
-            let _held = (permit, hold);
-            work(deadline)
+            let _held = hold;
+            let result = work(deadline);
+            let mut stuck = stuck.lock().expect("stuck lock");
+            let mut state = shared.lock().expect("state lock");
+            state.0 = true;
+            if state.1 {
+                // It ran past its deadline and was marked: unmark now that it returned.
+                if let Some(n) = stuck.get_mut(&stuck_key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        stuck.remove(&stuck_key);
+                    }
+                }
+            }
+            result
         });
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok(result)) => result,
@@ -83,10 +112,18 @@ impl Cache {
                 url: url.redacted().to_string(),
                 message: format!("git work failed: {join}"),
             })),
-            Err(_) => Err(CheckError::Timeout {
-                url: url.redacted().to_string(),
-                timeout,
-            }),
+            Err(_) => {
+                let mut stuck = self.stuck.lock().expect("stuck lock");
+                let mut state = state.lock().expect("state lock");
+                if !state.0 {
+                    state.1 = true;
+                    *stuck.entry(key).or_default() += 1;
+                }
+                Err(CheckError::Timeout {
+                    url: url.redacted().to_string(),
+                    timeout,
+                })
+            }
         }
     }
 
@@ -124,6 +161,7 @@ impl Cache {
             .or_default()
             .clone();
         let guard = lock.lock_owned().await;
+        let max_bytes = self.max_fetch_bytes;
         let (url2, auth, resolved, git_dir, dest) = (
             url.clone(),
             auth.clone(),
@@ -141,7 +179,11 @@ impl Cache {
                         resolved.refspecs.iter().map(String::as_str).collect();
                     // A pinned commit may lie beyond a shallow cache's boundary: unshallow.
                     let depth = if resolved.shallow { 1 } else { i32::MAX };
-                    fetch(&git_dir, &url2, &refspecs, depth, &auth, deadline)?
+                    let limits = FetchLimits {
+                        deadline,
+                        max_bytes,
+                    };
+                    fetch(&git_dir, &url2, &refspecs, depth, &auth, limits)?
                 }
             };
             write_tree(&repo, &resolved, &dest)

@@ -179,16 +179,22 @@ pub fn ls_remote(remote: &RemoteUrl, auth: &Auth) -> Result<Vec<(String, Oid)>, 
         .collect())
 }
 
+/// Bounds on one fetch: it is cancelled at the deadline or past the byte count.
+#[derive(Clone, Copy, Debug)]
+pub struct FetchLimits {
+    pub deadline: Instant,
+    pub max_bytes: u64,
+}
+
 /// Fetches `refspecs` from the remote into the bare repository at `git_dir`, creating it when
-/// missing, to `depth` commits (`i32::MAX` also deepens a shallow repository). The transfer is
-/// cancelled once `deadline` passes.
+/// missing, to `depth` commits (`i32::MAX` also deepens a shallow repository), within `limits`.
 pub fn fetch(
     git_dir: &Path,
     remote: &RemoteUrl,
     refspecs: &[&str],
     depth: i32,
     auth: &Auth,
-    deadline: Instant,
+    limits: FetchLimits,
 ) -> Result<Repository, SourceError> {
     let cache_err = |e: git2::Error| SourceError::Cache {
         path: git_dir.display().to_string(),
@@ -203,15 +209,28 @@ pub fn fetch(
         let headers = auth.http_headers();
         let mut opts = FetchOptions::new();
         let mut callbacks = auth.callbacks(&remote.host, remote.port);
-        callbacks.transfer_progress(move |_| Instant::now() < deadline);
-        callbacks.sideband_progress(move |_| Instant::now() < deadline);
+        let received = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let seen = received.clone();
+        callbacks.transfer_progress(move |progress| {
+            seen.set(progress.received_bytes() as u64);
+            Instant::now() < limits.deadline && seen.get() <= limits.max_bytes
+        });
+        callbacks.sideband_progress(move |_| Instant::now() < limits.deadline);
         opts.remote_callbacks(callbacks);
         let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
         opts.custom_headers(&headers);
         opts.depth(depth);
-        detached
-            .fetch(refspecs, Some(&mut opts), None)
-            .map_err(|e| remote.error(e))?;
+        let fetched = detached.fetch(refspecs, Some(&mut opts), None);
+        if received.get() > limits.max_bytes {
+            return Err(SourceError::Fetch {
+                url: remote.redacted().to_string(),
+                message: format!(
+                    "the fetch was stopped past {} bytes (the controller's --max-fetch-bytes)",
+                    limits.max_bytes
+                ),
+            });
+        }
+        fetched.map_err(|e| remote.error(e))?;
     }
     Ok(repo)
 }

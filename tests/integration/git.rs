@@ -15,7 +15,10 @@ fn fetch_main(url: &str, auth: &Auth) -> Result<git2::Oid, SourceError> {
         &["+refs/heads/main:refs/heads/main"],
         1,
         auth,
-        std::time::Instant::now() + std::time::Duration::from_secs(60),
+        source::FetchLimits {
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
+            max_bytes: 64 << 20,
+        },
     )?;
     let oid = repo.refname_to_id("refs/heads/main").unwrap();
     Ok(oid)

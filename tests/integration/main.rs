@@ -7,5 +7,7 @@ mod support;
 mod admission;
 mod bad_input;
 mod git;
+mod hostile;
 mod live;
 mod sync;
+mod tenancy;

@@ -9,7 +9,7 @@ use capstan::telemetry::LogFormat;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 
-use super::env::{client, namespace};
+use super::env::{client, kube_config, namespace};
 
 /// One test's world: a namespace, a client, and a controller reconciling that namespace.
 pub struct Fixture {
@@ -78,15 +78,19 @@ impl Fixture {
             apply_concurrency: 8,
             git_concurrency: 2,
             namespace: Some(self.ns.clone()),
+            default_service_account: None,
+            max_fetch_bytes: 64 << 20,
+            max_manifest_file_bytes: 1 << 20,
+            max_manifest_bytes: 8 << 20,
+            max_manifest_files: 100,
             metrics_bind_address: self.metrics_addr,
             health_probe_bind_address: self.probe_addr,
             cache_dir: self._cache.path().to_path_buf(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
         };
-        let client = self.client.clone();
         self.controller = Some(tokio::spawn(async move {
-            capstan::controller::serve(client, config, std::future::pending())
+            capstan::controller::serve(kube_config().await, config, std::future::pending())
                 .await
                 .expect("controller");
         }));

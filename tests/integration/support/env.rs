@@ -179,15 +179,19 @@ pub fn git_server() -> &'static GitServer {
     })
 }
 
+/// The test control plane's admin connection settings.
+pub async fn kube_config() -> Config {
+    let cp = control_plane();
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("reading kubeconfig");
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig")
+}
+
 /// A client for the test control plane. One per test: a client is bound to the runtime that
 /// made it, and every `#[tokio::test]` has its own.
 pub async fn client() -> Client {
-    let cp = control_plane();
-    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("reading kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
-    Client::try_from(config).expect("client")
+    Client::try_from(kube_config().await).expect("client")
 }
 
 /// Creates a fresh namespace named after the test.

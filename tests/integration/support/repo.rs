@@ -86,6 +86,14 @@ impl Repo {
         git(self.work.path(), &["rev-parse", "HEAD"])
     }
 
+    /// Commits a symbolic link at `path` pointing at `target`, pushed; returns the SHA.
+    pub fn symlink(&self, path: &str, target: &str, message: &str) -> String {
+        let link = self.work.path().join(path);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, link).unwrap();
+        self.commit(&[], message)
+    }
+
     /// Removes `paths`, commits and pushes.
     pub fn remove(&self, paths: &[&str], message: &str) -> String {
         self.change(&[], paths, message)

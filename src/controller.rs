@@ -178,6 +178,15 @@ impl Context {
 }
 
 impl Context {
+    /// Reads what this process remembers of a GitRepository.
+    fn recall<T>(
+        &self,
+        key: &ObjectRef<GitRepository>,
+        read: impl FnOnce(&Memory) -> T,
+    ) -> Option<T> {
+        self.memory.lock().expect("memory lock").get(key).map(read)
+    }
+
     /// The client that changes the cluster for `gr`: the controller's own, or one impersonating
     /// `spec.serviceAccountName` (or the lockdown default), so that the API server enforces that
     /// ServiceAccount's RBAC on every apply, prune and correction.
@@ -385,12 +394,7 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         && request
             .as_deref()
             .is_none_or(|r| status.last_handled_reconcile_at.as_deref() == Some(r));
-    let last_check = ctx
-        .memory
-        .lock()
-        .expect("memory lock")
-        .get(&key)
-        .and_then(|m| m.last_check);
+    let last_check = ctx.recall(&key, |m| m.last_check).flatten();
     let git_due = !settled || last_check.is_none_or(|t| t.elapsed() >= interval);
 
     let result = if git_due {
@@ -411,12 +415,7 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         }
     };
     let mut events = Vec::new();
-    let applied = ctx
-        .memory
-        .lock()
-        .expect("memory lock")
-        .get(&key)
-        .is_some_and(|m| m.applied_ok);
+    let applied = ctx.recall(&key, |m| m.applied_ok).unwrap_or(false);
     if applied
         && !matches!(
             verdict,
@@ -434,13 +433,7 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
             // Healthy now, after waiting: Ready again with the message of the last apply.
             verdict = Some(Verdict::Ready {
                 reason: "ReconciliationSucceeded",
-                message: ctx
-                    .memory
-                    .lock()
-                    .expect("memory lock")
-                    .get(&key)
-                    .map(|m| m.message.clone())
-                    .unwrap_or_default(),
+                message: ctx.recall(&key, |m| m.message.clone()).unwrap_or_default(),
             });
         }
     }
@@ -534,12 +527,7 @@ async fn stages(
     // Credentials are read afresh after a change or a failure, and when the remote refuses the
     // copy read last (a rotated Secret).
     let key = ObjectRef::from(gr);
-    let applied_ok = ctx
-        .memory
-        .lock()
-        .expect("memory lock")
-        .get(&key)
-        .is_some_and(|m| m.applied_ok);
+    let applied_ok = ctx.recall(&key, |m| m.applied_ok).unwrap_or(false);
     let settled = status.observed_generation == gr.meta().generation && request.is_none();
     let mut auth = load_auth(ctx, gr, &namespace, !(settled && applied_ok)).await?;
     let mut resolved = ctx
@@ -628,13 +616,8 @@ async fn stages(
     let previous: HashSet<String> = previous_entries.iter().map(|e| e.id.clone()).collect();
     let key = ObjectRef::from(gr);
     // A reconcile asked for by hand re-sends everything, whatever the digests say.
-    let previous_sent: HashMap<String, Sent> = ctx
-        .memory
-        .lock()
-        .expect("memory lock")
-        .get(&key)
-        .map(|m| m.objects.clone())
-        .unwrap_or_default();
+    let previous_sent: HashMap<String, Sent> =
+        ctx.recall(&key, |m| m.objects.clone()).unwrap_or_default();
     let previous_digests: HashMap<String, u64> = match request {
         Some(_) => HashMap::new(),
         None => previous_sent
@@ -832,13 +815,7 @@ async fn drift(
         }
         return Vec::new();
     }
-    let sent = ctx
-        .memory
-        .lock()
-        .expect("memory lock")
-        .get(&key)
-        .map(|m| m.objects.clone())
-        .unwrap_or_default();
+    let sent = ctx.recall(&key, |m| m.objects.clone()).unwrap_or_default();
     let mut found: Vec<(String, Vec<String>)> = Vec::new();
     for (id, s) in &sent {
         let (Some(oid), Some(recorded)) = (ObjectId::parse(id), &s.fields) else {
@@ -1010,11 +987,8 @@ fn health(
     }
     let timeout = timeout_of(gr).unwrap_or(Duration::from_secs(60));
     let since = ctx
-        .memory
-        .lock()
-        .expect("memory lock")
-        .get(&ObjectRef::from(gr))
-        .and_then(|m| m.applied_at)
+        .recall(&ObjectRef::from(gr), |m| m.applied_at)
+        .flatten()
         .map(|t| t.elapsed())
         .unwrap_or_default();
     let (reason, message, wait) = if !failed.is_empty() {

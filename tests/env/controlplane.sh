@@ -281,16 +281,7 @@ EOF
 
 cmd_down() {
     (($# == 1)) || usage_error "down: expected exactly DIR"
-    [[ -d $1 ]] || { log "$1 does not exist; nothing to stop"; return 0; }
-    local dir pid
-    dir=$(abs_dir "$1")
-    local -a pids=()
-    while read -r pid; do
-        [[ -n $pid && $pid != "$$" ]] && pids+=("$pid")
-    done < <(recorded_pids "$dir")
-    ((${#pids[@]})) || { log "nothing running for $dir"; return 0; }
-    stop_pids "${pids[@]}"
-    log "stopped the control plane in $dir (pids ${pids[*]})"
+    down_recorded "$1" "the control plane"
 }
 
 cmd_env() {

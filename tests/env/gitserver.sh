@@ -430,23 +430,7 @@ $out"
 
 cmd_down() {
     (($# == 1)) || usage_error "down: expected exactly DIR"
-    if [[ ! -d $1 ]]; then
-        log "$1 does not exist; nothing to stop"
-        return 0
-    fi
-    local dir pid
-    dir=$(abs_dir "$1")
-    local -a pids=()
-    # The reaper execs into `down`; it must not kill itself.
-    while read -r pid; do
-        [[ -n $pid && $pid != "$$" ]] && pids+=("$pid")
-    done < <(recorded_pids "$dir")
-    if ((${#pids[@]} == 0)); then
-        log "no servers running for $dir"
-        return 0
-    fi
-    stop_pids "${pids[@]}"
-    log "stopped servers for $dir (pids ${pids[*]})"
+    down_recorded "$1" "the git servers"
 }
 
 cmd_env() {

@@ -174,3 +174,18 @@ start_reaper() {
     ' "capstan-reaper" "$dir" "$watch_pid" "$self" </dev/null >>"$dir/reaper.log" 2>&1 &
     echo "$!" >"$dir/reaper.pid"
 }
+
+# down_recorded DIR WHAT: stop the processes recorded in DIR (not this one: the reaper
+# execs into `down`), saying WHAT was stopped.
+down_recorded() {
+    local dir pid what=$2
+    [[ -d $1 ]] || { log "$1 does not exist; nothing to stop"; return 0; }
+    dir=$(abs_dir "$1")
+    local -a pids=()
+    while read -r pid; do
+        [[ -n $pid && $pid != "$$" ]] && pids+=("$pid")
+    done < <(recorded_pids "$dir")
+    ((${#pids[@]})) || { log "nothing running for $dir"; return 0; }
+    stop_pids "${pids[@]}"
+    log "stopped $what in $dir (pids ${pids[*]})"
+}

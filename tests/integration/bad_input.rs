@@ -4,17 +4,9 @@
 
 use serde_json::json;
 
-use crate::support::controller::{Fixture, configmap, ready_message};
+use crate::support::controller::{Fixture, configmap, ready_message, spec};
 use crate::support::proxy::Proxy;
 use crate::support::{Repo, git_server};
-
-fn spec(url: String, extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({"url": url, "interval": "2s", "prune": true});
-    for (k, v) in extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    spec
-}
 
 /// Starts from a synced repository holding ConfigMap `keep`, breaks it with `files`, checks the
 /// condition, that `keep` survived, and that a fixing commit recovers.

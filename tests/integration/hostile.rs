@@ -7,15 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::Repo;
-use crate::support::controller::{Fixture, configmap, ready_message};
-
-fn spec(url: String, extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({"url": url, "interval": "2s", "prune": true});
-    for (k, v) in extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    spec
-}
+use crate::support::controller::{Fixture, configmap, ready_message, spec};
 
 /// Syncs a repository holding `keep`, then pushes `bad` and expects BuildFailed naming `what`.
 async fn refused(test: &str, bad: impl FnOnce(&Repo), what: &str) {

@@ -8,16 +8,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use crate::support::Repo;
-use crate::support::controller::{Fixture, configmap, ready, ready_message};
+use crate::support::controller::{Fixture, configmap, ready, ready_message, spec};
 use crate::support::env::control_plane;
-
-fn spec(repo: &Repo, extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({"url": repo.http_url(), "interval": "1h", "prune": true});
-    for (k, v) in extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    spec
-}
 
 fn value(obj: &kube::api::DynamicObject) -> String {
     obj.data["data"]["value"]
@@ -54,7 +46,8 @@ fn drift_of(gr: &capstan::api::GitRepository) -> Vec<capstan::api::DriftEntry> {
 async fn drift_is_corrected_and_deleted_objects_come_back() {
     let fx = Fixture::new("drift-correct").await;
     let repo = Repo::create("drift-correct", &[("cm.yaml", &configmap("cm", "git"))]);
-    fx.create("app", spec(&repo, json!({}))).await;
+    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
+        .await;
     fx.wait_applied("app", &repo.head()).await;
 
     kubectl_patch(&fx.ns, "configmap/cm", r#"{"data":{"value":"by hand"}}"#);
@@ -103,12 +96,18 @@ async fn drift_is_only_reported_in_warn_mode_and_ignored_when_disabled() {
     );
     fx.create(
         "warn",
-        spec(&repo, json!({"path": "warn", "drift": {"mode": "Warn"}})),
+        spec(
+            repo.http_url(),
+            json!({"interval": "1h", "path": "warn", "drift": {"mode": "Warn"}}),
+        ),
     )
     .await;
     fx.create(
         "off",
-        spec(&repo, json!({"path": "off", "drift": {"mode": "Disabled"}})),
+        spec(
+            repo.http_url(),
+            json!({"interval": "1h", "path": "off", "drift": {"mode": "Disabled"}}),
+        ),
     )
     .await;
     fx.wait_applied("warn", &repo.head()).await;
@@ -187,7 +186,8 @@ spec:
         image: registry.example.com/web:1.0
 "#;
     let repo = Repo::create("drift-hpa", &[("deploy.yaml", deployment)]);
-    fx.create("app", spec(&repo, json!({}))).await;
+    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
+        .await;
     fx.wait_applied("app", &repo.head()).await;
 
     control_plane().kubectl(&["-n", &fx.ns, "scale", "deployment/web", "--replicas=5"]);
@@ -225,8 +225,14 @@ async fn secret_drift_is_reported_without_its_values() {
     let fx = Fixture::new("drift-secret").await;
     let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  password: git-secret-value\n";
     let repo = Repo::create("drift-secret", &[("secret.yaml", secret)]);
-    fx.create("app", spec(&repo, json!({"drift": {"mode": "Warn"}})))
-        .await;
+    fx.create(
+        "app",
+        spec(
+            repo.http_url(),
+            json!({"interval": "1h", "drift": {"mode": "Warn"}}),
+        ),
+    )
+    .await;
     fx.wait_applied("app", &repo.head()).await;
 
     // "aGFja2VkLXZhbHVl" is base64 for "hacked-value".
@@ -273,14 +279,17 @@ async fn wait_reports_healthy_only_when_the_deployment_is() {
     );
     fx.create(
         "ok",
-        spec(&repo, json!({"path": "ok", "wait": true, "timeout": "2m"})),
+        spec(
+            repo.http_url(),
+            json!({"interval": "1h", "path": "ok", "wait": true, "timeout": "2m"}),
+        ),
     )
     .await;
     fx.create(
         "never",
         spec(
-            &repo,
-            json!({"path": "never", "wait": true, "timeout": "3s"}),
+            repo.http_url(),
+            json!({"interval": "1h", "path": "never", "wait": true, "timeout": "3s"}),
         ),
     )
     .await;
@@ -343,7 +352,8 @@ async fn metrics_and_probes() {
             ("b.yaml", &configmap("b", "1")),
         ],
     );
-    fx.create("app", spec(&repo, json!({}))).await;
+    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
+        .await;
     fx.wait_applied("app", &repo.head()).await;
 
     assert_eq!(http_get(probes, "/healthz").await.0, 200);

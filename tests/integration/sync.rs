@@ -3,16 +3,8 @@
 
 use serde_json::json;
 
-use crate::support::controller::{Fixture, configmap, ready_message};
+use crate::support::controller::{Fixture, configmap, ready_message, spec};
 use crate::support::{Repo, audit, git_server};
-
-fn spec(repo: &Repo, extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({"url": repo.http_url(), "interval": "2s", "prune": true});
-    for (k, v) in extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    spec
-}
 
 fn value(obj: &kube::api::DynamicObject) -> String {
     obj.data["data"]["value"]
@@ -32,7 +24,7 @@ async fn sync_update_and_prune() {
             ("README.md", "not a manifest"),
         ],
     );
-    fx.create("app", spec(&repo, json!({"path": "./deploy"})))
+    fx.create("app", spec(repo.http_url(), json!({"path": "./deploy"})))
         .await;
     let gr = fx.wait_applied("app", &repo.head()).await;
     let status = gr.status.unwrap();
@@ -96,7 +88,7 @@ async fn unchanged_revision_sends_no_mutating_request() {
         .create(&Default::default(), &secret)
         .await
         .unwrap();
-    let mut spec = spec(&repo, json!({"secretRef": {"name": "git"}}));
+    let mut spec = spec(repo.http_url(), json!({"secretRef": {"name": "git"}}));
     spec["url"] = repo.auth_url().into();
     fx.create("app", spec).await;
     fx.wait_applied("app", &repo.head()).await;
@@ -141,8 +133,11 @@ async fn refs_branch_tag_and_switching() {
     let tagged = repo.head();
     repo.commit(&[("cm.yaml", &configmap("ref", "main-2"))], "main moves on");
 
-    fx.create("app", spec(&repo, json!({"ref": {"tag": "v1.0.0"}})))
-        .await;
+    fx.create(
+        "app",
+        spec(repo.http_url(), json!({"ref": {"tag": "v1.0.0"}})),
+    )
+    .await;
     let gr = fx.wait_applied("app", &tagged).await;
     assert_eq!(
         gr.status.unwrap().last_applied_revision.unwrap(),
@@ -211,7 +206,7 @@ spec:
             ("cm.yaml", &configmap("stays", "1")),
         ],
     );
-    fx.create("app", spec(&repo, json!({}))).await;
+    fx.create("app", spec(repo.http_url(), json!({}))).await;
     fx.wait_applied("app", &repo.head()).await;
     let w = fx
         .get(&format!("{group}/v1"), "Widget", "w1")
@@ -236,11 +231,14 @@ async fn deletion_policies() {
     let fx = Fixture::new("deletion").await;
     let repo = Repo::create("deletion", &[("cm.yaml", &configmap("doomed", "1"))]);
     let orphan_repo = Repo::create("orphan", &[("cm.yaml", &configmap("orphan", "1"))]);
-    fx.create("delete", spec(&repo, json!({"deletionPolicy": "Delete"})))
-        .await;
+    fx.create(
+        "delete",
+        spec(repo.http_url(), json!({"deletionPolicy": "Delete"})),
+    )
+    .await;
     fx.create(
         "orphan",
-        spec(&orphan_repo, json!({"deletionPolicy": "Orphan"})),
+        spec(orphan_repo.http_url(), json!({"deletionPolicy": "Orphan"})),
     )
     .await;
     fx.wait_applied("delete", &repo.head()).await;
@@ -277,7 +275,7 @@ async fn deletion_policies() {
 async fn suspend_and_reconcile_now() {
     let fx = Fixture::new("suspend").await;
     let repo = Repo::create("suspend", &[("cm.yaml", &configmap("s", "1"))]);
-    fx.create("app", spec(&repo, json!({"interval": "1h"})))
+    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
         .await;
     fx.wait_applied("app", &repo.head()).await;
 
@@ -321,15 +319,21 @@ async fn two_gitrepositories_on_one_url_fetch_once() {
             ("two/cm.yaml", &configmap("two", "1")),
         ],
     );
-    fx.create("one", spec(&repo, json!({"path": "one", "interval": "1h"})))
-        .await;
+    fx.create(
+        "one",
+        spec(repo.http_url(), json!({"path": "one", "interval": "1h"})),
+    )
+    .await;
     fx.wait_applied("one", &repo.head()).await;
     let first_fetch = git_server()
         .requests(&repo, "POST", "/git-upload-pack")
         .await;
     assert!(first_fetch > 0, "the first GitRepository fetched");
-    fx.create("two", spec(&repo, json!({"path": "two", "interval": "1h"})))
-        .await;
+    fx.create(
+        "two",
+        spec(repo.http_url(), json!({"path": "two", "interval": "1h"})),
+    )
+    .await;
     fx.wait_applied("two", &repo.head()).await;
     assert_eq!(
         git_server()
@@ -351,7 +355,7 @@ async fn blast_radius_guard_holds_back_a_large_prune() {
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
     let repo = Repo::create("blast", &files);
-    fx.create("app", spec(&repo, json!({"maxPrune": "25%"})))
+    fx.create("app", spec(repo.http_url(), json!({"maxPrune": "25%"})))
         .await;
     fx.wait_applied("app", &repo.head()).await;
 
@@ -385,8 +389,11 @@ async fn blast_radius_guard_holds_back_a_large_prune() {
 async fn finalizer_survives_a_restart_and_a_namespace_deletion() {
     let mut fx = Fixture::new("finalizer").await;
     let repo = Repo::create("finalizer", &[("cm.yaml", &configmap("owned", "1"))]);
-    fx.create("app", spec(&repo, json!({"deletionPolicy": "Delete"})))
-        .await;
+    fx.create(
+        "app",
+        spec(repo.http_url(), json!({"deletionPolicy": "Delete"})),
+    )
+    .await;
     fx.wait_applied("app", &repo.head()).await;
 
     // Deleted while no controller runs: the finalizer holds the GitRepository until one does.
@@ -402,8 +409,11 @@ async fn finalizer_survives_a_restart_and_a_namespace_deletion() {
     fx.wait_gone(&fx.ns, "v1", "ConfigMap", "owned").await;
 
     // The whole namespace deleted: the GitRepository goes with it and does not wedge it.
-    fx.create("again", spec(&repo, json!({"deletionPolicy": "Delete"})))
-        .await;
+    fx.create(
+        "again",
+        spec(repo.http_url(), json!({"deletionPolicy": "Delete"})),
+    )
+    .await;
     fx.wait_applied("again", &repo.head()).await;
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
         kube::Api::all(fx.client.clone());

@@ -227,6 +227,15 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// A GitRepository spec for `url`: a 2 s interval and prune on, with `extra` on top.
+pub fn spec(url: impl Into<String>, extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = serde_json::json!({"url": url.into(), "interval": "2s", "prune": true});
+    for (k, v) in extra.as_object().expect("extra is an object") {
+        spec[k] = v.clone();
+    }
+    spec
+}
+
 /// (status, reason) of the Ready condition.
 pub fn ready(gr: &GitRepository) -> Option<(String, String)> {
     let c = capstan::status::ready(gr.status.as_ref())?;

@@ -18,7 +18,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{error, info, instrument, warn};
 
 use crate::api::{
     Artifact, DeletionPolicy, DriftEntry, DriftMode, FIELD_MANAGER, FINALIZER, GitRepository,
@@ -247,10 +247,20 @@ pub async fn serve(
     let readiness = Readiness::default();
     let mut servers = tokio::task::JoinSet::new();
     if let Some(addr) = config.metrics_bind_address {
-        servers.spawn(server::serve_metrics(addr, metrics));
+        let serving = server::serve_metrics(addr, metrics);
+        servers.spawn(async move {
+            if let Err(e) = serving.await {
+                error!(%addr, error = %e, "serving /metrics failed");
+            }
+        });
     }
     if let Some(addr) = config.health_probe_bind_address {
-        servers.spawn(server::serve_probes(addr, readiness.clone()));
+        let serving = server::serve_probes(addr, readiness.clone());
+        servers.spawn(async move {
+            if let Err(e) = serving.await {
+                error!(%addr, error = %e, "serving /healthz and /readyz failed");
+            }
+        });
     }
     let api: Api<GitRepository> = match &config.namespace {
         Some(ns) => Api::namespaced(client, ns),
@@ -378,32 +388,41 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(interval));
     }
     let started = Instant::now();
-    let mut status = gr.status.clone().unwrap_or_default();
-    let old_status = gr.status.clone();
+    let key = ObjectRef::from(gr);
+    // What this process wrote last is fresher than the watch's copy right after a write.
+    let old_status = ctx
+        .recall(&key, |m| m.status.clone())
+        .flatten()
+        .or_else(|| gr.status.clone());
+    let mut status = old_status.clone().unwrap_or_default();
     let request = gr
         .annotations()
         .get(RECONCILE_REQUESTED_ANNOTATION)
         .cloned();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let key = ObjectRef::from(gr);
 
     // The remote is asked once per interval, or at once when the spec changed, a reconcile was
     // requested, or this process has not applied the GitRepository yet. Between those, a wake-up
     // comes from a managed object changing: only drift and health are looked at.
-    let settled = status.observed_generation == gr.meta().generation
-        && request
-            .as_deref()
-            .is_none_or(|r| status.last_handled_reconcile_at.as_deref() == Some(r));
+    let pending = request
+        .as_deref()
+        .filter(|r| status.last_handled_reconcile_at.as_deref() != Some(*r));
+    let settled = status.observed_generation == gr.meta().generation && pending.is_none();
     let last_check = ctx.recall(&key, |m| m.last_check).flatten();
     let git_due = !settled || last_check.is_none_or(|t| t.elapsed() >= interval);
 
     let result = if git_due {
-        pipeline(gr, ctx, &mut status, request.as_deref(), &now).await
+        pipeline(gr, ctx, &mut status, pending, &now).await
     } else {
         Ok(None)
     };
     let (mut verdict, mut delay) = match result {
         Ok(Some(verdict)) => (Some(verdict), jitter(interval)),
+        // A wake between polls must not push the next poll back.
+        Ok(None) if !git_due => {
+            let until_due = last_check.map_or(interval, |t| interval.saturating_sub(t.elapsed()));
+            (None, until_due.max(Duration::from_millis(500)))
+        }
         Ok(None) => (None, jitter(interval)),
         Err(Failure { verdict }) => {
             let delay = match verdict {
@@ -416,14 +435,18 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     };
     let mut events = Vec::new();
     let applied = ctx.recall(&key, |m| m.applied_ok).unwrap_or(false);
-    if applied
-        && !matches!(
-            verdict,
-            Some(Verdict::Retrying { .. } | Verdict::Stalled { .. })
-        )
-    {
+    let failed = matches!(
+        verdict,
+        Some(Verdict::Retrying { .. } | Verdict::Stalled { .. })
+    );
+    if !failed {
         ctx.failures.lock().expect("failures lock").remove(&key);
+    }
+    if applied {
+        // What is applied is watched even while git is failing.
         events = drift(gr, ctx, &mut status, &now).await;
+    }
+    if applied && !failed {
         if let Some((health_verdict, wait)) = health(gr, ctx, &mut status, &now) {
             delay = delay.min(wait);
             verdict = Some(health_verdict);
@@ -467,6 +490,12 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         .observe(started.elapsed().as_secs_f64());
     if status::differs(old_status.as_ref(), &status) {
         write_status(ctx, gr, &status).await?;
+        ctx.memory
+            .lock()
+            .expect("memory lock")
+            .entry(key.clone())
+            .or_default()
+            .status = Some(status.clone());
         if let Some(verdict) = &verdict {
             let new_revision = old_status
                 .as_ref()
@@ -493,15 +522,28 @@ async fn pipeline(
     let result = stages(gr, ctx, status, request, now).await;
     let mut memory = ctx.memory.lock().expect("memory lock");
     let memory = memory.entry(ObjectRef::from(gr)).or_default();
-    memory.last_check = Some(Instant::now());
     match &result {
-        Ok(Some(Verdict::Ready { message, .. })) => {
-            memory.applied_ok = true;
-            memory.applied_at = Some(Instant::now());
-            memory.message = message.clone();
+        Ok(verdict) => {
+            memory.last_check = Some(Instant::now());
+            if let Some(Verdict::Ready { message, .. }) = verdict {
+                memory.applied_ok = true;
+                memory.applied_at = Some(Instant::now());
+                memory.message = message.clone();
+            }
         }
-        Ok(_) => {}
-        Err(_) => memory.applied_ok = false,
+        Err(Failure { verdict }) => {
+            // A failure asks the remote again at the next try (the backoff decides when).
+            memory.last_check = None;
+            let reason = match verdict {
+                Verdict::Retrying { reason, .. } | Verdict::Stalled { reason, .. } => *reason,
+                _ => "",
+            };
+            // What is applied stays applied when only the source or the render failed:
+            // drift and health go on being watched.
+            if matches!(reason, "ApplyFailed" | "PruneFailed" | "PruneBlocked") {
+                memory.applied_ok = false;
+            }
+        }
     }
     result
 }
@@ -598,7 +640,7 @@ async fn stages(
             format!("rendering took longer than {timeout:?}"),
         )
     })?
-    .expect("render panicked");
+    .map_err(|e| Failure::stall("BuildFailed", format!("rendering failed: {e}")))?;
     let manifests = rendered
         .map_err(|e| Failure::stall(e.reason(), format!("revision {}: {e}", resolved.revision)))?;
     drop(work);
@@ -647,8 +689,8 @@ async fn stages(
     let mut sent = report.sent.clone();
     for (id, s) in sent.iter_mut() {
         // Not sent again: Capstan still owns what it owned after the last send.
-        if s.fields.is_none() {
-            s.fields = previous_sent.get(id).and_then(|p| p.fields.clone());
+        if s.owned.is_none() {
+            s.owned = previous_sent.get(id).and_then(|p| p.owned.clone());
         }
     }
     let mut outcome = Outcome {
@@ -681,9 +723,20 @@ async fn stages(
     // Prune, behind the blast-radius guard.
     let desired: BTreeSet<String> = outcome.entries.iter().map(|e| e.id.clone()).collect();
     let candidates = apply::prune_candidates(&previous_entries, &desired);
-    status.prune_blocked = None;
+    let was_blocked = status.prune_blocked.take();
     if gr.spec.prune && !candidates.is_empty() {
-        let managed = previous_entries.len();
+        // While the guard holds, the blocked revision's new objects are in the inventory too:
+        // measure against what was managed before it.
+        let managed = match &was_blocked {
+            Some(blocked)
+                if candidates
+                    .iter()
+                    .all(|c| blocked.candidates.contains(&c.id)) =>
+            {
+                usize::try_from(blocked.managed).unwrap_or(previous_entries.len())
+            }
+            _ => previous_entries.len(),
+        };
         if let Ok(Some(limit)) =
             apply::prune_blocked(candidates.len(), managed, gr.spec.max_prune.as_ref())
         {
@@ -695,6 +748,7 @@ async fn stages(
             status.prune_blocked = Some(PruneBlocked {
                 candidates: candidates.iter().map(|e| e.id.clone()).collect(),
                 limit,
+                managed: managed as i64,
             });
             outcome.entries.extend(candidates);
             outcome.record(ctx, &key, status);
@@ -787,7 +841,16 @@ struct Memory {
     applied_at: Option<Instant>,
     /// The Ready message of the last apply.
     message: String,
+    /// The status this process wrote last: fresher than the watch's copy right after a write.
+    status: Option<GitRepositoryStatus>,
+    /// When each drifted object was corrected, within the last `CORRECTION_WINDOW`.
+    corrected_at: HashMap<String, Vec<Instant>>,
 }
+
+/// An object corrected this many times within the window is being fought over by another
+/// controller: further drift is reported, not re-applied, until the window passes.
+const MAX_CORRECTIONS_IN_WINDOW: usize = 3;
+const CORRECTION_WINDOW: Duration = Duration::from_secs(60);
 
 fn timeout_of(gr: &GitRepository) -> Result<Duration, String> {
     match &gr.spec.timeout {
@@ -818,15 +881,18 @@ async fn drift(
     let sent = ctx.recall(&key, |m| m.objects.clone()).unwrap_or_default();
     let mut found: Vec<(String, Vec<String>)> = Vec::new();
     for (id, s) in &sent {
-        let (Some(oid), Some(recorded)) = (ObjectId::parse(id), &s.fields) else {
+        let (Some(oid), Some(owned)) = (ObjectId::parse(id), &s.owned) else {
             continue;
         };
-        if !ctx.live.synced(&oid) {
+        // Judged only once the watch has seen this object as applied, or its deletion.
+        if !ctx.live.watches_namespace(&oid.namespace)
+            || !ctx.live.caught_up(&oid, owned.resource_version)
+        {
             continue;
         }
         let fields = match ctx.live.observed(id) {
             None => vec!["(deleted)".to_string()],
-            Some(observed) => recorded.missing_from(&observed.fields),
+            Some(observed) => owned.fields.missing_from(&observed.fields),
         };
         if !fields.is_empty() {
             found.push((id.clone(), fields));
@@ -843,15 +909,25 @@ async fn drift(
             .get(&id)
             .is_some_and(|p| p.fields == fields && !p.corrected);
         let mut corrected = false;
-        if mode == DriftMode::Correct {
-            let client = match ctx.client_for(gr) {
-                Ok(client) => client,
-                Err(message) => {
-                    warn!(%message, "drift correction skipped");
-                    continue;
-                }
+        // Changed again soon after a correction: another manager is fighting over it. Report
+        // it instead of re-applying in a loop; a correction is tried again after a while.
+        let fighting = ctx
+            .recall(&key, |m| {
+                m.corrected_at.get(&id).map_or(0, |times| {
+                    times
+                        .iter()
+                        .filter(|t| t.elapsed() < CORRECTION_WINDOW)
+                        .count()
+                })
+            })
+            .unwrap_or(0)
+            >= MAX_CORRECTIONS_IN_WINDOW;
+        if mode == DriftMode::Correct && !fighting {
+            let reapplied = match ctx.client_for(gr) {
+                Ok(client) => ctx.applier.reapply(&client, &sent[&id].object).await,
+                Err(message) => Err(message),
             };
-            match ctx.applier.reapply(&client, &sent[&id].object).await {
+            match reapplied {
                 Ok(owned) => {
                     corrected = true;
                     ctx.metrics
@@ -861,14 +937,13 @@ async fn drift(
                             key.name.as_str(),
                         ])
                         .inc();
-                    if let Some(s) = ctx
-                        .memory
-                        .lock()
-                        .expect("memory lock")
-                        .get_mut(&key)
-                        .and_then(|m| m.objects.get_mut(&id))
-                    {
-                        s.fields = Some(owned);
+                    if let Some(m) = ctx.memory.lock().expect("memory lock").get_mut(&key) {
+                        let times = m.corrected_at.entry(id.clone()).or_default();
+                        times.retain(|t| t.elapsed() < CORRECTION_WINDOW);
+                        times.push(Instant::now());
+                        if let Some(s) = m.objects.get_mut(&id) {
+                            s.owned = Some(owned);
+                        }
                     }
                     events.push((
                         EventType::Normal,
@@ -879,11 +954,15 @@ async fn drift(
                 Err(message) => warn!(%id, %message, "drift correction failed"),
             }
         } else if !known {
-            events.push((
-                EventType::Warning,
-                "DriftDetected",
-                format!("{id}: {}", fields.join(", ")),
-            ));
+            let note = if fighting {
+                format!(
+                    "{id}: {} changed again right after a correction (another controller may manage it); not re-applied for now",
+                    fields.join(", ")
+                )
+            } else {
+                format!("{id}: {}", fields.join(", "))
+            };
+            events.push((EventType::Warning, "DriftDetected", note));
         }
         let detected_at = previous
             .get(&id)
@@ -960,7 +1039,18 @@ fn health(
             continue;
         };
         let name = id.display_name();
-        if !ctx.live.synced(&id) {
+        if !ctx.live.watches_namespace(&id.namespace) {
+            // Outside the namespace this controller is restricted to: not observable.
+            continue;
+        }
+        let applied_at = ctx
+            .recall(&ObjectRef::from(gr), |m| {
+                m.objects
+                    .get(&entry.id)
+                    .and_then(|s| s.owned.as_ref()?.resource_version)
+            })
+            .flatten();
+        if !ctx.live.caught_up(&id, applied_at) {
             waiting.push(format!("{name}: status not observed yet"));
             continue;
         }
@@ -1045,7 +1135,12 @@ async fn load_auth(
     if let (false, Some(auth)) = (fresh, cached) {
         return Ok(auth);
     }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    // Read as the GitRepository's ServiceAccount, if it has one: a tenant cannot send a
+    // Secret its ServiceAccount may not read to a URL of its choosing.
+    let client = ctx
+        .client_for(gr)
+        .map_err(|m| Failure::retry("AuthenticationFailed", m))?;
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let secret = secrets
         .get_opt(&secret_ref.name)
         .await
@@ -1127,6 +1222,21 @@ async fn publish(
 }
 
 async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
+    // In a namespace being deleted the ServiceAccount's RoleBindings may already be gone; the
+    // objects that still carry this GitRepository's ownership marker are removed as the
+    // controller, or the namespace would never finish deleting.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    let terminating = namespaces
+        .get_opt(&gr.namespace().unwrap_or_default())
+        .await
+        .ok()
+        .flatten()
+        .is_none_or(|ns| ns.metadata.deletion_timestamp.is_some());
+    let client = if terminating {
+        ctx.client.clone()
+    } else {
+        ctx.client_for(gr).map_err(Error::Cleanup)?
+    };
     let entries = gr
         .status
         .as_ref()
@@ -1148,7 +1258,6 @@ async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
             apply::ObjectId::parse(&e.id)
                 .map(|id| (std::cmp::Reverse(apply::apply_tier(&id)), e.id.clone()))
         });
-        let client = ctx.client_for(gr).map_err(Error::Cleanup)?;
         let report = ctx.applier.prune(&client, &ordered, &owner).await;
         // Objects already being deleted (finalizers) do not hold the GitRepository back.
         if !report.errors.is_empty() {
@@ -1160,11 +1269,7 @@ async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         );
     } else {
         ctx.applier
-            .release(
-                &ctx.client_for(gr).map_err(Error::Cleanup)?,
-                &entries,
-                &owner,
-            )
+            .release(&client, &entries, &owner)
             .await
             .map_err(Error::Cleanup)?;
         info!(

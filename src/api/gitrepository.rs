@@ -111,7 +111,10 @@ pub struct GitRepositorySpec {
 
     /// ServiceAccount in the same namespace to impersonate for every apply, prune and correction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
     pub service_account_name: Option<String>,
 
     /// Recreate objects whose immutable fields changed.
@@ -339,6 +342,9 @@ pub struct PruneBlocked {
     pub candidates: Vec<String>,
     /// The limit in force, as written in `spec.maxPrune` or the default.
     pub limit: String,
+    /// How many objects were managed before the revision that would prune them: the guard's
+    /// measure while it holds (the blocked revision's new objects are managed meanwhile).
+    pub managed: i64,
 }
 
 impl GitRepositorySpec {

@@ -103,7 +103,15 @@ pub struct ApplyReport {
 pub struct Sent {
     pub digest: u64,
     pub object: Value,
-    pub fields: Option<FieldSet>,
+    pub owned: Option<Owned>,
+}
+
+/// What an apply left Capstan owning: its fields, as of the object's resourceVersion.
+#[derive(Clone, Debug)]
+pub struct Owned {
+    pub fields: FieldSet,
+    /// The object's resourceVersion right after the apply, read as a number (etcd revisions).
+    pub resource_version: Option<u64>,
 }
 
 /// A served kind: its API resource and whether it is namespaced.
@@ -298,12 +306,12 @@ impl Applier {
             }
         };
         let id_str = prepared.id.to_string();
-        let (action, fields) = if opts.previous_digests.get(&id_str) == Some(&prepared.digest) {
+        let (action, owned) = if opts.previous_digests.get(&id_str) == Some(&prepared.digest) {
             (Action::Unchanged, None)
         } else {
             match self.send(client, &prepared.kind, &prepared.object).await {
-                Ok(fields) if opts.previous.contains(&id_str) => (Action::Configured, Some(fields)),
-                Ok(fields) => (Action::Created, Some(fields)),
+                Ok(owned) if opts.previous.contains(&id_str) => (Action::Configured, Some(owned)),
+                Ok(owned) => (Action::Created, Some(owned)),
                 Err(message) => (Action::Failed(message), None),
             }
         };
@@ -314,14 +322,14 @@ impl Applier {
             sent: Some(Sent {
                 digest: prepared.digest,
                 object: prepared.object,
-                fields,
+                owned,
             }),
             kind: Some(prepared.kind),
         }
     }
 
-    /// One server-side apply, conflicts forced; returns the fields Capstan owns afterwards.
-    async fn send(&self, client: &Client, kind: &Kind, object: &Value) -> Result<FieldSet, String> {
+    /// One server-side apply, conflicts forced; returns what Capstan owns afterwards.
+    async fn send(&self, client: &Client, kind: &Kind, object: &Value) -> Result<Owned, String> {
         let meta = &object["metadata"];
         let name = meta["name"].as_str().unwrap_or_default();
         let api: Api<DynamicObject> = if kind.namespaced {
@@ -336,8 +344,17 @@ impl Applier {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         match api.patch(name, &params, &Patch::Apply(object)).await {
             Ok(applied) => {
+                let resource_version = applied
+                    .metadata
+                    .resource_version
+                    .as_deref()
+                    .and_then(|rv| rv.parse().ok());
                 let applied = serde_json::to_value(&applied).unwrap_or_default();
-                Ok(FieldSet::of_manager(&applied, FIELD_MANAGER, "Apply").unwrap_or_default())
+                Ok(Owned {
+                    fields: FieldSet::of_manager(&applied, FIELD_MANAGER, "Apply")
+                        .unwrap_or_default(),
+                    resource_version,
+                })
             }
             Err(kube::Error::Api(s)) => {
                 if s.code == 404 {
@@ -354,7 +371,7 @@ impl Applier {
     }
 
     /// Applies an object prepared by an earlier apply again (drift correction).
-    pub async fn reapply(&self, client: &Client, object: &Value) -> Result<FieldSet, String> {
+    pub async fn reapply(&self, client: &Client, object: &Value) -> Result<Owned, String> {
         let (resource, caps) = self
             .kind(client, &gvk_of(object))
             .await

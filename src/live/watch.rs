@@ -28,14 +28,17 @@ pub struct Observed {
     /// The fields Capstan's apply owns now.
     pub fields: FieldSet,
     pub health: Health,
+    /// The object's resourceVersion, read as a number.
+    pub resource_version: Option<u64>,
 }
 
 pub struct Live {
     client: Client,
     namespace: Option<String>,
     watched: Mutex<HashSet<String>>,
-    /// Kinds (`group/kind`) whose watch has listed everything at least once.
-    synced: Arc<RwLock<HashSet<String>>>,
+    /// Per kind (`group/kind`) whose watch has listed everything at least once: the highest
+    /// resourceVersion it has delivered.
+    synced: Arc<RwLock<HashMap<String, u64>>>,
     objects: Arc<RwLock<HashMap<String, Observed>>>,
     wake: mpsc::UnboundedSender<ObjectRef<GitRepository>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -74,11 +77,22 @@ impl Live {
         self.objects.read().expect("objects lock").get(id).cloned()
     }
 
-    pub fn synced(&self, id: &ObjectId) -> bool {
+    /// Whether the watch of `id`'s kind has listed everything and delivered every event up to
+    /// `resource_version` (when given): only then does absence mean deleted and do the fields
+    /// mean what the cluster holds now. (resourceVersions are compared as numbers: they are
+    /// etcd revisions, and Capstan talks to a kube-apiserver backed by etcd.)
+    pub fn caught_up(&self, id: &ObjectId, resource_version: Option<u64>) -> bool {
         self.synced
             .read()
             .expect("synced lock")
-            .contains(&format!("{}/{}", id.group, id.kind))
+            .get(&format!("{}/{}", id.group, id.kind))
+            .is_some_and(|seen| resource_version.is_none_or(|rv| *seen >= rv))
+    }
+
+    /// Whether objects in `namespace` are watched at all (a controller restricted to one
+    /// namespace does not see the others).
+    pub fn watches_namespace(&self, namespace: &str) -> bool {
+        namespace.is_empty() || self.namespace.as_deref().is_none_or(|ns| ns == namespace)
     }
 
     /// Starts the shared watch of `kind`, once.
@@ -158,6 +172,12 @@ impl Live {
                             seen.insert(id.clone());
                         }
                         let observed = observe(obj, &types);
+                        if let Some(rv) = observed.resource_version {
+                            let mut synced = synced.write().expect("synced lock");
+                            if let Some(seen) = synced.get_mut(&key) {
+                                *seen = (*seen).max(rv);
+                            }
+                        }
                         let previous = objects
                             .write()
                             .expect("objects lock")
@@ -167,6 +187,16 @@ impl Live {
                         }
                     }
                     watcher::Event::Delete(obj) => {
+                        let rv = obj
+                            .metadata
+                            .resource_version
+                            .as_deref()
+                            .and_then(|v| v.parse::<u64>().ok());
+                        if let (Some(rv), Some(seen)) =
+                            (rv, synced.write().expect("synced lock").get_mut(&key))
+                        {
+                            *seen = (*seen).max(rv);
+                        }
                         let removed = objects.write().expect("objects lock").remove(&id_of(&obj));
                         if let Some(gone) = removed {
                             wake_owner(&wake, &gone.owner);
@@ -187,8 +217,22 @@ impl Live {
                                 wake_owner(&wake, &gone.owner);
                             }
                         }
+                        let latest = map
+                            .iter()
+                            .filter(|(id, _)| id.ends_with(&prefix_kind))
+                            .filter_map(|(_, o)| o.resource_version)
+                            .max()
+                            .unwrap_or(0);
+                        // Now that the kind is listed, its owners can judge drift and health.
+                        for id in &seen {
+                            if let Some(o) = map.get(id) {
+                                wake_owner(&wake, &o.owner);
+                            }
+                        }
                         drop(map);
-                        synced.write().expect("synced lock").insert(key.clone());
+                        let mut synced = synced.write().expect("synced lock");
+                        let entry = synced.entry(key.clone()).or_insert(0);
+                        *entry = (*entry).max(latest);
                     }
                 }
             }
@@ -245,6 +289,11 @@ fn observe(mut obj: DynamicObject, types: &kube::api::TypeMeta) -> Observed {
         // an empty set, the worst drift, not "unknown".
         fields: FieldSet::of_manager(&value, FIELD_MANAGER, "Apply").unwrap_or_default(),
         health: health(&value),
+        resource_version: obj
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|rv| rv.parse().ok()),
     }
 }
 

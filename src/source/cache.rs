@@ -74,17 +74,13 @@ impl Cache {
         work: impl FnOnce(Instant) -> Result<T, CheckError> + Send + 'static,
     ) -> Result<T, CheckError> {
         let key = url.as_str().to_string();
-        if self.stuck.lock().expect("stuck lock").contains_key(&key) {
-            return Err(CheckError::Source(SourceError::Fetch {
-                url: url.redacted().to_string(),
-                message: "an earlier git operation on this remote has not returned yet (the server does not answer)".into(),
-            }));
-        }
+        self.check_stuck(url)?;
         let _permit = self
             .permits
             .acquire()
             .await
             .expect("semaphore never closes");
+        self.check_stuck(url)?;
         let deadline = Instant::now() + timeout;
         // (returned, timed out), both only changed under the `stuck` lock.
         let state = Arc::new(Mutex::new((false, false)));
@@ -127,6 +123,21 @@ impl Cache {
         }
     }
 
+    fn check_stuck(&self, url: &RemoteUrl) -> Result<(), CheckError> {
+        if self
+            .stuck
+            .lock()
+            .expect("stuck lock")
+            .contains_key(url.as_str())
+        {
+            return Err(CheckError::Source(SourceError::Fetch {
+                url: url.redacted().to_string(),
+                message: "an earlier git operation on this remote has not returned yet (the server does not answer)".into(),
+            }));
+        }
+        Ok(())
+    }
+
     /// Asks the remote which commit `git_ref` names now: one ref advertisement, no fetch.
     pub async fn resolve(
         &self,
@@ -160,7 +171,14 @@ impl Cache {
             .entry(url.as_str().to_string())
             .or_default()
             .clone();
-        let guard = lock.lock_owned().await;
+        // A stuck remote fails at once, rather than queueing behind its own stuck call.
+        self.check_stuck(url)?;
+        let guard = tokio::time::timeout(timeout, lock.lock_owned())
+            .await
+            .map_err(|_| CheckError::Timeout {
+                url: url.redacted().to_string(),
+                timeout,
+            })?;
         let max_bytes = self.max_fetch_bytes;
         let (url2, auth, resolved, git_dir, dest) = (
             url.clone(),

@@ -63,6 +63,10 @@ impl RemoteUrl {
                 .to_string();
             let mut shown = url.clone();
             let _ = shown.set_password(None);
+            // Over HTTP a token often stands in the user name; over SSH it is just `git`.
+            if scheme != "ssh" {
+                let _ = shown.set_username("");
+            }
             Ok(RemoteUrl {
                 raw: raw.to_string(),
                 host,
@@ -121,16 +125,18 @@ impl RemoteUrl {
     }
 }
 
-/// `https://user:password@host/x` -> `https://user@host/x`, for URLs that failed to parse too.
+/// `https://user:token@host/x` -> `https://host/x` (`ssh://` keeps its user), for URLs that
+/// failed to parse too.
 pub fn redact(raw: &str) -> String {
     match raw.split_once("://") {
         Some((scheme, rest)) => {
             let end = rest.find('/').unwrap_or(rest.len());
             match rest[..end].rsplit_once('@') {
-                Some((userinfo, host)) => {
+                Some((userinfo, host)) if scheme == "ssh" => {
                     let user = userinfo.split(':').next().unwrap_or("");
                     format!("{scheme}://{user}@{host}{}", &rest[end..])
                 }
+                Some((_, host)) => format!("{scheme}://{host}{}", &rest[end..]),
                 None => raw.to_string(),
             }
         }
@@ -241,15 +247,19 @@ mod tests {
 
     #[test]
     fn urls_are_redacted() {
-        assert_eq!(redact("https://u:p@h/x"), "https://u@h/x");
+        assert_eq!(redact("https://u:p@h/x"), "https://h/x");
+        assert_eq!(redact("https://ghp_token@h/x"), "https://h/x");
+        assert_eq!(redact("ssh://git:p@h/x"), "ssh://git@h/x");
         assert_eq!(redact("https://h/x"), "https://h/x");
         assert_eq!(redact("git@h:x"), "git@h:x");
         let url = RemoteUrl::parse("https://alice:hunter2@git.example.com:8443/a.git").unwrap();
-        assert_eq!(url.redacted(), "https://alice@git.example.com:8443/a.git");
+        assert_eq!(url.redacted(), "https://git.example.com:8443/a.git");
         assert_eq!(
             (url.host.as_str(), url.port),
             ("git.example.com", Some(8443))
         );
+        let url = RemoteUrl::parse("ssh://git@github.com/a.git").unwrap();
+        assert_eq!(url.redacted(), "ssh://git@github.com/a.git");
     }
 
     #[test]

@@ -146,10 +146,11 @@ async fn a_silent_git_server_times_out_while_others_keep_syncing() {
     fx.wait_applied("healthy", &healthy.head()).await;
 
     let gr = fx.wait_failed("hung", "FetchFailed").await;
+    let message = ready_message(&gr);
+    // The first try times out; until libgit2 gives that call up, later tries fail at once.
     assert!(
-        ready_message(&gr).contains("did not finish within 3s"),
-        "{}",
-        ready_message(&gr)
+        message.contains("did not finish within 3s") || message.contains("has not returned yet"),
+        "{message}"
     );
 
     // While the silent server still holds a connection, the other keeps up with its commits.

@@ -377,6 +377,14 @@ async fn blast_radius_guard_holds_back_a_large_prune() {
         ready_message(&gr)
     );
     assert!(fx.get("v1", "ConfigMap", "cm0").await.is_some());
+    // And it holds: later reconciles (the watches wake it too) do not let the prune through.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let gr = fx.api().get("app").await.unwrap();
+    assert_eq!(
+        crate::support::controller::ready(&gr),
+        Some(("False".into(), "PruneBlocked".into()))
+    );
+    assert!(fx.get("v1", "ConfigMap", "cm0").await.is_some());
 
     // Raising the limit lets the prune through.
     fx.patch("app", json!({"spec": {"maxPrune": "50%"}})).await;

@@ -193,12 +193,27 @@ async fn wrong_credentials_then_fixed() {
         spec(repo.auth_url(), json!({"secretRef": {"name": "git"}})),
     )
     .await;
+    // A token written into the URL's user name is a credential too.
+    let token_url = repo.auth_url().replace("http://", "http://s3cr3t-token@");
+    fx.create("token", spec(token_url, json!({}))).await;
     let gr = fx.wait_failed("app", "AuthenticationFailed").await;
-    assert!(
-        !serde_json::to_string(&gr.status)
-            .unwrap()
-            .contains("not-the-password")
+    let token_gr = fx.wait_failed("token", "AuthenticationFailed").await;
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(fx.client.clone(), &fx.ns);
+    let events = events.list(&Default::default()).await.unwrap();
+    assert!(!events.items.is_empty(), "failures are reported as events");
+    let seen = format!(
+        "{}{}{}",
+        serde_json::to_string(&gr.status).unwrap(),
+        serde_json::to_string(&token_gr.status).unwrap(),
+        serde_json::to_string(&events.items).unwrap()
     );
+    for secret in ["not-the-password", "s3cr3t-token", password.as_str()] {
+        assert!(
+            !seen.contains(secret),
+            "{secret} leaked into status or events"
+        );
+    }
 
     secrets
         .replace("git", &Default::default(), &{

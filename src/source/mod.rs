@@ -113,6 +113,13 @@ impl RemoteUrl {
             );
             return SourceError::Authentication { url, message };
         }
+        if err.class() == git2::ErrorClass::Ssh && err.message().contains("private key") {
+            let message = format!(
+                "the SSH identity in the secretRef could not be read ({}): a wrong passphrase in `password`, or a key format libssh2 does not read",
+                err.message()
+            );
+            return SourceError::Authentication { url, message };
+        }
         let message = err.message().replace(&self.raw, &self.redacted);
         let auth = err.code() == git2::ErrorCode::Auth
             || message.contains("status code: 401")

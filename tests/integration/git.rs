@@ -89,3 +89,46 @@ fn ssh_with_known_hosts() {
         assert!(err.to_string().contains("host key"), "{err}");
     }
 }
+
+#[test]
+fn ssh_with_a_passphrase_protected_key() {
+    let repo = Repo::create("ssh-passphrase", &[("a.yaml", "a: 1\n")]);
+    let gs = git_server();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id");
+    let status = std::process::Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "open sesame",
+            "-C",
+            "passphrase-test",
+            "-f",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Authorize the new key on the test server, next to the harness's own.
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let authorized = std::path::Path::new(gs.var("GIT_SERVER_DIR")).join("authorized_keys");
+    let mut keys = std::fs::read_to_string(&authorized).unwrap();
+    keys.push_str(&public);
+    std::fs::write(&authorized, keys).unwrap();
+
+    let known_hosts = std::fs::read(gs.var("GIT_SSH_KNOWN_HOSTS")).unwrap();
+    let auth = |passphrase: &str| {
+        Auth::from_secret_data(&BTreeMap::from([
+            ("identity".to_string(), std::fs::read(&key).unwrap()),
+            ("password".to_string(), passphrase.as_bytes().to_vec()),
+            ("known_hosts".to_string(), known_hosts.clone()),
+        ]))
+        .unwrap()
+    };
+    let fetched = fetch_main(&repo.ssh_url(), &auth("open sesame")).unwrap();
+    assert_eq!(fetched.to_string(), repo.head());
+    let err = fetch_main(&repo.ssh_url(), &auth("wrong")).unwrap_err();
+    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+}

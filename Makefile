@@ -14,9 +14,10 @@ test: tools
 	cargo clippy --all-targets -- -D warnings
 	cargo test
 
-## tools: build (once) the pinned control plane; install git server packages
+## tools: build (once) the pinned control plane and render tools; install git server packages
 tools:
 	@$(ENV)/controlplane.sh build >/dev/null
+	@$(ENV)/rendertools.sh build >/dev/null
 	@$(ENV)/gitserver.sh install
 
 ## crds: regenerate crds/ from the Rust types

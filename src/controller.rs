@@ -3,13 +3,13 @@
 //! The decisions between stages live here: skip when nothing changed, never prune after a failure,
 //! stall on what only a change can fix, back off on what may pass.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -23,13 +23,13 @@ use tracing::{error, info, instrument, warn};
 use crate::api::{
     Artifact, DeletionPolicy, DriftEntry, DriftMode, FIELD_MANAGER, FINALIZER, GitRepository,
     GitRepositoryStatus, Inventory, InventoryEntry, PruneBlocked, RECONCILE_REQUESTED_ANNOTATION,
-    Summary,
+    SubstituteKind, Summary,
 };
 use crate::apply::{self, Action as Applied, Applier, ApplyOptions, ObjectId, Owner, Sent};
 use crate::live::Live;
 use crate::live::health::Health;
 use crate::metrics::Metrics;
-use crate::render::{self, Limits};
+use crate::render::{self, HelmOptions, Limits, Tools, Variables};
 use crate::server::{self, Readiness};
 use crate::source::{Auth, Cache, RemoteUrl, SourceError};
 use crate::status::{self, Verdict};
@@ -71,15 +71,8 @@ pub struct Config {
     /// Most bytes one fetch may transfer.
     #[arg(long, env = "CAPSTAN_MAX_FETCH_BYTES", default_value_t = 512 << 20)]
     pub max_fetch_bytes: u64,
-    /// Largest manifest file, in bytes.
-    #[arg(long, env = "CAPSTAN_MAX_MANIFEST_FILE_BYTES", default_value_t = render::DEFAULT_MAX_FILE_BYTES)]
-    pub max_manifest_file_bytes: u64,
-    /// Largest sum of all manifest files of a revision, in bytes.
-    #[arg(long, env = "CAPSTAN_MAX_MANIFEST_BYTES", default_value_t = render::DEFAULT_MAX_TOTAL_BYTES)]
-    pub max_manifest_bytes: u64,
-    /// Most manifest files under a GitRepository's path.
-    #[arg(long, env = "CAPSTAN_MAX_MANIFEST_FILES", default_value_t = render::DEFAULT_MAX_FILES)]
-    pub max_manifest_files: usize,
+    #[command(flatten)]
+    pub render: RenderConfig,
     /// Where repositories are cached between polls.
     #[arg(long, env = "CAPSTAN_CACHE_DIR", default_value = "/tmp/capstan")]
     pub cache_dir: PathBuf,
@@ -88,6 +81,45 @@ pub struct Config {
     /// A tracing filter, e.g. `info` or `capstan=debug,kube=info`.
     #[arg(long, env = "CAPSTAN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// How revisions are rendered: the tools and the limits. Shared with `capstan render`, so the
+/// command renders exactly as the controller does.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RenderConfig {
+    /// Largest manifest file, in bytes.
+    #[arg(long, env = "CAPSTAN_MAX_MANIFEST_FILE_BYTES", default_value_t = render::DEFAULT_MAX_FILE_BYTES)]
+    pub max_manifest_file_bytes: u64,
+    /// Largest sum of all manifest files of a revision (or of a render tool's output), in bytes.
+    #[arg(long, env = "CAPSTAN_MAX_MANIFEST_BYTES", default_value_t = render::DEFAULT_MAX_TOTAL_BYTES)]
+    pub max_manifest_bytes: u64,
+    /// Most manifest files under a GitRepository's path.
+    #[arg(long, env = "CAPSTAN_MAX_MANIFEST_FILES", default_value_t = render::DEFAULT_MAX_FILES)]
+    pub max_manifest_files: usize,
+    /// The kustomize binary that renders kustomizations.
+    #[arg(long, env = "CAPSTAN_KUSTOMIZE_PATH", default_value = "kustomize")]
+    pub kustomize_path: PathBuf,
+    /// The helm binary that renders charts.
+    #[arg(long, env = "CAPSTAN_HELM_PATH", default_value = "helm")]
+    pub helm_path: PathBuf,
+}
+
+impl RenderConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_file_bytes: self.max_manifest_file_bytes,
+            max_total_bytes: self.max_manifest_bytes,
+            max_files: self.max_manifest_files,
+            ..Limits::default()
+        }
+    }
+
+    pub fn tools(&self) -> Tools {
+        Tools {
+            kustomize: self.kustomize_path.clone(),
+            helm: self.helm_path.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +148,7 @@ pub struct Context {
     applier: Applier,
     recorder: Recorder,
     limits: Limits,
+    tools: Tools,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     /// The controller's own connection settings, from which impersonating clients are made.
@@ -159,12 +192,8 @@ impl Context {
             cache: Cache::new(repos, config.git_concurrency, config.max_fetch_bytes),
             work_dir,
             applier: Applier::new(config.apply_concurrency),
-            limits: Limits {
-                max_file_bytes: config.max_manifest_file_bytes,
-                max_total_bytes: config.max_manifest_bytes,
-                max_files: config.max_manifest_files,
-                ..Limits::default()
-            },
+            limits: config.render.limits(),
+            tools: config.render.tools(),
             live,
             metrics,
             kube_config,
@@ -589,7 +618,11 @@ async fn stages(
         reason => Failure::retry(reason, e),
     })?;
 
+    // Variables are read on every check, so a changed ConfigMap or Secret is applied too.
+    let variables = variables(ctx, gr, &namespace).await?;
+    let variables_digest = variables.as_ref().map(digest_of);
     let up_to_date = applied_ok
+        && ctx.recall(&key, |m| m.variables).flatten() == variables_digest
         && status.last_applied_revision.as_deref() == Some(resolved.revision.as_str())
         && status.observed_generation == gr.meta().generation
         && request.is_none_or(|r| status.last_handled_reconcile_at.as_deref() == Some(r));
@@ -626,11 +659,25 @@ async fn stages(
 
     // Render.
     let root = work.path().to_path_buf();
-    let (path, ignore, limits) = (gr.spec.path.clone(), gr.spec.ignore.clone(), ctx.limits);
+    let (path, ignore) = (gr.spec.path.clone(), gr.spec.ignore.clone());
+    let helm = helm_options(gr);
+    let (limits, tools) = (ctx.limits, ctx.tools.clone());
     let rendered = tokio::time::timeout(
-        timeout,
+        // The tools stop themselves at `timeout`; this bounds the rest of the work.
+        timeout + Duration::from_secs(5),
         tokio::task::spawn_blocking(move || {
-            render::render(&root, path.as_deref(), ignore.as_deref(), &limits)
+            render::render(
+                &root,
+                &render::Options {
+                    path: path.as_deref(),
+                    ignore: ignore.as_deref(),
+                    helm,
+                    variables: variables.as_ref(),
+                    limits,
+                    tools,
+                    timeout,
+                },
+            )
         }),
     )
     .await
@@ -772,6 +819,9 @@ async fn stages(
         outcome.summary.pruned
     );
     outcome.record(ctx, &key, status);
+    if let Some(memory) = ctx.memory.lock().expect("memory lock").get_mut(&key) {
+        memory.variables = variables_digest;
+    }
     status.last_applied_revision = Some(resolved.revision.clone());
     Ok(Some(Verdict::Ready {
         reason: "ReconciliationSucceeded",
@@ -845,6 +895,113 @@ struct Memory {
     status: Option<GitRepositoryStatus>,
     /// When each drifted object was corrected, within the last `CORRECTION_WINDOW`.
     corrected_at: HashMap<String, Vec<Instant>>,
+    /// A digest of the `postBuild` variables the last apply was rendered with.
+    variables: Option<u64>,
+}
+
+/// `spec.postBuild`'s variables: `substituteFrom` in order, each overriding the ones before, then
+/// `substitute` over all. Read with the GitRepository's own identity (impersonation included), so
+/// a tenant cannot read another's Secrets through Capstan. `None` without `postBuild`.
+async fn variables(
+    ctx: &Context,
+    gr: &GitRepository,
+    namespace: &str,
+) -> Result<Option<Variables>, Failure> {
+    let Some(post_build) = &gr.spec.post_build else {
+        return Ok(None);
+    };
+    let mut variables = Variables::new();
+    if !post_build.substitute_from.is_empty() {
+        let client = ctx
+            .client_for(gr)
+            .map_err(|m| Failure::retry("BuildFailed", m))?;
+        for from in &post_build.substitute_from {
+            let what = format!("{:?} {namespace}/{}", from.kind, from.name);
+            let failed = |e: kube::Error| {
+                Failure::retry(
+                    "BuildFailed",
+                    format!("postBuild.substituteFrom: reading {what}: {e}"),
+                )
+            };
+            let data: Option<BTreeMap<String, String>> = match from.kind {
+                SubstituteKind::ConfigMap => {
+                    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                        .get_opt(&from.name)
+                        .await
+                        .map_err(failed)?
+                        .map(|cm| cm.data.unwrap_or_default())
+                }
+                SubstituteKind::Secret => {
+                    match Api::<Secret>::namespaced(client.clone(), namespace)
+                        .get_opt(&from.name)
+                        .await
+                        .map_err(failed)?
+                    {
+                        None => None,
+                        Some(secret) => {
+                            let mut data = BTreeMap::new();
+                            for (key, value) in secret.data.unwrap_or_default() {
+                                let value = String::from_utf8(value.0).map_err(|_| {
+                                    Failure::stall(
+                                        "BuildFailed",
+                                        format!("postBuild.substituteFrom: {what}: the value of {key:?} is not UTF-8"),
+                                    )
+                                })?;
+                                data.insert(key, value);
+                            }
+                            Some(data)
+                        }
+                    }
+                }
+            };
+            match data {
+                Some(data) => variables.extend(data),
+                None if from.optional => {}
+                None => {
+                    return Err(Failure::retry(
+                        "BuildFailed",
+                        format!(
+                            "postBuild.substituteFrom: {what} not found (mark it optional if it may be missing)"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    variables.extend(post_build.substitute.clone());
+    if let Some(bad) = variables.keys().find(|k| !render::is_variable_name(k)) {
+        return Err(Failure::stall(
+            "BuildFailed",
+            format!(
+                "postBuild: {bad:?} is not a valid variable name (letters, digits and '_', not starting with a digit)"
+            ),
+        ));
+    }
+    Ok(Some(variables))
+}
+
+/// The release a chart at `spec.path` is rendered as: `spec.helm`, with the GitRepository's name
+/// and its target namespace as defaults.
+pub fn helm_options(gr: &GitRepository) -> HelmOptions {
+    let helm = gr.spec.helm.clone().unwrap_or_default();
+    HelmOptions {
+        release_name: helm.release_name.unwrap_or_else(|| gr.name_any()),
+        namespace: gr
+            .spec
+            .target_namespace
+            .clone()
+            .or_else(|| gr.namespace())
+            .unwrap_or_else(|| "default".into()),
+        values: helm.values,
+        values_files: helm.values_files,
+    }
+}
+
+fn digest_of(variables: &Variables) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    variables.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// An object corrected this many times within the window is being fought over by another

@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run the operator against the cluster of the current kubeconfig or in-cluster config.
     Controller(capstan::controller::Config),
+    /// Print, offline, the objects the controller would apply for a directory: plain manifests,
+    /// a kustomization or a Helm chart, with variables substituted.
+    Render(capstan::cli::RenderArgs),
     /// Print the GitRepository CustomResourceDefinition as YAML.
     Crd {
         /// Write it to this file instead of stdout.
@@ -37,6 +40,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Controller(config) => {
             capstan::telemetry::init(config.log_format, &config.log_level)?;
             capstan::controller::run(config).await?;
+        }
+        Command::Render(args) => {
+            if let Err(e) = capstan::cli::render(&args, &mut std::io::stdout().lock()) {
+                eprintln!("capstan render: {e}");
+                std::process::exit(1);
+            }
         }
         Command::Crd { output } => {
             let yaml = capstan::api::crd_yaml(&GitRepository::crd())?;

@@ -3,12 +3,21 @@
 //! the network or the cluster; what to do with the objects is decided downstream.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 
+mod helm;
+mod kustomize;
 mod objects;
 mod parse;
+mod substitute;
+mod tool;
 mod walk;
+
+pub use helm::HelmOptions;
+pub use substitute::{Variables, is_variable_name};
+pub use tool::Tools;
 
 #[cfg(test)]
 mod tests;
@@ -69,12 +78,24 @@ pub struct Manifest {
 /// of a repository, or treating a broken one as empty, could prune live objects.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error(
-        "{file}: {renderer} rendering is not supported yet; only plain YAML/JSON directories are"
-    )]
-    Unsupported {
+    #[error("{tool} failed: {message}")]
+    Tool { tool: &'static str, message: String },
+    #[error("{tool} is not installed at {path:?}; set --{tool}-path")]
+    ToolMissing { tool: &'static str, path: String },
+    #[error("{file}: {entry:?} {problem}")]
+    Reference {
         file: String,
-        renderer: &'static str,
+        entry: String,
+        problem: &'static str,
+    },
+    #[error("values file {path:?} does not exist in the repository")]
+    ValuesFileNotFound { path: String },
+    /// `line` is 1-based: the first line of the document the variable is in.
+    #[error("{file}{}: {message}", at_line(*.line))]
+    Substitute {
+        file: String,
+        line: usize,
+        message: String,
     },
     #[error("path {path:?} resolves outside the repository")]
     PathEscapes { path: String },
@@ -138,68 +159,121 @@ fn at_line(line: usize) -> String {
     }
 }
 
-/// How a directory is turned into objects. Only `Plain` exists now; kustomize and Helm get their
-/// own variants and are chosen by the marker file at the top of the directory.
+/// What to render and how: `spec.path`, `spec.ignore`, the Helm release, the variables to
+/// substitute, and the tools and limits.
+#[derive(Debug, Clone)]
+pub struct Options<'a> {
+    /// `spec.path`, relative to the checkout root; `None` is the root.
+    pub path: Option<&'a str>,
+    /// gitignore-syntax patterns matched against paths relative to `path` (plain directories).
+    pub ignore: Option<&'a str>,
+    /// Used when `path` holds a `Chart.yaml`.
+    pub helm: HelmOptions,
+    /// Substitute `${var}` with these (`spec.postBuild`); `None` substitutes nothing.
+    pub variables: Option<&'a Variables>,
+    pub limits: Limits,
+    pub tools: Tools,
+    /// Deadline for a render tool.
+    pub timeout: Duration,
+}
+
+/// How a directory is turned into objects, chosen by the marker file at its top.
 enum Renderer {
     Plain,
+    Kustomize,
+    Helm,
 }
 
-/// Marker files that select another renderer, with that renderer's name for the error.
-const UNSUPPORTED_MARKERS: &[(&str, &str)] = &[
-    ("kustomization.yaml", "kustomize"),
-    ("kustomization.yml", "kustomize"),
-    ("Kustomization", "kustomize"),
-    ("Chart.yaml", "Helm"),
-];
+fn choose_renderer(dir: &walk::Resolved) -> Renderer {
+    // symlink_metadata: a dangling or escaping marker still says what the author meant, and the
+    // renderer then reports it.
+    let has = |name: &str| dir.dir.join(name).symlink_metadata().is_ok();
+    if walk::KUSTOMIZATION_FILES.iter().any(|name| has(name)) {
+        Renderer::Kustomize
+    } else if has("Chart.yaml") {
+        Renderer::Helm
+    } else {
+        Renderer::Plain
+    }
+}
 
-fn choose_renderer(dir: &walk::Resolved) -> Result<Renderer, RenderError> {
-    for (name, renderer) in UNSUPPORTED_MARKERS {
-        // symlink_metadata: a dangling or escaping marker still says what the author meant.
-        if dir.dir.join(name).symlink_metadata().is_ok() {
-            return Err(RenderError::Unsupported {
-                file: dir.rel_file(name),
-                renderer,
-            });
+/// Renders the manifests under `options.path` of the checkout at `root` into objects: plain
+/// files ordered by path and then by position in the file; a kustomization or a chart in the
+/// order the tool prints them.
+pub fn render(root: &Path, options: &Options<'_>) -> Result<Vec<Manifest>, RenderError> {
+    let dir = walk::resolve(root, options.path)?;
+    let limits = &options.limits;
+    let manifests = match choose_renderer(&dir) {
+        Renderer::Plain => render_plain(&dir, options)?,
+        Renderer::Kustomize => {
+            let output = kustomize::build(&dir, &options.tools.kustomize, limits, options.timeout)?;
+            tool_objects(
+                &format!("kustomize build {}", dir.display),
+                &output,
+                options,
+            )?
         }
-    }
-    Ok(Renderer::Plain)
-}
-
-/// Renders the manifests under `path` (`spec.path`, relative to `root`; `None` is the root)
-/// into objects, ordered by file path and then by position in the file.
-///
-/// `ignore` holds gitignore-syntax patterns matched against paths relative to `path`.
-pub fn render(
-    root: &Path,
-    path: Option<&str>,
-    ignore: Option<&str>,
-    limits: &Limits,
-) -> Result<Vec<Manifest>, RenderError> {
-    let dir = walk::resolve(root, path)?;
-    match choose_renderer(&dir)? {
-        Renderer::Plain => render_plain(&dir, ignore, limits),
-    }
-}
-
-fn render_plain(
-    dir: &walk::Resolved,
-    ignore: Option<&str>,
-    limits: &Limits,
-) -> Result<Vec<Manifest>, RenderError> {
-    let files = walk::manifest_files(dir, ignore, limits)?;
-    let mut objects = objects::Collector::default();
-    for file in &files {
-        let bytes = walk::read_capped(file, limits)?;
-        let documents = parse::documents(&file.rel, &bytes, file.format, limits)?;
-        for (i, document) in documents.into_iter().enumerate() {
-            objects.add_document(&file.rel, i + 1, document)?;
+        Renderer::Helm => {
+            let output = helm::template(
+                &dir,
+                &options.tools.helm,
+                &options.helm,
+                limits,
+                options.timeout,
+            )?;
+            tool_objects(&format!("helm template {}", dir.display), &output, options)?
         }
-    }
-    let manifests = objects.finish();
+    };
     if manifests.is_empty() {
         return Err(RenderError::Empty {
             path: dir.display.clone(),
         });
     }
     Ok(manifests)
+}
+
+fn render_plain(dir: &walk::Resolved, options: &Options<'_>) -> Result<Vec<Manifest>, RenderError> {
+    let limits = &options.limits;
+    let files = walk::manifest_files(dir, options.ignore, limits)?;
+    let mut objects = objects::Collector::default();
+    for file in &files {
+        let bytes = walk::read_capped(file, limits)?;
+        let documents =
+            parse::documents(&file.rel, &bytes, file.format, limits, options.variables)?;
+        for (i, document) in documents.into_iter().enumerate() {
+            objects.add_document(&file.rel, i + 1, document)?;
+        }
+    }
+    Ok(objects.finish())
+}
+
+/// The objects a tool printed, held to the same limits as files in the repository.
+fn tool_objects(
+    origin: &str,
+    output: &str,
+    options: &Options<'_>,
+) -> Result<Vec<Manifest>, RenderError> {
+    let limits = &options.limits;
+    for (_, document) in parse::split_yaml(output) {
+        let size = u64::try_from(document.len()).unwrap_or(u64::MAX);
+        if size > limits.max_file_bytes {
+            return Err(RenderError::FileTooLarge {
+                file: origin.to_string(),
+                size,
+                limit: limits.max_file_bytes,
+            });
+        }
+    }
+    let documents = parse::documents(
+        origin,
+        output.as_bytes(),
+        parse::Format::Yaml,
+        limits,
+        options.variables,
+    )?;
+    let mut objects = objects::Collector::default();
+    for (i, document) in documents.into_iter().enumerate() {
+        objects.add_document(origin, i + 1, document)?;
+    }
+    Ok(objects.finish())
 }

@@ -7,7 +7,9 @@ use std::path::Path;
 use serde_json::Value;
 use serde_saphyr::MessageFormatter;
 
+use super::substitute::{self, Variables};
 use super::{Limits, RenderError};
+use crate::api::SUBSTITUTE_ANNOTATION;
 
 /// Alias replay cap: real manifests reuse a few small anchors, while a billion-laughs file needs
 /// millions of replayed events to hurt. This bounds the work and memory one file's aliases cause.
@@ -33,12 +35,14 @@ impl Format {
     }
 }
 
-/// The file's documents in order, empty ones (null, only comments, bare `---`) left out.
+/// The file's documents in order, empty ones (null, only comments, bare `---`) left out. With
+/// `variables`, each document that does not opt out is substituted before it is parsed for good.
 pub(super) fn documents(
     file: &str,
     bytes: &[u8],
     format: Format,
     limits: &Limits,
+    variables: Option<&Variables>,
 ) -> Result<Vec<Value>, RenderError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let line = 1 + bytes[..e.valid_up_to()]
@@ -59,10 +63,82 @@ pub(super) fn documents(
             },
         }
     })?;
+    let mut out = Vec::new();
     match format {
-        Format::Yaml => yaml_documents(file, text, limits),
-        Format::Json => json_document(file, text),
+        Format::Yaml => {
+            for (offset, document) in split_yaml(text) {
+                out.extend(substituted(file, offset, document, variables, |text| {
+                    yaml_documents(file, text, offset, limits)
+                })?);
+            }
+        }
+        Format::Json => out.extend(substituted(file, 0, text, variables, |text| {
+            json_document(file, text)
+        })?),
     }
+    Ok(out)
+}
+
+/// Parses `text`, and when it names variables and no object in it opts out, substitutes them and
+/// parses the result instead.
+fn substituted(
+    file: &str,
+    offset: usize,
+    text: &str,
+    variables: Option<&Variables>,
+    parse: impl Fn(&str) -> Result<Vec<Value>, RenderError>,
+) -> Result<Vec<Value>, RenderError> {
+    let values = parse(text)?;
+    let Some(variables) = variables else {
+        return Ok(values);
+    };
+    if !substitute::mentions_variables(text) || values.iter().any(opts_out) {
+        return Ok(values);
+    }
+    let text = substitute::substitute(text, variables).map_err(|e| RenderError::Substitute {
+        file: file.to_string(),
+        line: offset + 1,
+        message: e.to_string(),
+    })?;
+    parse(&text)
+}
+
+fn opts_out(object: &Value) -> bool {
+    object
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get(SUBSTITUTE_ANNOTATION))
+        .and_then(Value::as_str)
+        == Some("disabled")
+}
+
+/// Splits a YAML stream at its `---` markers into documents, each with the number of lines before
+/// it, so every document can be substituted and parsed on its own. A marker always starts a line
+/// (inside a block scalar it would end the scalar too), so no YAML parse is needed to find them.
+/// Directive lines (`%YAML`) stay with the document they precede.
+pub(super) fn split_yaml(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let (mut start, mut start_line, mut pending_directives) = (0, 0, false);
+    let mut pos = 0;
+    for (line_no, line) in text.split_inclusive('\n').enumerate() {
+        let is_marker =
+            line.starts_with("---") && line[3..].chars().next().is_none_or(char::is_whitespace);
+        if is_marker && pos > start && !pending_directives {
+            out.push((start_line, &text[start..pos]));
+            start = pos;
+            start_line = line_no;
+        }
+        if is_marker {
+            pending_directives = false;
+        } else if line.starts_with('%') {
+            pending_directives = true;
+        }
+        pos += line.len();
+    }
+    if pos > start {
+        out.push((start_line, &text[start..pos]));
+    }
+    out
 }
 
 fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
@@ -91,12 +167,18 @@ fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
     options
 }
 
-fn yaml_documents(file: &str, text: &str, limits: &Limits) -> Result<Vec<Value>, RenderError> {
+/// `offset` is the number of lines before `text` in the file, so reported lines are the file's.
+fn yaml_documents(
+    file: &str,
+    text: &str,
+    offset: usize,
+    limits: &Limits,
+) -> Result<Vec<Value>, RenderError> {
     serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options(limits)).map_err(|e| {
         let line = e
             .location()
             .and_then(|l| usize::try_from(l.line()).ok())
-            .unwrap_or(0);
+            .map_or(0, |l| l + offset);
         RenderError::Yaml {
             file: file.to_string(),
             line,

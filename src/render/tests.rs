@@ -33,7 +33,23 @@ fn run(
     path: Option<&str>,
     ignore: Option<&str>,
 ) -> Result<Vec<Manifest>, RenderError> {
-    render(root.path(), path, ignore, &Limits::default())
+    render(root.path(), &options(path, ignore, Limits::default()))
+}
+
+fn options<'a>(path: Option<&'a str>, ignore: Option<&'a str>, limits: Limits) -> Options<'a> {
+    Options {
+        path,
+        ignore,
+        helm: HelmOptions::default(),
+        variables: None,
+        limits,
+        // Unit tests never run a tool: the checks before it must be what fails.
+        tools: Tools {
+            kustomize: "/nonexistent/kustomize".into(),
+            helm: "/nonexistent/helm".into(),
+        },
+        timeout: Duration::from_secs(10),
+    }
 }
 
 fn sources(manifests: &[Manifest]) -> Vec<&str> {
@@ -238,13 +254,13 @@ fn path_climbing_out_of_root_escapes() {
     write(outer.path(), "repo/x/a.yaml", &cm("a"));
     let root = outer.path().join("repo");
     for path in ["../", "..", "x/../../", "x/../..", "/etc", "/"] {
-        match render(&root, Some(path), None, &Limits::default()) {
+        match render(&root, &options(Some(path), None, Limits::default())) {
             Err(RenderError::PathEscapes { path: reported }) => assert_eq!(reported, path),
             other => panic!("path {path}: expected PathEscapes, got {other:?}"),
         }
     }
     // `..` that stays inside is fine.
-    let out = render(&root, Some("x/../x"), None, &Limits::default()).unwrap();
+    let out = render(&root, &options(Some("x/../x"), None, Limits::default())).unwrap();
     assert_eq!(sources(&out), ["x/a.yaml#1"]);
 }
 
@@ -568,7 +584,7 @@ fn file_over_size_limit_is_refused() {
         max_file_bytes: 100,
         ..Limits::default()
     };
-    match render(root.path(), None, None, &limits) {
+    match render(root.path(), &options(None, None, limits)) {
         Err(RenderError::FileTooLarge { file, size, limit }) => {
             assert_eq!(file, "big.yaml");
             assert_eq!(size, big.len() as u64);
@@ -586,7 +602,7 @@ fn total_over_limit_is_refused() {
         max_total_bytes: one + 1,
         ..Limits::default()
     };
-    match render(root.path(), None, None, &limits) {
+    match render(root.path(), &options(None, None, limits)) {
         Err(RenderError::TooLarge { size, limit }) => {
             assert_eq!((size, limit), (2 * one, one + 1));
         }
@@ -606,7 +622,7 @@ fn too_many_files_is_refused() {
         max_files: 2,
         ..Limits::default()
     };
-    match render(root.path(), None, None, &limits) {
+    match render(root.path(), &options(None, None, limits)) {
         Err(RenderError::TooManyFiles { limit }) => assert_eq!(limit, 2),
         other => panic!("expected TooManyFiles, got {other:?}"),
     }
@@ -614,7 +630,12 @@ fn too_many_files_is_refused() {
         max_files: 3,
         ..Limits::default()
     };
-    assert_eq!(render(root.path(), None, None, &limits).unwrap().len(), 3);
+    assert_eq!(
+        render(root.path(), &options(None, None, limits))
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[test]
@@ -657,7 +678,7 @@ fn alias_count_is_limited() {
         max_aliases: 10,
         ..Limits::default()
     };
-    match render(root.path(), None, None, &limits) {
+    match render(root.path(), &options(None, None, limits)) {
         Err(RenderError::Yaml { message, .. }) => assert!(message.contains("Aliases"), "{message}"),
         other => panic!("expected Yaml error, got {other:?}"),
     }
@@ -696,25 +717,184 @@ fn deep_block_nesting_fails() {
 }
 
 #[test]
-fn kustomize_and_helm_are_not_supported_yet() {
-    for (marker, renderer) in [
+fn marker_files_choose_the_tool() {
+    for (marker, tool) in [
         ("kustomization.yaml", "kustomize"),
         ("kustomization.yml", "kustomize"),
         ("Kustomization", "kustomize"),
-        ("Chart.yaml", "Helm"),
+        ("Chart.yaml", "helm"),
     ] {
         let root = tree(&[
             ("app/a.yaml", &cm("a")),
             (&format!("app/{marker}"), "x: 1\n"),
         ]);
-        let err = run(&root, Some("app"), None).unwrap_err();
-        match &err {
-            RenderError::Unsupported { file, renderer: r } => {
-                assert_eq!(file, &format!("app/{marker}"));
-                assert_eq!(*r, renderer);
+        match run(&root, Some("app"), None).unwrap_err() {
+            RenderError::ToolMissing { tool: t, path } => {
+                assert_eq!(t, tool);
+                assert_eq!(path, format!("/nonexistent/{tool}"));
             }
-            other => panic!("{marker}: expected Unsupported, got {other:?}"),
+            other => panic!("{marker}: expected ToolMissing, got {other:?}"),
         }
-        assert!(err.to_string().contains("not supported yet"), "{err}");
     }
+}
+
+fn reference_error(kustomization: &str) -> (String, String, &'static str) {
+    let root = tree(&[
+        ("base/kustomization.yaml", "resources: [cm.yaml]\n"),
+        ("base/cm.yaml", &cm("a")),
+        ("overlays/prod/kustomization.yaml", kustomization),
+    ]);
+    match run(&root, Some("overlays/prod"), None).unwrap_err() {
+        RenderError::Reference {
+            file,
+            entry,
+            problem,
+        } => (file, entry, problem),
+        other => panic!("expected a Reference error, got {other:?}"),
+    }
+}
+
+#[test]
+fn kustomize_remote_bases_are_refused_before_the_tool_runs() {
+    for remote in [
+        "https://github.com/acme/app//deploy?ref=v1",
+        "github.com/acme/app/deploy?ref=v1",
+        "git@github.com:acme/app.git",
+        "ssh://git@example.com/acme/app.git",
+    ] {
+        let (file, entry, problem) =
+            reference_error(&format!("resources:\n- ../../base\n- {remote}\n"));
+        assert_eq!(file, "overlays/prod/kustomization.yaml");
+        assert_eq!(entry, remote);
+        assert!(problem.contains("remote bases"), "{problem}");
+    }
+}
+
+#[test]
+fn kustomize_references_outside_the_checkout_are_refused() {
+    for field in ["resources", "components", "bases", "generators"] {
+        let (_, entry, problem) = reference_error(&format!("{field}:\n- ../../../../etc\n"));
+        assert_eq!(entry, "../../../../etc");
+        assert_eq!(problem, "resolves outside the repository");
+    }
+    // A kustomization elsewhere in the checkout counts too: the overlay may reach it.
+    let root = tree(&[
+        ("app/kustomization.yaml", "resources: [../lib]\n"),
+        ("lib/kustomization.yaml", "resources: [../../outside]\n"),
+    ]);
+    let err = run(&root, Some("app"), None).unwrap_err();
+    assert!(
+        matches!(&err, RenderError::Reference { file, .. } if file == "lib/kustomization.yaml"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn kustomize_refuses_a_symlink_anywhere_in_the_checkout_that_escapes() {
+    let root = tree(&[("app/kustomization.yaml", "resources: [cm.yaml]\n")]);
+    write(root.path(), "app/cm.yaml", &cm("a"));
+    fs::create_dir_all(root.path().join("elsewhere")).unwrap();
+    symlink("/etc/passwd", root.path().join("elsewhere/passwd")).unwrap();
+    match run(&root, Some("app"), None).unwrap_err() {
+        RenderError::SymlinkEscapes { file } => assert_eq!(file, "elsewhere/passwd"),
+        other => panic!("expected SymlinkEscapes, got {other:?}"),
+    }
+}
+
+#[test]
+fn helm_values_files_must_be_inside_the_checkout() {
+    let root = tree(&[("chart/Chart.yaml", "name: x\nversion: 0.1.0\n")]);
+    let mut opts = options(Some("chart"), None, Limits::default());
+    opts.helm.values_files = vec!["../../../etc/hostname".into()];
+    match render(root.path(), &opts).unwrap_err() {
+        RenderError::PathEscapes { path } => assert_eq!(path, "../../../etc/hostname"),
+        other => panic!("expected PathEscapes, got {other:?}"),
+    }
+    opts.helm.values_files = vec!["missing.yaml".into()];
+    match render(root.path(), &opts).unwrap_err() {
+        RenderError::ValuesFileNotFound { path } => assert_eq!(path, "missing.yaml"),
+        other => panic!("expected ValuesFileNotFound, got {other:?}"),
+    }
+}
+
+fn substituted(
+    files: &[(&str, &str)],
+    vars: &[(&str, &str)],
+) -> Result<Vec<Manifest>, RenderError> {
+    let root = tree(files);
+    let variables: Variables = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut opts = options(None, None, Limits::default());
+    opts.variables = Some(&variables);
+    render(root.path(), &opts)
+}
+
+#[test]
+fn substitution_keeps_the_authors_quoting() {
+    let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app-${env}\nspec:\n  replicas: ${replicas}\n  paused: \"${paused}\"\n";
+    let out = substituted(
+        &[("d.yaml", text)],
+        &[("env", "prod"), ("replicas", "3"), ("paused", "true")],
+    )
+    .unwrap();
+    assert_eq!(out[0].object["metadata"]["name"], "app-prod");
+    assert_eq!(out[0].object["spec"]["replicas"], 3);
+    assert_eq!(out[0].object["spec"]["paused"], "true");
+}
+
+#[test]
+fn substitution_opt_out_and_undefined_variables() {
+    let opted_out = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: script\n  annotations:\n    capstan.dev/substitute: disabled\ndata:\n  run.sh: echo ${HOME}\n";
+    let file = format!(
+        "{}---\n{opted_out}---\n# comment\n{}",
+        cm("a"),
+        cm("b-${suffix}")
+    );
+    let err = substituted(&[("all.yaml", &file)], &[]).unwrap_err();
+    match &err {
+        // The error names the variable and the line its document starts on.
+        RenderError::Substitute {
+            file,
+            line,
+            message,
+        } => {
+            assert_eq!(file, "all.yaml");
+            assert_eq!(*line, 14);
+            assert!(message.contains("${suffix}"), "{message}");
+        }
+        other => panic!("expected Substitute, got {other:?}"),
+    }
+    let out = substituted(&[("all.yaml", &file)], &[("suffix", "x")]).unwrap();
+    assert_eq!(names(&out), ["a", "script", "b-x"]);
+    assert_eq!(out[1].object["data"]["run.sh"], "echo ${HOME}");
+}
+
+#[test]
+fn yaml_errors_after_a_marker_report_the_files_line() {
+    let file = format!("{}---\n{}---\nkind: [\n", cm("a"), cm("b"));
+    match run(&tree(&[("x.yaml", &file)]), None, None).unwrap_err() {
+        RenderError::Yaml { line, .. } => assert!((10..=11).contains(&line), "line {line}"),
+        other => panic!("expected Yaml, got {other:?}"),
+    }
+}
+
+#[test]
+fn split_yaml_keeps_directives_with_their_document() {
+    let text = "a: 1\n---\nb: 2\n...\n%YAML 1.2\n---\nc: 3\n--- # d\nd: 4\n----not: 5\n";
+    let docs = parse::split_yaml(text);
+    let starts: Vec<usize> = docs.iter().map(|(line, _)| *line).collect();
+    assert_eq!(starts, [0, 1, 7]);
+    assert_eq!(docs[1].1, "---\nb: 2\n...\n%YAML 1.2\n---\nc: 3\n");
+    let values = parse::documents(
+        "x.yaml",
+        text.as_bytes(),
+        parse::Format::Yaml,
+        &Limits::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(values.len(), 4);
+    assert_eq!(values[3]["----not"], 5);
 }

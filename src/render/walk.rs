@@ -23,13 +23,6 @@ pub(super) struct Resolved {
     pub display: String,
 }
 
-impl Resolved {
-    /// A name inside the rendered directory, as a path relative to the root for messages.
-    pub fn rel_file(&self, name: &str) -> String {
-        rel_string(&self.root, &self.dir.join(name))
-    }
-}
-
 /// One manifest file to read.
 pub(super) struct SourceFile {
     /// Path relative to the checkout root, `/`-separated: what messages and sources show.
@@ -301,7 +294,8 @@ pub(super) fn read_capped(file: &SourceFile, limits: &Limits) -> Result<Vec<u8>,
     Ok(bytes)
 }
 
-fn rel_string(root: &Path, path: &Path) -> String {
+/// A path of the checkout as messages show it: relative to the root, `/`-separated.
+pub(super) fn rel_string(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
     let parts: Vec<_> = rel
         .components()
@@ -321,5 +315,56 @@ fn rel_io_error(rel: &str, e: &io::Error) -> RenderError {
     RenderError::Io {
         path: rel.to_string(),
         message: e.to_string(),
+    }
+}
+
+/// Kustomization file names, in the order kustomize looks for them.
+pub(super) const KUSTOMIZATION_FILES: &[&str] =
+    &["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// Checks the whole checkout before a render tool reads it, since the tool may read anything
+/// the repository points it at: every symlink must resolve inside the checkout. Returns the
+/// kustomization files found, sorted, for the caller to check what they reference.
+pub(super) fn check_tree(root: &Path) -> Result<Vec<PathBuf>, RenderError> {
+    let mut kustomizations = Vec::new();
+    let mut walker = WalkBuilder::new(root);
+    walker
+        .standard_filters(false)
+        .follow_links(false)
+        .sort_by_file_name(|a, b| a.cmp(b))
+        .filter_entry(|entry| entry.file_name() != ".git");
+    for entry in walker.build() {
+        let entry = entry.map_err(|e| RenderError::Io {
+            path: ".".into(),
+            message: e.to_string(),
+        })?;
+        let Some(file_type) = entry.file_type() else {
+            continue;
+        };
+        let rel = rel_string(root, entry.path());
+        if file_type.is_symlink() {
+            check_symlink(root, entry.path(), &rel)?;
+        }
+        if !file_type.is_dir() && KUSTOMIZATION_FILES.iter().any(|n| entry.file_name() == *n) {
+            kustomizations.push(entry.into_path());
+        }
+    }
+    Ok(kustomizations)
+}
+
+/// Where a reference written in a file of the checkout leads: `Ok(None)` when nothing is there.
+/// A reference that leaves the checkout, through `..` or a symlink, is an error.
+pub(super) fn resolve_reference(
+    root: &Path,
+    base: &Path,
+    reference: &str,
+    escapes: impl Fn() -> RenderError,
+) -> Result<Option<PathBuf>, RenderError> {
+    let target = base.join(reference);
+    match fs::canonicalize(&target) {
+        Ok(target) if target.starts_with(root) => Ok(Some(target)),
+        Ok(_) => Err(escapes()),
+        Err(_) if lexical_normalize(&target).starts_with(root) => Ok(None),
+        Err(_) => Err(escapes()),
     }
 }

@@ -39,7 +39,7 @@ EOF
 
 # ---------------------------------------------------------------- build
 
-go_pin() { awk -v m="$1" '$1 == m { print $2; exit }' "$TOOLS_MOD/go.mod"; }
+go_pin() { awk -v m="$1" '$1 == m && NF >= 2 { print $2; exit }' "$TOOLS_MOD/go.mod"; }
 
 K8S_VERSION=$(go_pin k8s.io/kubernetes)
 # Stamp the version the binaries report (`kubectl version`, /version), as a release build does.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use capstan::api::GitRepository;
-use capstan::controller::Config;
+use capstan::controller::{Config, RenderConfig};
 use capstan::telemetry::LogFormat;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -73,6 +73,7 @@ impl Fixture {
     }
 
     pub fn start_controller(&mut self) {
+        let tools = super::env::render_tools();
         let config = Config {
             concurrency: 4,
             apply_concurrency: 8,
@@ -80,9 +81,13 @@ impl Fixture {
             namespace: Some(self.ns.clone()),
             default_service_account: None,
             max_fetch_bytes: 64 << 20,
-            max_manifest_file_bytes: 1 << 20,
-            max_manifest_bytes: 8 << 20,
-            max_manifest_files: 100,
+            render: RenderConfig {
+                max_manifest_file_bytes: 1 << 20,
+                max_manifest_bytes: 8 << 20,
+                max_manifest_files: 100,
+                kustomize_path: tools.kustomize,
+                helm_path: tools.helm,
+            },
             metrics_bind_address: self.metrics_addr,
             health_probe_bind_address: self.probe_addr,
             cache_dir: self._cache.path().to_path_buf(),

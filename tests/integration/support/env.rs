@@ -172,6 +172,27 @@ impl ControlPlane {
     }
 }
 
+/// The render tools (kustomize, helm), built once by the project's script.
+pub fn render_tools() -> capstan::render::Tools {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let output = Command::new(repo_root().join("tests/env/rendertools.sh"))
+            .arg("build")
+            .output()
+            .expect("running rendertools.sh");
+        assert!(
+            output.status.success(),
+            "rendertools.sh build failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    });
+    capstan::render::Tools {
+        kustomize: dir.join("kustomize"),
+        helm: dir.join("helm"),
+    }
+}
+
 pub fn git_server() -> &'static GitServer {
     static GS: OnceLock<GitServer> = OnceLock::new();
     GS.get_or_init(|| GitServer {

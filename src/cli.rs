@@ -1,0 +1,166 @@
+//! The `capstan` subcommands that help people work with repositories and the cluster, beside the
+//! controller itself.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::api::GitRepository;
+use crate::controller::{self, RenderConfig};
+use crate::render::{self, HelmOptions, Manifest, RenderError, Variables};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    /// YAML documents, each headed by a `# Source:` comment.
+    #[default]
+    Yaml,
+    /// One `v1` `List`.
+    Json,
+}
+
+/// `capstan render`: what the controller would apply for a directory, rendered offline.
+#[derive(clap::Args, Debug)]
+pub struct RenderArgs {
+    /// The directory to render, as `spec.path` would name it.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// The repository root: nothing outside it may be read. Defaults to the git work tree that
+    /// holds DIR, or DIR itself.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// A GitRepository manifest whose `ignore`, `helm`, `targetNamespace` and
+    /// `postBuild.substitute` apply, as the controller would use them.
+    #[arg(short = 'f', long = "gitrepository")]
+    pub gitrepository: Option<PathBuf>,
+    /// A variable to substitute, as in `postBuild.substitute` (repeatable). Values of
+    /// `postBuild.substituteFrom` objects are given this way, since they live in the cluster.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// Deadline for a render tool, e.g. `60s`.
+    #[arg(long, default_value = "60s")]
+    pub timeout: String,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+    #[command(flatten)]
+    pub render: RenderConfig,
+}
+
+pub fn render(args: &RenderArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let dir = std::fs::canonicalize(&args.dir)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", args.dir.display())))?;
+    let root = match &args.root {
+        Some(root) => std::fs::canonicalize(root)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", root.display())))?,
+        None => git2::Repository::discover(&dir)
+            .ok()
+            .and_then(|repo| repo.workdir().and_then(|w| std::fs::canonicalize(w).ok()))
+            .unwrap_or_else(|| dir.clone()),
+    };
+    let path = dir.strip_prefix(&root).map_err(|_| {
+        CliError::Usage(format!(
+            "{} is not inside the root {}",
+            dir.display(),
+            root.display()
+        ))
+    })?;
+    let path = path.to_str().filter(|p| !p.is_empty());
+
+    let gr = match &args.gitrepository {
+        Some(file) => Some(read_gitrepository(file)?),
+        None => None,
+    };
+    let mut variables: Option<Variables> = None;
+    if let Some(post_build) = gr.as_ref().and_then(|gr| gr.spec.post_build.as_ref()) {
+        if !post_build.substitute_from.is_empty() {
+            eprintln!(
+                "capstan render: postBuild.substituteFrom is read from the cluster by the controller; give its variables with --var"
+            );
+        }
+        variables = Some(post_build.substitute.clone());
+    }
+    for var in &args.vars {
+        let (name, value) = var
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--var {var:?}: expected NAME=VALUE")))?;
+        variables
+            .get_or_insert_with(BTreeMap::new)
+            .insert(name.to_string(), value.to_string());
+    }
+    let helm = match &gr {
+        Some(gr) => controller::helm_options(gr),
+        None => HelmOptions {
+            release_name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "release".into()),
+            namespace: "default".into(),
+            ..HelmOptions::default()
+        },
+    };
+    let timeout = controller::parse_duration(&args.timeout)
+        .ok_or_else(|| CliError::Usage(format!("invalid --timeout {:?}", args.timeout)))?;
+    let manifests = render::render(
+        &root,
+        &render::Options {
+            path,
+            ignore: gr.as_ref().and_then(|gr| gr.spec.ignore.as_deref()),
+            helm,
+            variables: variables.as_ref(),
+            limits: args.render.limits(),
+            tools: args.render.tools(),
+            timeout,
+        },
+    )?;
+    write_manifests(&manifests, args.output, out)?;
+    Ok(())
+}
+
+fn read_gitrepository(file: &Path) -> Result<GitRepository, CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    serde_saphyr::from_str(&text).map_err(|e| {
+        CliError::Usage(format!(
+            "{}: not a GitRepository manifest: {e}",
+            file.display()
+        ))
+    })
+}
+
+fn write_manifests(
+    manifests: &[Manifest],
+    output: Output,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    match output {
+        Output::Json => {
+            let list = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": manifests.iter().map(|m| &m.object).collect::<Vec<_>>(),
+            });
+            serde_json::to_writer_pretty(&mut *out, &list).map_err(std::io::Error::other)?;
+            writeln!(out)?;
+        }
+        Output::Yaml => {
+            for manifest in manifests {
+                let yaml = serde_saphyr::to_string(&manifest.object)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                write!(out, "---\n# Source: {}\n{yaml}", manifest.source)?;
+                if !yaml.ends_with('\n') {
+                    writeln!(out)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

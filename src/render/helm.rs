@@ -1,0 +1,76 @@
+//! Helm charts: `helm template` on the chart directory, with the values files of the repository
+//! (which must lie inside the checkout) and the inline values. Dependencies must be vendored in
+//! `charts/`: helm runs with no route to the network, and a chart that needs it fails with helm's
+//! own message. Hooks (and so chart tests) are left out: Capstan has no install or upgrade
+//! phases to run them in, and applying them as plain objects would re-run jobs meant to run once.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::tool::{self, Invocation};
+use super::walk::{self, Resolved};
+use super::{Limits, RenderError};
+
+/// How a chart is rendered: the release it is rendered as, and its values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HelmOptions {
+    pub release_name: String,
+    pub namespace: String,
+    /// Inline values, merged over the values files.
+    pub values: Option<Value>,
+    /// Values files relative to the chart directory, merged in order.
+    pub values_files: Vec<String>,
+}
+
+pub(super) fn template(
+    dir: &Resolved,
+    program: &Path,
+    options: &HelmOptions,
+    limits: &Limits,
+    timeout: Duration,
+) -> Result<String, RenderError> {
+    walk::check_tree(&dir.root)?;
+    let mut args: Vec<OsString> = vec![
+        "template".into(),
+        options.release_name.clone().into(),
+        OsString::from(&dir.dir),
+        "--namespace".into(),
+        options.namespace.clone().into(),
+        "--include-crds".into(),
+        "--no-hooks".into(),
+    ];
+    for file in &options.values_files {
+        let escapes = || RenderError::PathEscapes { path: file.clone() };
+        let path = walk::resolve_reference(&dir.root, &dir.dir, file, escapes)?
+            .filter(|p| p.is_file())
+            .ok_or_else(|| RenderError::ValuesFileNotFound { path: file.clone() })?;
+        args.push("--values".into());
+        args.push(path.into());
+    }
+    let home = tempfile::tempdir().map_err(|e| RenderError::Io {
+        path: "temporary directory".into(),
+        message: e.to_string(),
+    })?;
+    if let Some(values) = &options.values {
+        // JSON is YAML: the inline values go in as the last values file, outside the checkout.
+        let path = home.path().join("inline-values.json");
+        std::fs::write(&path, values.to_string()).map_err(|e| RenderError::Io {
+            path: "inline values".into(),
+            message: e.to_string(),
+        })?;
+        args.push("--values".into());
+        args.push(path.into());
+    }
+    tool::run(Invocation {
+        tool: "helm",
+        program,
+        args,
+        root: &dir.root,
+        home: home.path(),
+        timeout,
+        max_output: limits.max_total_bytes,
+    })
+}

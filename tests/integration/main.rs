@@ -9,5 +9,6 @@ mod bad_input;
 mod git;
 mod hostile;
 mod live;
+mod render;
 mod sync;
 mod tenancy;

@@ -55,6 +55,11 @@ impl Repo {
         repo
     }
 
+    /// The local clone the test commits from, at the last commit pushed.
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
     /// Writes `files` (path, content), commits and pushes the current branch; returns the SHA.
     pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
         self.change(files, &[], message)

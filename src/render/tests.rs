@@ -898,3 +898,80 @@ fn split_yaml_keeps_directives_with_their_document() {
     assert_eq!(values.len(), 4);
     assert_eq!(values[3]["----not"], 5);
 }
+
+/// A kustomization rendered by `script` (a shell script standing in for kustomize).
+fn with_fake_kustomize(script: &str, limits: Limits) -> RenderError {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tree(&[("app/kustomization.yaml", "resources: []\n")]);
+    let tool = root.path().join("fake-kustomize");
+    fs::write(&tool, format!("#!/bin/sh\n{script}\n")).unwrap();
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut opts = options(Some("app"), None, limits);
+    opts.tools.kustomize = tool;
+    opts.timeout = Duration::from_secs(1);
+    render(root.path(), &opts).unwrap_err()
+}
+
+#[test]
+fn a_tool_past_its_deadline_is_stopped() {
+    let started = Instant::now();
+    let err = with_fake_kustomize("while :; do :; done", Limits::default());
+    assert!(
+        matches!(&err, RenderError::Tool { tool: "kustomize", message } if message.contains("did not finish")),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the tool was not killed"
+    );
+}
+
+#[test]
+fn a_tool_printing_too_much_is_cut_off() {
+    let limits = Limits {
+        max_total_bytes: 10_000,
+        ..Limits::default()
+    };
+    let err = with_fake_kustomize(
+        "while :; do echo 'a: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb'; done",
+        limits,
+    );
+    assert!(
+        matches!(err, RenderError::TooLarge { limit: 10_000, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_failing_tool_reports_its_own_message_without_the_checkout_path() {
+    let err = with_fake_kustomize(
+        "echo \"Error: accumulating resources: $PWD/app/missing.yaml: no such file\" >&2; exit 1",
+        Limits::default(),
+    );
+    match err {
+        RenderError::Tool { message, .. } => {
+            assert_eq!(
+                message,
+                "accumulating resources: app/missing.yaml: no such file"
+            )
+        }
+        other => panic!("expected Tool, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_tool_sees_no_environment_and_no_network() {
+    // Set for this test process by cargo; the tool must not inherit it.
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+    let err = with_fake_kustomize(
+        "echo \"PATH=$PATH HTTPS_PROXY=$HTTPS_PROXY CARGO=${CARGO_MANIFEST_DIR:-unset}\" >&2; exit 1",
+        Limits::default(),
+    );
+    let RenderError::Tool { message, .. } = err else {
+        panic!("expected Tool, got {err:?}");
+    };
+    assert_eq!(
+        message,
+        "PATH=/nonexistent HTTPS_PROXY=http://127.0.0.1:9 CARGO=unset"
+    );
+}

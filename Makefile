@@ -14,15 +14,17 @@ test: tools
 	cargo clippy --all-targets -- -D warnings
 	cargo test
 
-## tools: build (once) the pinned control plane and render tools; install git server packages
+## tools: build (once) the pinned control plane and render tools; install git server and Prometheus packages
 tools:
 	@$(ENV)/controlplane.sh build >/dev/null
 	@$(ENV)/rendertools.sh build >/dev/null
 	@$(ENV)/gitserver.sh install
+	@$(ENV)/prometheus.sh install
 
-## crds: regenerate crds/ from the Rust types
+## crds: regenerate crds/ and the Helm chart's copy from the Rust types
 crds:
 	cargo run --quiet -- crd -o crds/gitrepository.yaml
+	cp crds/gitrepository.yaml deploy/helm/capstan/crds/gitrepository.yaml
 
 ## demo: a local control plane and git server, with the GitRepository CRD installed
 demo:

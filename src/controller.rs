@@ -23,9 +23,10 @@ use tracing::{error, info, instrument, warn};
 use crate::api::{
     Artifact, DeletionPolicy, DriftEntry, DriftMode, FIELD_MANAGER, FINALIZER, GitRepository,
     GitRepositoryStatus, Inventory, InventoryEntry, PruneBlocked, RECONCILE_REQUESTED_ANNOTATION,
-    SubstituteKind, Summary,
+    SHARD_LABEL, SubstituteKind, Summary,
 };
 use crate::apply::{self, Action as Applied, Applier, ApplyOptions, ObjectId, Owner, Sent};
+use crate::leader::{Election, Leadership};
 use crate::live::Live;
 use crate::live::health::Health;
 use crate::metrics::Metrics;
@@ -68,6 +69,20 @@ pub struct Config {
     /// Watch GitRepositories in this namespace only (default: all namespaces).
     #[arg(long, env = "CAPSTAN_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Take only GitRepositories labelled `capstan.dev/shard=<SHARD>`. Without it, only those
+    /// with no such label: each shard is one more controller (Helm release) beside the main one.
+    #[arg(long, env = "CAPSTAN_SHARD")]
+    pub shard: Option<String>,
+    /// Hold a Lease while reconciling, so that of several replicas only one works.
+    #[arg(long, env = "CAPSTAN_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease. Default: the Pod's namespace (POD_NAMESPACE, or the
+    /// in-cluster ServiceAccount's), else `default`.
+    #[arg(long, env = "CAPSTAN_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the leader Lease. Default: `capstan`, or `capstan-<SHARD>` with `--shard`.
+    #[arg(long, env = "CAPSTAN_LEADER_ELECTION_ID")]
+    pub leader_election_id: Option<String>,
     /// Most bytes one fetch may transfer.
     #[arg(long, env = "CAPSTAN_MAX_FETCH_BYTES", default_value_t = 512 << 20)]
     pub max_fetch_bytes: u64,
@@ -263,20 +278,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     serve(kube_config, config, shutdown).await
 }
 
-/// Runs the controller with `client` until `shutdown` completes; in-flight reconciles finish.
+/// Serves metrics and probes, and runs the controller (while leading, with leader election)
+/// until `shutdown` completes. In-flight reconciles finish; the lease is released.
 pub async fn serve(
     kube_config: kube::Config,
     config: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let client = Client::try_from(kube_config.clone())?;
-    let (live, wake) = Live::new(client.clone(), config.namespace.clone());
     let metrics = Arc::new(Metrics::default());
-    let ctx = Context::new(kube_config, client.clone(), &config, live, metrics.clone())?;
     let readiness = Readiness::default();
     let mut servers = tokio::task::JoinSet::new();
     if let Some(addr) = config.metrics_bind_address {
-        let serving = server::serve_metrics(addr, metrics);
+        let serving = server::serve_metrics(addr, metrics.clone());
         servers.spawn(async move {
             if let Err(e) = serving.await {
                 error!(%addr, error = %e, "serving /metrics failed");
@@ -291,24 +304,95 @@ pub async fn serve(
             }
         });
     }
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    if !config.leader_elect {
+        return control(&kube_config, &config, metrics, readiness, shutdown).await;
+    }
+    let election = Election {
+        namespace: config
+            .leader_election_namespace
+            .clone()
+            .unwrap_or_else(own_namespace),
+        lease_name: config
+            .leader_election_id
+            .clone()
+            .unwrap_or_else(|| match &config.shard {
+                Some(shard) => format!("capstan-{shard}"),
+                None => "capstan".into(),
+            }),
+        identity: format!(
+            "{}_{:08x}",
+            std::env::var("POD_NAME").unwrap_or_else(|_| "capstan".into()),
+            rand_u32()
+        ),
+    };
+    let mut leadership = Leadership::start(&kube_config, election)?;
+    // A standby is ready: it is up and waiting for the lease.
+    readiness.set_ready();
+    loop {
+        tokio::select! {
+            _ = shutdown.clone() => break,
+            _ = leadership.acquired() => {}
+        }
+        let run = control(
+            &kube_config,
+            &config,
+            metrics.clone(),
+            Readiness::default(),
+            shutdown.clone(),
+        );
+        tokio::select! {
+            result = run => {
+                // Only a shutdown ends the controller: leave, releasing the lease.
+                leadership.release().await;
+                return result;
+            }
+            _ = leadership.lost() => {
+                // Dropping the controller cancels every reconcile in flight at once.
+                warn!("not the leader any more: all work stopped");
+            }
+        }
+    }
+    leadership.release().await;
+    Ok(())
+}
+
+/// The controller proper: watches, reconciles, until `shutdown`.
+async fn control(
+    kube_config: &kube::Config,
+    config: &Config,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), StartError> {
+    let client = Client::try_from(kube_config.clone())?;
+    let (live, wake) = Live::new(client.clone(), config.namespace.clone());
+    let ctx = Context::new(kube_config.clone(), client.clone(), config, live, metrics)?;
     let api: Api<GitRepository> = match &config.namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
+    let shard = match &config.shard {
+        Some(shard) => format!("{SHARD_LABEL}={shard}"),
+        None => format!("!{SHARD_LABEL}"),
+    };
     let (reader, writer) = reflector::store();
     let listed = readiness.clone();
     // Our own status writes change neither of these, so they never trigger a reconcile.
-    let triggers = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .inspect(move |event| {
-            // Ready once every GitRepository has been listed.
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                listed.set_ready();
-            }
-        })
-        .applied_objects()
-        .predicate_filter(trigger_hash, Default::default());
+    let triggers = watcher(
+        api,
+        watcher::Config::default().labels(&shard).any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .inspect(move |event| {
+        // Ready once every GitRepository has been listed.
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            listed.set_ready();
+        }
+    })
+    .applied_objects()
+    .predicate_filter(trigger_hash, Default::default());
     info!("capstan controller starting");
     Controller::for_stream(triggers, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
@@ -323,6 +407,33 @@ pub async fn serve(
         })
         .await;
     Ok(())
+}
+
+/// The namespace this Pod runs in, for the leader Lease.
+fn own_namespace() -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|ns| ns.trim().to_string())
+        })
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
+/// A random suffix that keeps two processes of one Pod name apart (a restarted container).
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish() as u32
 }
 
 /// What, in a GitRepository, asks for a reconcile: its spec (generation), the reconcile-now

@@ -22,6 +22,9 @@ pub const PRUNE_ANNOTATION: &str = "capstan.dev/prune";
 /// Annotation a user sets on a GitRepository to ask for a reconcile now; echoed in
 /// `status.lastHandledReconcileAt`.
 pub const RECONCILE_REQUESTED_ANNOTATION: &str = "capstan.dev/reconcile-requested-at";
+/// Label a user sets on a GitRepository to assign it to the controller started with
+/// `--shard <value>`; controllers without `--shard` take only GitRepositories without it.
+pub const SHARD_LABEL: &str = "capstan.dev/shard";
 /// Annotation a user sets on an object to keep `postBuild` substitution out of it.
 pub const SUBSTITUTE_ANNOTATION: &str = "capstan.dev/substitute";
 
@@ -42,14 +45,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn committed_crd_matches_the_types() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/gitrepository.yaml");
-        let committed = std::fs::read_to_string(path).unwrap();
+    fn committed_crds_match_the_types() {
         let generated = crd_yaml(&GitRepository::crd()).unwrap();
-        assert!(
-            committed == generated,
-            "{path} is stale: run `make crds` (cargo run -- crd -o {path})"
-        );
+        // The repository's copy, and the Helm chart's.
+        for path in [
+            concat!(env!("CARGO_MANIFEST_DIR"), "/crds/gitrepository.yaml"),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/helm/capstan/crds/gitrepository.yaml"
+            ),
+        ] {
+            let committed = std::fs::read_to_string(path).unwrap_or_default();
+            assert!(committed == generated, "{path} is stale: run `make crds`");
+        }
     }
 
     fn matches(pattern: &str, s: &str) -> bool {

@@ -13,7 +13,7 @@ pub fn mark() -> usize {
 }
 
 /// Mutating requests (create, update, patch, delete) on objects in `namespace` since `mark`,
-/// as "verb resource/name (user agent)".
+/// as "verb resource/name (user; user agent)".
 pub fn mutating_since(mark: usize, namespace: &str) -> Vec<String> {
     since(
         mark,
@@ -38,7 +38,7 @@ fn since(mark: usize, namespace: &str, verbs: &[&str]) -> Vec<String> {
         .filter(|e| e["objectRef"]["namespace"] == namespace)
         .map(|e| {
             format!(
-                "{} {}/{}{} ({})",
+                "{} {}/{}{} ({}; {})",
                 e["verb"].as_str().unwrap_or(""),
                 e["objectRef"]["resource"].as_str().unwrap_or(""),
                 e["objectRef"]["name"].as_str().unwrap_or(""),
@@ -46,6 +46,7 @@ fn since(mark: usize, namespace: &str, verbs: &[&str]) -> Vec<String> {
                     .as_str()
                     .map(|s| format!("/{s}"))
                     .unwrap_or_default(),
+                e["user"]["username"].as_str().unwrap_or(""),
                 e["userAgent"].as_str().unwrap_or("")
             )
         })

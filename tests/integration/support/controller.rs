@@ -52,7 +52,8 @@ impl Fixture {
         fixture
     }
 
-    async fn new_stopped(test: &str) -> Fixture {
+    /// A namespace and the helpers, with no controller: the test runs its own processes.
+    pub async fn new_stopped(test: &str) -> Fixture {
         let client = client().await;
         let ns = namespace(&client, test).await;
         let cache = tempfile::tempdir().unwrap();
@@ -79,6 +80,10 @@ impl Fixture {
             apply_concurrency: 8,
             git_concurrency: 2,
             namespace: Some(self.ns.clone()),
+            shard: None,
+            leader_elect: false,
+            leader_election_namespace: None,
+            leader_election_id: None,
             default_service_account: None,
             max_fetch_bytes: 64 << 20,
             render: RenderConfig {
@@ -107,10 +112,21 @@ impl Fixture {
 
     /// Creates a GitRepository named `name` with `spec` (JSON, as a user would write it).
     pub async fn create(&self, name: &str, spec: serde_json::Value) {
+        self.create_labelled(name, serde_json::json!({}), spec)
+            .await;
+    }
+
+    /// Creates a GitRepository with `labels` (a JSON object) from the start.
+    pub async fn create_labelled(
+        &self,
+        name: &str,
+        labels: serde_json::Value,
+        spec: serde_json::Value,
+    ) {
         let gr: GitRepository = serde_json::from_value(serde_json::json!({
             "apiVersion": "capstan.dev/v1alpha1",
             "kind": "GitRepository",
-            "metadata": {"name": name},
+            "metadata": {"name": name, "labels": labels},
             "spec": spec,
         }))
         .unwrap();

@@ -1,9 +1,11 @@
 //! Test support: the shared control plane and git servers, clients, namespaces, repositories,
-//! an in-process controller per test, and the API server's audit log.
+//! an in-process controller per test (or controller processes with their own identities), and
+//! the API server's audit log.
 
 pub mod audit;
 pub mod controller;
 pub mod env;
+pub mod process;
 pub mod proxy;
 pub mod repo;
 

@@ -1,0 +1,148 @@
+//! Leader election on a `coordination.k8s.io` Lease, so that of several replicas only one
+//! reconciles and writes. kube-lease-manager does the locking; this module adds the rule that
+//! matters for safety: any doubt about the lease (an API error, a renewal that hangs) counts as
+//! having lost it, and work stops at once.
+
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// How long a lease holds without renewal: client-go's default.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// The holder renews this long before the lease would expire.
+const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(5);
+/// Every Lease request is given up after this, so a renewal that hangs ends in an error (and a
+/// step-down) well before the lease expires and a standby may take over.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause after an error before trying to acquire the lease again.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(2);
+
+/// Where the lease is and who competes for it.
+#[derive(Debug, Clone)]
+pub struct Election {
+    pub namespace: String,
+    pub lease_name: String,
+    /// Unique per process: the Pod name plus a random suffix.
+    pub identity: String,
+}
+
+/// A running election: tells when this process leads, and releases the lease when stopped.
+pub struct Leadership {
+    leading: watch::Receiver<bool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Starts competing for the lease with the connection settings `config` (their timeouts
+    /// shortened for the Lease requests).
+    pub fn start(config: &kube::Config, election: Election) -> Result<Leadership, kube::Error> {
+        let mut config = config.clone();
+        config.connect_timeout = Some(REQUEST_TIMEOUT);
+        config.read_timeout = Some(REQUEST_TIMEOUT);
+        config.write_timeout = Some(REQUEST_TIMEOUT);
+        let client = Client::try_from(config)?;
+        let (tx, leading) = watch::channel(false);
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(compete(client, election, tx, stopped));
+        Ok(Leadership {
+            leading,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Resolves once this process holds the lease.
+    pub async fn acquired(&mut self) {
+        let _ = self.leading.wait_for(|leading| *leading).await;
+    }
+
+    /// Resolves once this process no longer holds the lease (or cannot tell).
+    pub async fn lost(&mut self) {
+        let _ = self.leading.wait_for(|leading| !*leading).await;
+    }
+
+    /// Gives the lease up, so a standby takes over without waiting for it to expire.
+    pub async fn release(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+async fn compete(
+    client: Client,
+    election: Election,
+    leading: watch::Sender<bool>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        // A fresh manager after every error: one that failed may still believe it holds the
+        // lease and would then never report getting it back.
+        let manager = match manager(&client, &election).await {
+            Ok(manager) => manager,
+            Err(e) => {
+                warn!(error = %e, lease = %election.lease_name, "leader election: cannot reach the lease");
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(RETRY_AFTER_ERROR) => continue,
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = &mut stop => {
+                    if let Err(e) = manager.release().await {
+                        warn!(error = %e, "leader election: releasing the lease failed; it expires on its own");
+                    } else {
+                        info!(lease = %election.lease_name, "released the leader lease");
+                    }
+                    let _ = leading.send(false);
+                    return;
+                }
+                changed = manager.changed() => match changed {
+                    Ok(now_leading) => {
+                        if now_leading {
+                            info!(identity = %election.identity, lease = %election.lease_name, "acquired the leader lease");
+                        } else {
+                            warn!(identity = %election.identity, "lost the leader lease");
+                        }
+                        let _ = leading.send(now_leading);
+                    }
+                    Err(e) => {
+                        if *leading.borrow() {
+                            warn!(error = %e, "leader election: the lease could not be renewed; stepping down");
+                        } else {
+                            warn!(error = %e, "leader election: the lease could not be read");
+                        }
+                        let _ = leading.send(false);
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(RETRY_AFTER_ERROR) => {}
+        }
+    }
+}
+
+async fn manager(
+    client: &Client,
+    election: &Election,
+) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
+    LeaseManagerBuilder::new(client.clone(), &election.lease_name)
+        .with_namespace(&election.namespace)
+        .with_identity(&election.identity)
+        .with_duration(LEASE_DURATION.as_secs())
+        .with_grace(RENEW_BEFORE_EXPIRY.as_secs())
+        .with_field_manager(format!("capstan-leader-{}", election.identity))
+        .build()
+        .await
+}

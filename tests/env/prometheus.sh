@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# A real Prometheus, from Debian's package, scraping one target on loopback every second, for the
+# tests of Capstan's metrics. Run `tests/env/prometheus.sh help` for the interface.
+set -euo pipefail
+
+PROG=${0##*/}
+SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/${BASH_SOURCE[0]##*/}"
+# shellcheck source=lib.sh
+source "${SELF%/*}/lib.sh"
+
+TIMEOUT=${PROMETHEUS_TIMEOUT:-30}
+
+usage() {
+    cat <<EOF2
+Usage:
+  $PROG install
+      Install Debian's prometheus package if /usr/bin/prometheus is missing (needs root).
+  $PROG up DIR --target HOST:PORT [--watch-pid PID]
+      Start Prometheus on a free 127.0.0.1 port, state in DIR, scraping HOST:PORT/metrics every
+      second (job "capstan"). Prints 'export PROMETHEUS_URL=http://127.0.0.1:PORT' (also in
+      DIR/env). --watch-pid PID: stop once PID has exited.
+  $PROG down DIR
+      Stop what 'up' started in DIR.
+
+Logs: DIR/prometheus.log, DIR/reaper.log.
+EOF2
+}
+
+cmd_install() {
+    [[ -x /usr/bin/prometheus ]] && return 0
+    [[ $(id -u) == 0 ]] || die "prometheus is missing; install Debian's prometheus package (needs root)"
+    command -v apt-get >/dev/null 2>&1 || die "prometheus is missing and apt-get is not available"
+    log "installing Debian's prometheus package"
+    # The package would start its own service; keep it from doing so while it installs.
+    local policy=/usr/sbin/policy-rc.d ours=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && ours=1
+    fi
+    local rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >&2 || {
+        log "install failed; running apt-get update and retrying"
+        apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >&2
+    } || rc=$?
+    ((ours)) && rm -f "$policy"
+    ((rc == 0)) || die "apt-get install prometheus failed"
+    [[ -x /usr/bin/prometheus ]] || die "/usr/bin/prometheus still missing after installing the package"
+}
+
+cmd_up() {
+    local dir=${1:-} target="" watch_pid=""
+    [[ -n $dir ]] || usage_error "up needs DIR"
+    shift
+    while (($#)); do
+        case $1 in
+        --target) target=${2:?}; shift 2 ;;
+        --watch-pid) watch_pid=${2:?}; shift 2 ;;
+        *) usage_error "unknown option '$1'" ;;
+        esac
+    done
+    [[ -n $target ]] || usage_error "up needs --target HOST:PORT"
+    cmd_install
+    mkdir -p "$dir"
+    dir=$(abs_dir "$dir")
+    check_path_chars "$dir"
+    [[ -z $(recorded_pids "$dir") ]] || die "Prometheus for $dir is already running; run '$PROG down $dir' first"
+    rm -f "$dir/pids" "$dir/reaper.pid" "$dir/env"
+    cat >"$dir/prometheus.yml" <<EOF2
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: capstan
+    static_configs:
+      - targets: ["$target"]
+EOF2
+    local port pid deadline
+    port=$(free_port)
+    /usr/bin/prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+        --web.listen-address="127.0.0.1:$port" >"$dir/prometheus.log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >>"$dir/pids"
+    deadline=$((SECONDS + TIMEOUT))
+    until tcp_open "$port"; do
+        if ! is_alive "$pid" || ((SECONDS > deadline)); then
+            log_tail "$dir/prometheus.log"
+            stop_pids "$pid"
+            die "Prometheus did not start on 127.0.0.1:$port"
+        fi
+        sleep 0.2
+    done
+    [[ -z $watch_pid ]] || start_reaper "$dir" "$watch_pid" "$SELF"
+    printf 'export PROMETHEUS_URL=%s\n' "$(shquote "http://127.0.0.1:$port")" | tee "$dir/env"
+}
+
+case ${1:-help} in
+install) cmd_install ;;
+up) shift; cmd_up "$@" ;;
+down) down_recorded "${2:?down needs DIR}" "Prometheus" ;;
+help | -h | --help) usage ;;
+*) usage_error "unknown command '$1'" ;;
+esac

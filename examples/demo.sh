@@ -46,10 +46,14 @@ step "GitRepository CRD"
 kubectl apply --server-side -f crds/gitrepository.yaml
 kubectl wait --for=condition=Established --timeout=60s crd/gitrepositories.capstan.dev
 
-step "Controller"
+step "Controller (with kustomize and helm built from Go modules on first run)"
 cargo build --quiet --bin capstan
+tools=$($ENV/rendertools.sh build)
 stop_controller
-target/debug/capstan controller --cache-dir "$DEMO_DIR/cache" >"$DEMO_DIR/controller.log" 2>&1 &
+# One process: no standby to elect a leader among.
+CAPSTAN_KUSTOMIZE_PATH=$tools/kustomize CAPSTAN_HELM_PATH=$tools/helm \
+    target/debug/capstan controller --leader-elect=false --cache-dir "$DEMO_DIR/cache" \
+    >"$DEMO_DIR/controller.log" 2>&1 &
 echo $! >"$DEMO_DIR/controller.pid"
 echo "capstan controller running (pid $!, log $DEMO_DIR/controller.log)"
 

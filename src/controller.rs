@@ -766,7 +766,7 @@ async fn stages(
             if fetched.is_ok() { "ok" } else { "error" },
         ])
         .observe(fetch_started.elapsed().as_secs_f64());
-    fetched.map_err(|e| Failure::retry(e.reason(), e))?;
+    let committed_at = fetched.map_err(|e| Failure::retry(e.reason(), e))?;
 
     // Render.
     let root = work.path().to_path_buf();
@@ -932,6 +932,16 @@ async fn stages(
     outcome.record(ctx, &key, status);
     if let Some(memory) = ctx.memory.lock().expect("memory lock").get_mut(&key) {
         memory.variables = variables_digest;
+    }
+    if status.last_applied_revision.as_deref() != Some(resolved.revision.as_str()) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        ctx.metrics
+            .commit_to_applied
+            .with_label_values(&[namespace.as_str(), gr.name_any().as_str()])
+            .observe((now - committed_at as f64).max(0.0));
     }
     status.last_applied_revision = Some(resolved.revision.clone());
     Ok(Some(Verdict::Ready {

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub drift_corrections: IntCounterVec,
     pub apply_objects: IntCounterVec,
     pub git_fetch_duration: HistogramVec,
+    pub commit_to_applied: HistogramVec,
     /// The `result` values used per GitRepository, so that `forget` can remove them.
     results: Mutex<HashMap<(String, String), HashSet<String>>>,
 }
@@ -97,6 +98,11 @@ impl Default for Metrics {
                 "Time to bring a revision into the cache and check it out.",
                 &["namespace", "name", "result"],
             ),
+            commit_to_applied: histogram(
+                "capstan_commit_to_applied_seconds",
+                "From a revision's commit (committer time) to its objects applied.",
+                GR,
+            ),
             registry,
             results: Mutex::default(),
         }
@@ -123,6 +129,7 @@ impl Metrics {
             let _ = gauge.remove_label_values(&labels);
         }
         let _ = self.reconcile_duration.remove_label_values(&labels);
+        let _ = self.commit_to_applied.remove_label_values(&labels);
         let _ = self.drift_corrections.remove_label_values(&labels);
         for action in ACTIONS {
             let _ = self

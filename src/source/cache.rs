@@ -155,7 +155,7 @@ impl Cache {
     }
 
     /// Makes sure `resolved.oid` is in the cache (fetching only when it is not) and writes its
-    /// tree into `dest`.
+    /// tree into `dest`. Returns the commit's committer time, in seconds since the epoch.
     pub async fn checkout(
         &self,
         url: &RemoteUrl,
@@ -163,7 +163,7 @@ impl Cache {
         resolved: &Resolved,
         dest: &Path,
         timeout: Duration,
-    ) -> Result<(), CheckError> {
+    ) -> Result<i64, CheckError> {
         let lock = self
             .locks
             .lock()
@@ -215,7 +215,7 @@ impl Cache {
     }
 }
 
-fn write_tree(repo: &Repository, resolved: &Resolved, dest: &Path) -> Result<(), git2::Error> {
+fn write_tree(repo: &Repository, resolved: &Resolved, dest: &Path) -> Result<i64, git2::Error> {
     let commit = repo.find_commit(resolved.oid).map_err(|_| {
         git2::Error::from_str(&format!(
             "commit {} is not on the fetched refs of the remote",
@@ -225,5 +225,6 @@ fn write_tree(repo: &Repository, resolved: &Resolved, dest: &Path) -> Result<(),
     let tree = commit.tree()?;
     let mut checkout = git2::build::CheckoutBuilder::new();
     checkout.target_dir(dest).force().update_index(false);
-    repo.checkout_tree(tree.as_object(), Some(&mut checkout))
+    repo.checkout_tree(tree.as_object(), Some(&mut checkout))?;
+    Ok(commit.time().seconds())
 }

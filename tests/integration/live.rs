@@ -382,6 +382,10 @@ async fn metrics_and_probes() {
     assert!(text.contains(&format!(
         r#"capstan_git_fetch_duration_seconds_count{{{labels},result="ok"}} 1"#
     )));
+    // One revision applied: one commit-to-applied observation.
+    assert!(text.contains(&format!(
+        "capstan_commit_to_applied_seconds_count{{{labels}}} 1"
+    )));
     assert!(!text.contains(&repo.http_url()), "no URLs in labels");
 
     // Deleting the GitRepository removes its series.

@@ -23,8 +23,8 @@ tools:
 
 ## crds: regenerate crds/ and the Helm chart's copy from the Rust types
 crds:
-	cargo run --quiet -- crd -o crds/gitrepository.yaml
-	cp crds/gitrepository.yaml deploy/helm/capstan/crds/gitrepository.yaml
+	cargo run --quiet -- crd --output-dir crds
+	cargo run --quiet -- crd --output-dir deploy/helm/capstan/crds
 
 ## demo: a local control plane and git server, with the GitRepository CRD installed
 demo:

@@ -43,7 +43,7 @@ $ENV/gitserver.sh create-repo "$DEMO_DIR/git" podinfo examples/manifests >/dev/n
 echo "repository: $GIT_HTTP_URL/podinfo.git"
 
 step "GitRepository CRD"
-kubectl apply --server-side -f crds/gitrepository.yaml
+kubectl apply --server-side -f crds/
 kubectl wait --for=condition=Established --timeout=60s crd/gitrepositories.capstan.dev
 
 step "Controller (with kustomize and helm built from Go modules on first run)"

@@ -62,6 +62,13 @@ pub struct Config {
         default_value = "0.0.0.0:8081"
     )]
     pub health_probe_bind_address: Option<std::net::SocketAddr>,
+    /// Where push events are received (`POST /hook/<namespace>/<receiver>`).
+    #[arg(
+        long,
+        env = "CAPSTAN_WEBHOOK_BIND_ADDRESS",
+        default_value = "0.0.0.0:9292"
+    )]
+    pub webhook_bind_address: Option<std::net::SocketAddr>,
     /// Lockdown: GitRepositories that name no `serviceAccountName` apply as this ServiceAccount
     /// (of their own namespace).
     #[arg(long, env = "CAPSTAN_DEFAULT_SERVICE_ACCOUNT")]
@@ -301,6 +308,15 @@ pub async fn serve(
         servers.spawn(async move {
             if let Err(e) = serving.await {
                 error!(%addr, error = %e, "serving /healthz and /readyz failed");
+            }
+        });
+    }
+    if let Some(addr) = config.webhook_bind_address {
+        // Every replica receives: the Service spreads hooks over standbys too.
+        let serving = crate::webhook::serve(addr, Client::try_from(kube_config.clone())?);
+        servers.spawn(async move {
+            if let Err(e) = serving.await {
+                error!(%addr, error = %e, "serving webhooks failed");
             }
         });
     }

@@ -14,3 +14,4 @@ pub mod server;
 pub mod source;
 pub mod status;
 pub mod telemetry;
+pub mod webhook;

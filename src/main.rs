@@ -4,9 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use kube::CustomResourceExt;
-
-use capstan::api::GitRepository;
 
 #[derive(Parser)]
 #[command(
@@ -26,11 +23,11 @@ enum Command {
     /// Print, offline, the objects the controller would apply for a directory: plain manifests,
     /// a kustomization or a Helm chart, with variables substituted.
     Render(capstan::cli::RenderArgs),
-    /// Print the GitRepository CustomResourceDefinition as YAML.
+    /// Print Capstan's CustomResourceDefinitions as YAML.
     Crd {
-        /// Write it to this file instead of stdout.
-        #[arg(short, long)]
-        output: Option<PathBuf>,
+        /// Write each to its own file in this directory instead of stdout.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
     },
 }
 
@@ -47,12 +44,17 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Crd { output } => {
-            let yaml = capstan::api::crd_yaml(&GitRepository::crd())?;
-            match output {
-                Some(path) => std::fs::write(&path, yaml)
-                    .with_context(|| format!("writing {}", path.display()))?,
-                None => print!("{yaml}"),
+        Command::Crd { output_dir } => {
+            for (file, crd) in capstan::api::crds() {
+                let yaml = capstan::api::crd_yaml(&crd)?;
+                match &output_dir {
+                    Some(dir) => {
+                        let path = dir.join(file);
+                        std::fs::write(&path, yaml)
+                            .with_context(|| format!("writing {}", path.display()))?
+                    }
+                    None => print!("---\n{yaml}"),
+                }
             }
         }
     }

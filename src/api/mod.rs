@@ -2,8 +2,10 @@
 //! finalizer, field manager) that Capstan writes onto the cluster. Nothing here talks to the network.
 
 mod gitrepository;
+mod receiver;
 
 pub use gitrepository::*;
+pub use receiver::*;
 
 /// API group of every Capstan resource.
 pub const GROUP: &str = "capstan.dev";
@@ -28,6 +30,18 @@ pub const SHARD_LABEL: &str = "capstan.dev/shard";
 /// Annotation a user sets on an object to keep `postBuild` substitution out of it.
 pub const SUBSTITUTE_ANNOTATION: &str = "capstan.dev/substitute";
 
+/// Every CRD of Capstan's API with the file it is committed as in `crds/`.
+pub fn crds() -> Vec<(
+    &'static str,
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+)> {
+    use kube::CustomResourceExt;
+    vec![
+        ("gitrepository.yaml", GitRepository::crd()),
+        ("receiver.yaml", Receiver::crd()),
+    ]
+}
+
 /// The CRD as the YAML committed in `crds/`: a header saying where it comes from, then the object.
 pub fn crd_yaml(
     crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -40,23 +54,18 @@ pub fn crd_yaml(
 
 #[cfg(test)]
 mod tests {
-    use kube::CustomResourceExt;
-
     use super::*;
 
     #[test]
     fn committed_crds_match_the_types() {
-        let generated = crd_yaml(&GitRepository::crd()).unwrap();
-        // The repository's copy, and the Helm chart's.
-        for path in [
-            concat!(env!("CARGO_MANIFEST_DIR"), "/crds/gitrepository.yaml"),
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/deploy/helm/capstan/crds/gitrepository.yaml"
-            ),
-        ] {
-            let committed = std::fs::read_to_string(path).unwrap_or_default();
-            assert!(committed == generated, "{path} is stale: run `make crds`");
+        for (file, crd) in crds() {
+            let generated = crd_yaml(&crd).unwrap();
+            // The repository's copy, and the Helm chart's.
+            for dir in ["crds", "deploy/helm/capstan/crds"] {
+                let path = format!("{}/{dir}/{file}", env!("CARGO_MANIFEST_DIR"));
+                let committed = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(committed == generated, "{path} is stale: run `make crds`");
+            }
         }
     }
 

@@ -13,3 +13,4 @@ mod live;
 mod render;
 mod sync;
 mod tenancy;
+mod webhook;

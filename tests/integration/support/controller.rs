@@ -18,6 +18,7 @@ pub struct Fixture {
     /// Where this test's controller serves `/metrics`, and `/healthz` and `/readyz`.
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub probe_addr: Option<std::net::SocketAddr>,
+    pub webhook_addr: Option<std::net::SocketAddr>,
     controller: Option<tokio::task::JoinHandle<()>>,
     _cache: tempfile::TempDir,
 }
@@ -37,17 +38,20 @@ impl Fixture {
         fixture
     }
 
-    /// A fixture whose controller also serves metrics and probes, on free loopback ports.
+    /// A fixture whose controller also serves metrics, probes and webhooks, on free loopback
+    /// ports.
     pub async fn with_http(test: &str) -> Fixture {
         let mut fixture = Fixture::new_stopped(test).await;
-        // Both listeners are held at once, so the two ports differ.
-        let (a, b) = (
+        // The listeners are held at once, so the ports differ.
+        let (a, b, c) = (
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
             std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
             std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
         );
         fixture.metrics_addr = Some(a.local_addr().unwrap());
         fixture.probe_addr = Some(b.local_addr().unwrap());
-        drop((a, b));
+        fixture.webhook_addr = Some(c.local_addr().unwrap());
+        drop((a, b, c));
         fixture.start_controller();
         fixture
     }
@@ -62,6 +66,7 @@ impl Fixture {
             ns,
             metrics_addr: None,
             probe_addr: None,
+            webhook_addr: None,
             controller: None,
             _cache: cache,
         }
@@ -95,6 +100,7 @@ impl Fixture {
             },
             metrics_bind_address: self.metrics_addr,
             health_probe_bind_address: self.probe_addr,
+            webhook_bind_address: self.webhook_addr,
             cache_dir: self._cache.path().to_path_buf(),
             log_format: LogFormat::Text,
             log_level: "info".into(),

@@ -142,7 +142,7 @@ pub fn control_plane() -> &'static ControlPlane {
             kube_bin: vars["CAPSTAN_KUBE_BIN"].clone().into(),
             audit_log: vars["CAPSTAN_AUDIT_LOG"].clone().into(),
         };
-        cp.kubectl(&["apply", "--server-side", "-f", "crds/gitrepository.yaml"]);
+        cp.kubectl(&["apply", "--server-side", "-f", "crds/"]);
         cp.kubectl(&[
             "wait",
             "--for=condition=Established",

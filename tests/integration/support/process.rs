@@ -70,6 +70,7 @@ impl ControllerProcess {
             .arg("controller")
             .arg(format!("--metrics-bind-address={metrics}"))
             .arg(format!("--health-probe-bind-address={probes}"))
+            .arg("--webhook-bind-address=127.0.0.1:0")
             .arg(format!(
                 "--cache-dir={}",
                 dir.path().join("cache").display()

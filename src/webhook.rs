@@ -1,0 +1,421 @@
+//! The webhook receiver: `POST /hook/<namespace>/<name>` for a `Receiver`. A request whose
+//! signature checks out with the Receiver's token reconciles, at once, the GitRepositories the
+//! Receiver lists that track the pushed repository and ref, through the reconcile-now annotation.
+//!
+//! It keeps no state and runs on every replica (a standby too: the leader does the work): each
+//! request reads its Receiver, Secret and the namespace's GitRepositories.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use hmac::{Hmac, KeyInit, Mac};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+use crate::api::{GitRef, GitRepository, RECONCILE_REQUESTED_ANNOTATION, Receiver, ReceiverType};
+
+/// Push payloads of the big hosts stay far below this; more is refused with 413.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Serves the receiver endpoint on `addr` until the runtime shuts down.
+pub async fn serve(addr: SocketAddr, client: Client) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/hook/{namespace}/{name}", post(receive))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(client);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}
+
+type Reply = (StatusCode, String);
+
+fn reply(code: StatusCode, message: impl Into<String>) -> Reply {
+    (code, message.into())
+}
+
+async fn receive(
+    State(client): State<Client>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let receivers: Api<Receiver> = Api::namespaced(client.clone(), &namespace);
+    let receiver = match receivers.get_opt(&name).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return reply(StatusCode::NOT_FOUND, "no such receiver"),
+        Err(e) => {
+            warn!(%namespace, receiver = %name, error = %e, "webhook: reading the Receiver failed");
+            return reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
+        }
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let token = match secrets.get_opt(&receiver.spec.secret_ref.name).await {
+        Ok(Some(secret)) => secret
+            .data
+            .unwrap_or_default()
+            .remove("token")
+            .map(|t| t.0)
+            .filter(|t| !t.is_empty()),
+        Ok(None) => None,
+        Err(e) => {
+            warn!(%namespace, receiver = %name, error = %e, "webhook: reading the Receiver's Secret failed");
+            return reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
+        }
+    };
+    let Some(token) = token else {
+        warn!(%namespace, receiver = %name, secret = %receiver.spec.secret_ref.name, "webhook: the Receiver's Secret is missing or has no `token`");
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "receiver is not configured",
+        );
+    };
+    if let Err(why) = verify(receiver.spec.kind, &headers, &body, &token) {
+        warn!(%namespace, receiver = %name, why, "webhook: request refused");
+        return reply(StatusCode::UNAUTHORIZED, "signature does not match");
+    }
+    let event = match parse(receiver.spec.kind, &headers, &body) {
+        Ok(event) => event,
+        Err(why) => {
+            warn!(%namespace, receiver = %name, why, "webhook: malformed payload");
+            return reply(StatusCode::BAD_REQUEST, format!("malformed payload: {why}"));
+        }
+    };
+    let push = match event {
+        Event::Push(push) => push,
+        Event::Other(kind) => return reply(StatusCode::OK, format!("ignored event {kind:?}")),
+    };
+
+    let grs: Api<GitRepository> = Api::namespaced(client, &namespace);
+    let list = match grs.list(&ListParams::default()).await {
+        Ok(list) => list,
+        Err(e) => {
+            warn!(%namespace, receiver = %name, error = %e, "webhook: listing GitRepositories failed");
+            return reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
+        }
+    };
+    let mut triggered = Vec::new();
+    let mut pending = Vec::new();
+    for gr in list.items.iter().filter(|gr| {
+        let labels = gr.labels();
+        receiver
+            .spec
+            .resources
+            .iter()
+            .any(|r| r.selects(&gr.name_any(), labels))
+            && push.concerns(gr)
+    }) {
+        // A request not yet handled is already on its way: a flood of pushes is one reconcile.
+        let requested = gr.annotations().get(RECONCILE_REQUESTED_ANNOTATION);
+        let handled = gr
+            .status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_ref());
+        if requested.is_some() && requested != handled {
+            pending.push(gr.name_any());
+            continue;
+        }
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let patch = json!({"metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: now}}});
+        match grs
+            .patch(
+                &gr.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => triggered.push(gr.name_any()),
+            Err(e) => {
+                warn!(%namespace, gitrepository = %gr.name_any(), error = %e, "webhook: requesting a reconcile failed");
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
+            }
+        }
+    }
+    info!(%namespace, receiver = %name, ?triggered, ?pending, "webhook: push received");
+    reply(
+        StatusCode::ACCEPTED,
+        json!({"triggered": triggered, "alreadyPending": pending}).to_string(),
+    )
+}
+
+/// Checks the request's signature with `token`, in constant time.
+pub fn verify(
+    kind: ReceiverType,
+    headers: &HeaderMap,
+    body: &[u8],
+    token: &[u8],
+) -> Result<(), &'static str> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match kind {
+        ReceiverType::GitHub => hmac_sha256(header("x-hub-signature-256"), body, token),
+        ReceiverType::GenericHmac => hmac_sha256(header("x-signature"), body, token),
+        ReceiverType::GitLab => {
+            let given = header("x-gitlab-token").ok_or("no X-Gitlab-Token header")?;
+            if bool::from(given.as_bytes().ct_eq(token)) {
+                Ok(())
+            } else {
+                Err("X-Gitlab-Token does not match")
+            }
+        }
+    }
+}
+
+fn hmac_sha256(header: Option<&str>, body: &[u8], token: &[u8]) -> Result<(), &'static str> {
+    let hex_sig = header
+        .ok_or("no signature header")?
+        .strip_prefix("sha256=")
+        .ok_or("the signature is not sha256=<hex>")?;
+    let signature = hex::decode(hex_sig).map_err(|_| "the signature is not hex")?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(token).map_err(|_| "unusable token")?;
+    mac.update(body);
+    // verify_slice compares in constant time.
+    mac.verify_slice(&signature)
+        .map_err(|_| "the signature does not match")
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    Push(Push),
+    /// Another event (a ping, an issue comment): acknowledged, nothing reconciled.
+    Other(String),
+}
+
+/// What a push concerns. Empty `urls` and no `git_ref` (the generic type): everything listed.
+#[derive(Debug, Default, PartialEq)]
+pub struct Push {
+    pub urls: Vec<String>,
+    /// `refs/heads/<branch>` or `refs/tags/<tag>`.
+    pub git_ref: Option<String>,
+}
+
+pub fn parse(kind: ReceiverType, headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (event, url_fields, url_keys): (String, &str, &[&str]) = match kind {
+        ReceiverType::GenericHmac => return Ok(Event::Push(Push::default())),
+        ReceiverType::GitHub => (
+            header("x-github-event"),
+            "repository",
+            &["clone_url", "ssh_url", "git_url", "html_url"],
+        ),
+        ReceiverType::GitLab => (
+            header("x-gitlab-event"),
+            "project",
+            &["git_http_url", "git_ssh_url", "web_url"],
+        ),
+    };
+    if !matches!(event.as_str(), "push" | "Push Hook" | "Tag Push Hook") {
+        return Ok(Event::Other(event));
+    }
+    let payload: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let git_ref = payload
+        .get("ref")
+        .and_then(Value::as_str)
+        .ok_or("no \"ref\"")?
+        .to_string();
+    let repository = payload
+        .get(url_fields)
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("no {url_fields:?} object"))?;
+    let urls: Vec<String> = url_keys
+        .iter()
+        .filter_map(|k| repository.get(*k).and_then(Value::as_str))
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err(format!("no repository URL in {url_fields:?}"));
+    }
+    Ok(Event::Push(Push {
+        urls,
+        git_ref: Some(git_ref),
+    }))
+}
+
+impl Push {
+    /// Whether this push may change what `gr` syncs: the same repository, and the ref it
+    /// follows (a tag push for a semver range too). A pinned commit never changes.
+    pub fn concerns(&self, gr: &GitRepository) -> bool {
+        let Some(pushed) = &self.git_ref else {
+            return true;
+        };
+        let url = normalize_url(&gr.spec.url);
+        if !self.urls.iter().any(|u| normalize_url(u) == url) {
+            return false;
+        }
+        let GitRef {
+            branch,
+            tag,
+            semver,
+            name,
+            commit,
+        } = gr.spec.git_ref();
+        if commit.is_some() {
+            return false;
+        }
+        if let Some(branch) = branch {
+            return pushed.strip_prefix("refs/heads/") == Some(branch.as_str());
+        }
+        if let Some(tag) = tag {
+            return pushed.strip_prefix("refs/tags/") == Some(tag.as_str());
+        }
+        if semver.is_some() {
+            return pushed.starts_with("refs/tags/");
+        }
+        name.as_deref() == Some(pushed.as_str())
+    }
+}
+
+/// A repository URL reduced to `host/path`, so that the HTTPS, SSH and scp-style spellings of
+/// one repository compare equal: no scheme, user, port or `.git`, lowercase.
+pub fn normalize_url(raw: &str) -> String {
+    let raw = raw.trim();
+    let rest = match raw.split_once("://") {
+        Some((_, rest)) => rest.to_string(),
+        // scp-style `user@host:path`
+        None => raw.replacen(':', "/", 1),
+    };
+    let rest = rest.rsplit_once('@').map_or(rest.as_str(), |(_, r)| r);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = host.split(':').next().unwrap_or(host);
+    let path = path.trim_end_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    format!("{host}/{path}").to_lowercase()
+}
+
+/// Signs `body` as GitHub does, for tests and the benchmark harness.
+pub fn github_signature(body: &[u8], token: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(token).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn github_signature_is_checked() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let good = github_signature(body, b"s3cret");
+        let h = headers(&[("x-hub-signature-256", &good)]);
+        assert_eq!(verify(ReceiverType::GitHub, &h, body, b"s3cret"), Ok(()));
+        assert!(verify(ReceiverType::GitHub, &h, body, b"other").is_err());
+        assert!(verify(ReceiverType::GitHub, &h, b"tampered", b"s3cret").is_err());
+        assert!(verify(ReceiverType::GitHub, &HeaderMap::new(), body, b"s3cret").is_err());
+        let sha1 = headers(&[("x-hub-signature-256", "sha1=00")]);
+        assert!(verify(ReceiverType::GitHub, &sha1, body, b"s3cret").is_err());
+        let h = headers(&[("x-signature", &good)]);
+        assert_eq!(
+            verify(ReceiverType::GenericHmac, &h, body, b"s3cret"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn gitlab_token_is_compared() {
+        let h = headers(&[("x-gitlab-token", "s3cret")]);
+        assert_eq!(verify(ReceiverType::GitLab, &h, b"{}", b"s3cret"), Ok(()));
+        assert!(verify(ReceiverType::GitLab, &h, b"{}", b"s3cret2").is_err());
+        assert!(verify(ReceiverType::GitLab, &HeaderMap::new(), b"{}", b"s3cret").is_err());
+    }
+
+    #[test]
+    fn payloads_are_parsed() {
+        let gh = headers(&[("x-github-event", "push")]);
+        let body = br#"{"ref":"refs/heads/main","repository":{"clone_url":"https://github.com/acme/app.git","ssh_url":"git@github.com:acme/app.git"}}"#;
+        assert_eq!(
+            parse(ReceiverType::GitHub, &gh, body).unwrap(),
+            Event::Push(Push {
+                urls: vec![
+                    "https://github.com/acme/app.git".into(),
+                    "git@github.com:acme/app.git".into()
+                ],
+                git_ref: Some("refs/heads/main".into()),
+            })
+        );
+        let ping = headers(&[("x-github-event", "ping")]);
+        assert_eq!(
+            parse(ReceiverType::GitHub, &ping, b"{}").unwrap(),
+            Event::Other("ping".into())
+        );
+        assert!(parse(ReceiverType::GitHub, &gh, b"not json").is_err());
+        assert!(parse(ReceiverType::GitHub, &gh, br#"{"ref":"refs/heads/main"}"#).is_err());
+        let gl = headers(&[("x-gitlab-event", "Tag Push Hook")]);
+        let body = br#"{"ref":"refs/tags/v1.2.0","project":{"git_http_url":"https://gitlab.com/acme/app.git"}}"#;
+        assert!(matches!(
+            parse(ReceiverType::GitLab, &gl, body).unwrap(),
+            Event::Push(Push { git_ref: Some(r), .. }) if r == "refs/tags/v1.2.0"
+        ));
+    }
+
+    #[test]
+    fn url_spellings_of_one_repository_compare_equal() {
+        let want = "github.com/acme/app";
+        for url in [
+            "https://github.com/acme/app.git",
+            "https://user:token@GitHub.com/acme/app/",
+            "ssh://git@github.com:22/acme/app.git",
+            "git@github.com:acme/app.git",
+            "http://github.com/acme/app",
+        ] {
+            assert_eq!(normalize_url(url), want, "{url}");
+        }
+        assert_ne!(normalize_url("https://github.com/acme/app2"), want);
+    }
+
+    fn gr(url: &str, git_ref: Value) -> GitRepository {
+        serde_json::from_value(json!({
+            "apiVersion": "capstan.dev/v1alpha1",
+            "kind": "GitRepository",
+            "metadata": {"name": "x"},
+            "spec": {"url": url, "interval": "1m", "ref": git_ref},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_push_concerns_the_ref_a_gitrepository_follows() {
+        let push = |r: &str| Push {
+            urls: vec!["https://github.com/acme/app.git".into()],
+            git_ref: Some(r.into()),
+        };
+        let url = "git@github.com:acme/app.git";
+        assert!(push("refs/heads/main").concerns(&gr(url, json!({"branch": "main"}))));
+        assert!(!push("refs/heads/dev").concerns(&gr(url, json!({"branch": "main"}))));
+        assert!(!push("refs/heads/main").concerns(&gr(
+            "https://github.com/acme/other",
+            json!({"branch": "main"})
+        )));
+        assert!(push("refs/tags/v1").concerns(&gr(url, json!({"tag": "v1"}))));
+        assert!(push("refs/tags/v2.0.0").concerns(&gr(url, json!({"semver": ">=1"}))));
+        assert!(!push("refs/heads/main").concerns(&gr(url, json!({"semver": ">=1"}))));
+        assert!(!push("refs/heads/main").concerns(&gr(
+            url,
+            json!({"branch": "main", "commit": "0".repeat(40)})
+        )));
+        assert!(push("refs/pull/7/head").concerns(&gr(url, json!({"name": "refs/pull/7/head"}))));
+        assert!(Push::default().concerns(&gr(url, json!({"branch": "main"}))));
+    }
+}

@@ -1,0 +1,169 @@
+//! Push-triggered sync through a Receiver, against the real control plane and git server.
+
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+use crate::support::Repo;
+use crate::support::controller::{Fixture, configmap, spec};
+
+const TOKEN: &[u8] = b"hook-s3cret";
+
+/// POSTs `body` to the fixture's webhook endpoint; returns (status code, body).
+async fn post(fx: &Fixture, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(fx.webhook_addr.unwrap())
+        .await
+        .unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.0\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    // A server that refuses early may close before the whole body is written.
+    let _ = conn.write_all(body).await;
+    let mut response = Vec::new();
+    let _ = conn.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn push_body(repo: &Repo, git_ref: &str) -> Vec<u8> {
+    json!({
+        "ref": git_ref,
+        "repository": {"clone_url": repo.http_url(), "html_url": "https://example.com/x"},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn github(body: &[u8], token: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        ("X-GitHub-Event", "push".into()),
+        (
+            "X-Hub-Signature-256",
+            capstan::webhook::github_signature(body, token),
+        ),
+    ]
+}
+
+async fn value_of(fx: &Fixture, name: &str) -> String {
+    fx.get("v1", "ConfigMap", name).await.unwrap().data["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_signed_push_reconciles_at_once_and_a_bad_one_changes_nothing() {
+    let fx = Fixture::with_http("webhook").await;
+    let repo = Repo::create("webhook", &[("cm.yaml", &configmap("hooked", "1"))]);
+    // An hour between polls: only the hook can bring a new commit in during the test.
+    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
+        .await;
+    fx.wait_applied("app", &repo.head()).await;
+    let secrets: Api<Secret> = Api::namespaced(fx.client.clone(), &fx.ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("hook-token".into()),
+                    ..Default::default()
+                },
+                data: Some([("token".to_string(), ByteString(TOKEN.to_vec()))].into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let receivers: Api<capstan::api::Receiver> = Api::namespaced(fx.client.clone(), &fx.ns);
+    receivers
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "capstan.dev/v1alpha1",
+                "kind": "Receiver",
+                "metadata": {"name": "github"},
+                "spec": {"type": "github", "secretRef": {"name": "hook-token"}, "resources": [{"name": "*"}]},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let path = format!("/hook/{}/github", fx.ns);
+
+    // A wrong signature: 401, and the new commit stays out.
+    let sha = repo.commit(&[("cm.yaml", &configmap("hooked", "2"))], "two");
+    let body = push_body(&repo, "refs/heads/main");
+    let (code, _) = post(&fx, &path, &github(&body, b"wrong-token"), &body).await;
+    assert_eq!(code, 401);
+    let (code, _) = post(&fx, &path, &[("X-GitHub-Event", "push".into())], &body).await;
+    assert_eq!(code, 401, "no signature");
+    // Refused before anything is parsed or looked up.
+    let (code, _) = post(
+        &fx,
+        &format!("/hook/{}/nobody", fx.ns),
+        &github(&body, TOKEN),
+        &body,
+    )
+    .await;
+    assert_eq!(code, 404);
+    let big = vec![b' '; capstan::webhook::MAX_BODY_BYTES + 1];
+    let (code, _) = post(&fx, &path, &github(&big, TOKEN), &big).await;
+    assert_eq!(code, 413);
+    let (code, _) = post(&fx, &path, &github(b"{not json", TOKEN), b"{not json").await;
+    assert_eq!(code, 400);
+    // A push to another branch concerns nothing here.
+    let other = push_body(&repo, "refs/heads/feature");
+    let (code, reply) = post(&fx, &path, &github(&other, TOKEN), &other).await;
+    assert_eq!(code, 202);
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply).unwrap()["triggered"],
+        json!([])
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(value_of(&fx, "hooked").await, "1", "nothing was reconciled");
+
+    // The correctly signed push: reconciled at once.
+    let (code, reply) = post(&fx, &path, &github(&body, TOKEN), &body).await;
+    assert_eq!(code, 202, "{reply}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply).unwrap()["triggered"],
+        json!(["app"])
+    );
+    fx.wait_applied("app", &sha).await;
+    assert_eq!(value_of(&fx, "hooked").await, "2");
+
+    // A flood of pushes: requests still pending are not repeated.
+    let sha = repo.commit(&[("cm.yaml", &configmap("hooked", "3"))], "three");
+    let mut triggered = 0;
+    for _ in 0..20 {
+        let (code, reply) = post(&fx, &path, &github(&body, TOKEN), &body).await;
+        assert_eq!(code, 202, "{reply}");
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        triggered += reply["triggered"].as_array().unwrap().len();
+    }
+    assert!(
+        triggered < 20,
+        "every push of the flood asked for its own reconcile"
+    );
+    fx.wait_applied("app", &sha).await;
+    assert_eq!(value_of(&fx, "hooked").await, "3");
+}

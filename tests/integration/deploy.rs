@@ -60,6 +60,7 @@ async fn chart_lints_and_the_api_server_accepts_it_in_both_rbac_modes() {
             &[
                 &format!("rbac.mode={mode}"),
                 "networkPolicy.enabled=true",
+                "webhook.ingress.enabled=true",
                 "replicas=2",
             ],
             dir.path(),
@@ -78,10 +79,18 @@ async fn chart_lints_and_the_api_server_accepts_it_in_both_rbac_modes() {
             json!(["ALL"])
         );
         assert_eq!(pod["volumes"][0]["emptyDir"]["sizeLimit"], "1Gi");
+        for service in ["metrics", "webhook"] {
+            let name = format!("{release}-{service}");
+            assert!(fx.get("v1", "Service", &name).await.is_some(), "{name}");
+        }
         assert!(
-            fx.get("v1", "Service", &format!("{release}-metrics"))
-                .await
-                .is_some()
+            fx.get(
+                "networking.k8s.io/v1",
+                "Ingress",
+                &format!("{release}-webhook")
+            )
+            .await
+            .is_some()
         );
         assert!(
             fx.get("networking.k8s.io/v1", "NetworkPolicy", &release)

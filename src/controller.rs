@@ -1036,83 +1036,101 @@ struct Memory {
     variables: Option<u64>,
 }
 
-/// `spec.postBuild`'s variables: `substituteFrom` in order, each overriding the ones before, then
-/// `substitute` over all. Read with the GitRepository's own identity (impersonation included), so
-/// a tenant cannot read another's Secrets through Capstan. `None` without `postBuild`.
+/// `spec.postBuild`'s variables, read with the GitRepository's own identity (impersonation
+/// included), so a tenant cannot read another's Secrets through Capstan.
 async fn variables(
     ctx: &Context,
     gr: &GitRepository,
     namespace: &str,
 ) -> Result<Option<Variables>, Failure> {
+    if gr.spec.post_build.is_none() {
+        return Ok(None);
+    }
+    let client = ctx
+        .client_for(gr)
+        .map_err(|m| Failure::retry("BuildFailed", m))?;
+    read_variables(&client, gr, namespace)
+        .await
+        .map_err(|e| match e.transient {
+            true => Failure::retry("BuildFailed", e.message),
+            false => Failure::stall("BuildFailed", e.message),
+        })
+}
+
+/// Why the `postBuild` variables could not be read.
+#[derive(Debug)]
+pub struct VariablesError {
+    pub message: String,
+    /// Worth retrying: the API server failed, or an object may yet appear.
+    pub transient: bool,
+}
+
+/// `spec.postBuild`'s variables: `substituteFrom` in order, each overriding the ones before, then
+/// `substitute` over all. `None` without `postBuild`.
+pub async fn read_variables(
+    client: &Client,
+    gr: &GitRepository,
+    namespace: &str,
+) -> Result<Option<Variables>, VariablesError> {
     let Some(post_build) = &gr.spec.post_build else {
         return Ok(None);
     };
+    let transient = |message: String| VariablesError {
+        message,
+        transient: true,
+    };
+    let lasting = |message: String| VariablesError {
+        message,
+        transient: false,
+    };
     let mut variables = Variables::new();
-    if !post_build.substitute_from.is_empty() {
-        let client = ctx
-            .client_for(gr)
-            .map_err(|m| Failure::retry("BuildFailed", m))?;
-        for from in &post_build.substitute_from {
-            let what = format!("{:?} {namespace}/{}", from.kind, from.name);
-            let failed = |e: kube::Error| {
-                Failure::retry(
-                    "BuildFailed",
-                    format!("postBuild.substituteFrom: reading {what}: {e}"),
-                )
-            };
-            let data: Option<BTreeMap<String, String>> = match from.kind {
-                SubstituteKind::ConfigMap => {
-                    Api::<ConfigMap>::namespaced(client.clone(), namespace)
-                        .get_opt(&from.name)
-                        .await
-                        .map_err(failed)?
-                        .map(|cm| cm.data.unwrap_or_default())
-                }
-                SubstituteKind::Secret => {
-                    match Api::<Secret>::namespaced(client.clone(), namespace)
-                        .get_opt(&from.name)
-                        .await
-                        .map_err(failed)?
-                    {
-                        None => None,
-                        Some(secret) => {
-                            let mut data = BTreeMap::new();
-                            for (key, value) in secret.data.unwrap_or_default() {
-                                let value = String::from_utf8(value.0).map_err(|_| {
-                                    Failure::stall(
-                                        "BuildFailed",
-                                        format!("postBuild.substituteFrom: {what}: the value of {key:?} is not UTF-8"),
-                                    )
-                                })?;
-                                data.insert(key, value);
-                            }
-                            Some(data)
+    for from in &post_build.substitute_from {
+        let what = format!("{:?} {namespace}/{}", from.kind, from.name);
+        let failed =
+            |e: kube::Error| transient(format!("postBuild.substituteFrom: reading {what}: {e}"));
+        let data: Option<BTreeMap<String, String>> = match from.kind {
+            SubstituteKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                .get_opt(&from.name)
+                .await
+                .map_err(failed)?
+                .map(|cm| cm.data.unwrap_or_default()),
+            SubstituteKind::Secret => {
+                match Api::<Secret>::namespaced(client.clone(), namespace)
+                    .get_opt(&from.name)
+                    .await
+                    .map_err(failed)?
+                {
+                    None => None,
+                    Some(secret) => {
+                        let mut data = BTreeMap::new();
+                        for (key, value) in secret.data.unwrap_or_default() {
+                            let value = String::from_utf8(value.0).map_err(|_| {
+                                lasting(format!(
+                                    "postBuild.substituteFrom: {what}: the value of {key:?} is not UTF-8"
+                                ))
+                            })?;
+                            data.insert(key, value);
                         }
+                        Some(data)
                     }
                 }
-            };
-            match data {
-                Some(data) => variables.extend(data),
-                None if from.optional => {}
-                None => {
-                    return Err(Failure::retry(
-                        "BuildFailed",
-                        format!(
-                            "postBuild.substituteFrom: {what} not found (mark it optional if it may be missing)"
-                        ),
-                    ));
-                }
+            }
+        };
+        match data {
+            Some(data) => variables.extend(data),
+            None if from.optional => {}
+            None => {
+                return Err(transient(format!(
+                    "postBuild.substituteFrom: {what} not found (mark it optional if it may be missing)"
+                )));
             }
         }
     }
     variables.extend(post_build.substitute.clone());
     if let Some(bad) = variables.keys().find(|k| !render::is_variable_name(k)) {
-        return Err(Failure::stall(
-            "BuildFailed",
-            format!(
-                "postBuild: {bad:?} is not a valid variable name (letters, digits and '_', not starting with a digit)"
-            ),
-        ));
+        return Err(lasting(format!(
+            "postBuild: {bad:?} is not a valid variable name (letters, digits and '_', not starting with a digit)"
+        )));
     }
     Ok(Some(variables))
 }

@@ -23,12 +23,35 @@ enum Command {
     /// Print, offline, the objects the controller would apply for a directory: plain manifests,
     /// a kustomization or a Helm chart, with variables substituted.
     Render(capstan::cli::RenderArgs),
+    /// List GitRepositories: Ready, revision, drift, last message.
+    Get(capstan::cli::GetArgs),
+    /// Ask for a reconcile now and wait until the controller has handled it.
+    Reconcile(capstan::cli::WaitArgs),
+    /// Stop all changes to the cluster for a GitRepository.
+    Suspend(capstan::cli::TargetArgs),
+    /// Lift a suspension and wait for the reconcile that follows.
+    Resume(capstan::cli::WaitArgs),
+    /// Show what applying a GitRepository's manifests would change now (server-side dry run;
+    /// Secret values redacted). Exits 1 when something would change.
+    Diff(capstan::cli::DiffArgs),
     /// Print Capstan's CustomResourceDefinitions as YAML.
     Crd {
         /// Write each to its own file in this directory instead of stdout.
         #[arg(long)]
         output_dir: Option<PathBuf>,
     },
+}
+
+fn stdout() -> std::io::StdoutLock<'static> {
+    std::io::stdout().lock()
+}
+
+/// Prints a command's error as `capstan <command>: <error>` and exits 1.
+fn exit_on_error(command: &str, result: Result<(), capstan::cli::CliError>) {
+    if let Err(e) = result {
+        eprintln!("capstan {command}: {e}");
+        std::process::exit(1);
+    }
 }
 
 #[tokio::main]
@@ -39,11 +62,28 @@ async fn main() -> anyhow::Result<()> {
             capstan::controller::run(config).await?;
         }
         Command::Render(args) => {
-            if let Err(e) = capstan::cli::render(&args, &mut std::io::stdout().lock()) {
-                eprintln!("capstan render: {e}");
-                std::process::exit(1);
-            }
+            exit_on_error("render", capstan::cli::render(&args, &mut stdout()))
         }
+        Command::Get(args) => exit_on_error("get", capstan::cli::get(&args, &mut stdout()).await),
+        Command::Reconcile(args) => exit_on_error(
+            "reconcile",
+            capstan::cli::reconcile(&args, &mut stdout()).await,
+        ),
+        Command::Suspend(args) => {
+            exit_on_error("suspend", capstan::cli::suspend(&args, &mut stdout()).await)
+        }
+        Command::Resume(args) => {
+            exit_on_error("resume", capstan::cli::resume(&args, &mut stdout()).await)
+        }
+        Command::Diff(args) => match capstan::cli::diff(&args, &mut stdout()).await {
+            Ok(false) => {}
+            // As kubectl diff: 1 when something would change, 2 on errors.
+            Ok(true) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("capstan diff: {e}");
+                std::process::exit(2);
+            }
+        },
         Command::Crd { output_dir } => {
             for (file, crd) in capstan::api::crds() {
                 let yaml = capstan::api::crd_yaml(&crd)?;

@@ -2,6 +2,7 @@
 //! ownership markers, and pruning what left git. Talks to the API server; decides nothing about
 //! status (see `status.rs`).
 
+pub mod diff;
 mod inventory;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -121,6 +122,18 @@ pub struct Kind {
     pub namespaced: bool,
 }
 
+impl Kind {
+    /// The API for `object` of this kind: namespaced in its namespace, or cluster-wide.
+    fn api(&self, client: &Client, object: &Value) -> Api<DynamicObject> {
+        if self.namespaced {
+            let ns = object["metadata"]["namespace"].as_str().unwrap_or_default();
+            Api::namespaced_with(client.clone(), ns, &self.resource)
+        } else {
+            Api::all_with(client.clone(), &self.resource)
+        }
+    }
+}
+
 impl ApplyReport {
     pub fn failures(&self) -> impl Iterator<Item = (&ObjectId, &str)> {
         self.objects.iter().filter_map(|(id, _, a)| match a {
@@ -175,6 +188,14 @@ impl KindError {
 pub struct Applier {
     kinds: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
     concurrency: usize,
+}
+
+/// One object of a dry run: as it is, and as the apply would leave it (or why it would fail).
+#[derive(Debug)]
+pub struct DryRun {
+    pub id: ObjectId,
+    pub live: Option<Value>,
+    pub desired: Result<Value, String>,
 }
 
 struct Prepared {
@@ -330,17 +351,8 @@ impl Applier {
 
     /// One server-side apply, conflicts forced; returns what Capstan owns afterwards.
     async fn send(&self, client: &Client, kind: &Kind, object: &Value) -> Result<Owned, String> {
-        let meta = &object["metadata"];
-        let name = meta["name"].as_str().unwrap_or_default();
-        let api: Api<DynamicObject> = if kind.namespaced {
-            Api::namespaced_with(
-                client.clone(),
-                meta["namespace"].as_str().unwrap_or_default(),
-                &kind.resource,
-            )
-        } else {
-            Api::all_with(client.clone(), &kind.resource)
-        };
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let api = kind.api(client, object);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         match api.patch(name, &params, &Patch::Apply(object)).await {
             Ok(applied) => {
@@ -368,6 +380,58 @@ impl Applier {
             }
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// What applying `manifests` would do, object by object, from a server-side dry run: the
+    /// live object (if any) and the object as the apply would leave it. Nothing is changed.
+    pub async fn dry_run(
+        &self,
+        client: &Client,
+        manifests: &[Manifest],
+        opts: &ApplyOptions<'_>,
+    ) -> Vec<DryRun> {
+        let mut out = Vec::new();
+        for manifest in manifests {
+            let prepared = match self.prepare(client, manifest, opts).await {
+                Ok(p) => p,
+                Err(message) => {
+                    out.push(DryRun {
+                        id: manifest_id_hint(&manifest.object),
+                        live: None,
+                        desired: Err(message),
+                    });
+                    continue;
+                }
+            };
+            let api = prepared.kind.api(client, &prepared.object);
+            let name = prepared.id.name.clone();
+            let live = match api.get_opt(&name).await {
+                Ok(live) => live.map(|l| serde_json::to_value(l).unwrap_or_default()),
+                Err(e) => {
+                    out.push(DryRun {
+                        id: prepared.id,
+                        live: None,
+                        desired: Err(e.to_string()),
+                    });
+                    continue;
+                }
+            };
+            let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+            let desired = match api
+                .patch(&name, &params, &Patch::Apply(&prepared.object))
+                .await
+            {
+                Ok(after) => Ok(serde_json::to_value(after).unwrap_or_default()),
+                Err(kube::Error::Api(s)) => Err(s.message),
+                Err(e) => Err(e.to_string()),
+            };
+            out.push(DryRun {
+                id: prepared.id,
+                live,
+                desired,
+            });
+        }
+        out
     }
 
     /// Applies an object prepared by an earlier apply again (drift correction).

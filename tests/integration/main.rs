@@ -6,6 +6,7 @@ mod support;
 
 mod admission;
 mod bad_input;
+mod cli;
 mod deploy;
 mod git;
 mod hostile;

@@ -1,23 +1,14 @@
-//! The `capstan` subcommands that help people work with repositories and the cluster, beside the
-//! controller itself.
+//! `capstan render`: what the controller would apply for a directory, offline.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use super::CliError;
 use crate::api::GitRepository;
 use crate::controller::{self, RenderConfig};
-use crate::render::{self, HelmOptions, Manifest, RenderError, Variables};
-
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error("{0}")]
-    Usage(String),
-    #[error(transparent)]
-    Render(#[from] RenderError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
+use crate::render::{self, HelmOptions, Manifest, Variables};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Output {
@@ -56,25 +47,6 @@ pub struct RenderArgs {
 }
 
 pub fn render(args: &RenderArgs, out: &mut impl Write) -> Result<(), CliError> {
-    let dir = std::fs::canonicalize(&args.dir)
-        .map_err(|e| CliError::Usage(format!("{}: {e}", args.dir.display())))?;
-    let root = match &args.root {
-        Some(root) => std::fs::canonicalize(root)
-            .map_err(|e| CliError::Usage(format!("{}: {e}", root.display())))?,
-        None => git2::Repository::discover(&dir)
-            .ok()
-            .and_then(|repo| repo.workdir().and_then(|w| std::fs::canonicalize(w).ok()))
-            .unwrap_or_else(|| dir.clone()),
-    };
-    let path = dir.strip_prefix(&root).map_err(|_| {
-        CliError::Usage(format!(
-            "{} is not inside the root {}",
-            dir.display(),
-            root.display()
-        ))
-    })?;
-    let path = path.to_str().filter(|p| !p.is_empty());
-
     let gr = match &args.gitrepository {
         Some(file) => Some(read_gitrepository(file)?),
         None => None,
@@ -96,7 +68,48 @@ pub fn render(args: &RenderArgs, out: &mut impl Write) -> Result<(), CliError> {
             .get_or_insert_with(BTreeMap::new)
             .insert(name.to_string(), value.to_string());
     }
-    let helm = match &gr {
+    let timeout = controller::parse_duration(&args.timeout)
+        .ok_or_else(|| CliError::Usage(format!("invalid --timeout {:?}", args.timeout)))?;
+    let manifests = render_tree(
+        &args.dir,
+        args.root.as_deref(),
+        gr.as_ref(),
+        variables.as_ref(),
+        &args.render,
+        timeout,
+    )?;
+    write_manifests(&manifests, args.output, out)?;
+    Ok(())
+}
+
+/// Renders the directory `dir` of a local tree as the controller would for `gr` (its `ignore`,
+/// `helm` and target namespace), inside `root` (default: the git work tree holding `dir`).
+pub fn render_tree(
+    dir: &Path,
+    root: Option<&Path>,
+    gr: Option<&GitRepository>,
+    variables: Option<&Variables>,
+    config: &RenderConfig,
+    timeout: Duration,
+) -> Result<Vec<Manifest>, CliError> {
+    let dir = std::fs::canonicalize(dir)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))?;
+    let root = match root {
+        Some(root) => std::fs::canonicalize(root)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", root.display())))?,
+        None => git2::Repository::discover(&dir)
+            .ok()
+            .and_then(|repo| repo.workdir().and_then(|w| std::fs::canonicalize(w).ok()))
+            .unwrap_or_else(|| dir.clone()),
+    };
+    let path = dir.strip_prefix(&root).map_err(|_| {
+        CliError::Usage(format!(
+            "{} is not inside the root {}",
+            dir.display(),
+            root.display()
+        ))
+    })?;
+    let helm = match gr {
         Some(gr) => controller::helm_options(gr),
         None => HelmOptions {
             release_name: dir
@@ -107,22 +120,18 @@ pub fn render(args: &RenderArgs, out: &mut impl Write) -> Result<(), CliError> {
             ..HelmOptions::default()
         },
     };
-    let timeout = controller::parse_duration(&args.timeout)
-        .ok_or_else(|| CliError::Usage(format!("invalid --timeout {:?}", args.timeout)))?;
-    let manifests = render::render(
+    Ok(render::render(
         &root,
         &render::Options {
-            path,
-            ignore: gr.as_ref().and_then(|gr| gr.spec.ignore.as_deref()),
+            path: path.to_str().filter(|p| !p.is_empty()),
+            ignore: gr.and_then(|gr| gr.spec.ignore.as_deref()),
             helm,
-            variables: variables.as_ref(),
-            limits: args.render.limits(),
-            tools: args.render.tools(),
+            variables,
+            limits: config.limits(),
+            tools: config.tools(),
             timeout,
         },
-    )?;
-    write_manifests(&manifests, args.output, out)?;
-    Ok(())
+    )?)
 }
 
 fn read_gitrepository(file: &Path) -> Result<GitRepository, CliError> {

@@ -1,0 +1,510 @@
+//! `capstan get`, `reconcile`, `suspend`, `resume` and `diff`: GitRepositories in the cluster of
+//! the current kubeconfig, as kubectl reaches it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use super::{CliError, Format};
+use crate::api::{GitRepository, RECONCILE_REQUESTED_ANNOTATION};
+use crate::apply::diff::{Change, changes};
+use crate::apply::{Applier, ApplyOptions, ObjectId, Owner};
+use crate::controller::{self, RenderConfig};
+use crate::render::Manifest;
+use crate::source::{Auth, Cache, RemoteUrl};
+use crate::status;
+
+/// Connects as the current kubeconfig does; returns the client and the namespace to use.
+async fn connect(namespace: Option<&str>) -> Result<(Client, String), CliError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| CliError::Config(e.to_string()))?;
+    let ns = namespace
+        .map(str::to_string)
+        .unwrap_or_else(|| config.default_namespace.clone());
+    Ok((Client::try_from(config)?, ns))
+}
+
+fn colour(enabled: bool, code: &str, text: &str) -> String {
+    if enabled {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+fn colours_for(stream_is_terminal: bool) -> bool {
+    stream_is_terminal && std::env::var_os("NO_COLOR").is_none()
+}
+
+// ---------------------------------------------------------------- get
+
+#[derive(clap::Args, Debug)]
+pub struct GetArgs {
+    /// One GitRepository; all of the namespace without it.
+    pub name: Option<String>,
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+pub async fn get(args: &GetArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let (client, ns) = connect(args.namespace.as_deref()).await?;
+    let api: Api<GitRepository> = if args.all_namespaces {
+        Api::all(client)
+    } else {
+        Api::namespaced(client, &ns)
+    };
+    let mut items = match &args.name {
+        Some(name) => vec![api.get(name).await?],
+        None => api.list(&ListParams::default()).await?.items,
+    };
+    items.sort_by_key(|gr| (gr.namespace(), gr.name_any()));
+    match args.output {
+        Format::Json => {
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+            serde_json::to_writer_pretty(&mut *out, &list).map_err(std::io::Error::other)?;
+            writeln!(out)?;
+        }
+        Format::Yaml => {
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+            let yaml =
+                serde_saphyr::to_string(&list).map_err(|e| std::io::Error::other(e.to_string()))?;
+            write!(out, "{yaml}")?;
+        }
+        Format::Table if items.is_empty() => {
+            eprintln!("No GitRepositories found.");
+        }
+        Format::Table => {
+            let colours = colours_for(std::io::stdout().is_terminal());
+            write_table(&items, args.all_namespaces, colours, out)?
+        }
+    }
+    Ok(())
+}
+
+fn write_table(
+    items: &[GitRepository],
+    with_namespace: bool,
+    colours: bool,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let mut rows: Vec<Vec<String>> = vec![
+        [
+            "NAMESPACE",
+            "NAME",
+            "READY",
+            "SUSPENDED",
+            "REVISION",
+            "DRIFT",
+            "MESSAGE",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    ];
+    for gr in items {
+        let st = gr.status.as_ref();
+        let ready = status::ready(st);
+        rows.push(vec![
+            gr.namespace().unwrap_or_default(),
+            gr.name_any(),
+            ready.map_or("Unknown".into(), |c| c.status.clone()),
+            gr.spec.suspend.to_string(),
+            st.and_then(|s| s.last_applied_revision.clone())
+                .map(|r| short_revision(&r))
+                .unwrap_or_default(),
+            st.map(|s| s.drift.iter().filter(|d| !d.corrected).count())
+                .unwrap_or(0)
+                .to_string(),
+            ready.map(|c| c.message.clone()).unwrap_or_default(),
+        ]);
+    }
+    let skip = usize::from(!with_namespace);
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for (n, row) in rows.iter().enumerate() {
+        let mut line = String::new();
+        for i in skip..7 {
+            let cell = &row[i];
+            let shown = if n > 0 && i == 2 {
+                let code = match cell.as_str() {
+                    "True" => "32",
+                    "False" => "31",
+                    _ => "33",
+                };
+                colour(colours, code, cell)
+            } else {
+                cell.clone()
+            };
+            line.push_str(&shown);
+            if i < 6 {
+                let pad = widths[i] - cell.chars().count() + 3;
+                line.push_str(&" ".repeat(pad));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// `main@sha1:4f2c9e1d0a7b` from `main@sha1:4f2c9e1d0a7b…` (40 hex digits are too many to read).
+fn short_revision(revision: &str) -> String {
+    match revision.split_once("sha1:") {
+        Some((name, sha)) => format!("{name}sha1:{}", &sha[..sha.len().min(12)]),
+        None => revision.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------- reconcile, suspend, resume
+
+#[derive(clap::Args, Debug)]
+pub struct TargetArgs {
+    pub name: String,
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// How long to wait for the controller to handle the request, e.g. `5m`.
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
+}
+
+/// Requests a reconcile and waits for the controller to handle it; fails unless Ready.
+pub async fn reconcile(args: &WaitArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let (client, ns) = connect(args.target.namespace.as_deref()).await?;
+    let api: Api<GitRepository> = Api::namespaced(client, &ns);
+    let gr = api.get(&args.target.name).await?;
+    if gr.spec.suspend {
+        return Err(CliError::Failed(format!(
+            "{ns}/{} is suspended; `capstan resume` it first",
+            args.target.name
+        )));
+    }
+    request_and_wait(&api, &ns, args, json!({}), out).await
+}
+
+pub async fn suspend(args: &TargetArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let (client, ns) = connect(args.namespace.as_deref()).await?;
+    let api: Api<GitRepository> = Api::namespaced(client, &ns);
+    let patch = json!({"spec": {"suspend": true}});
+    api.patch(&args.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    writeln!(out, "suspended {ns}/{}", args.name)?;
+    Ok(())
+}
+
+/// Lifts the suspension and waits, as `reconcile` does, for the reconcile that follows.
+pub async fn resume(args: &WaitArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let (client, ns) = connect(args.target.namespace.as_deref()).await?;
+    let api: Api<GitRepository> = Api::namespaced(client, &ns);
+    request_and_wait(&api, &ns, args, json!({"suspend": false}), out).await
+}
+
+async fn request_and_wait(
+    api: &Api<GitRepository>,
+    ns: &str,
+    args: &WaitArgs,
+    spec: Value,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let name = &args.target.name;
+    let timeout = controller::parse_duration(&args.timeout)
+        .ok_or_else(|| CliError::Usage(format!("invalid --timeout {:?}", args.timeout)))?;
+    let token = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = json!({
+        "metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: token}},
+        "spec": spec,
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let gr = wait_handled(api, name, &token, timeout).await?;
+    let ready = status::ready(gr.status.as_ref());
+    let message = ready.map(|c| c.message.clone()).unwrap_or_default();
+    let colours = colours_for(std::io::stdout().is_terminal());
+    if ready.is_some_and(|c| c.status == "True") {
+        writeln!(out, "{} {ns}/{name}: {message}", colour(colours, "32", "✔"))?;
+        Ok(())
+    } else {
+        let reason = ready.map(|c| c.reason.clone()).unwrap_or_default();
+        writeln!(
+            out,
+            "{} {ns}/{name}: {reason}: {message}",
+            colour(colours, "31", "✘")
+        )?;
+        Err(CliError::Failed(format!(
+            "{ns}/{name} is not Ready ({reason})"
+        )))
+    }
+}
+
+/// Polls until the controller has handled the request `token` for the current generation,
+/// showing progress on stderr: a spinner on a terminal, a line per change otherwise.
+async fn wait_handled(
+    api: &Api<GitRepository>,
+    name: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<GitRepository, CliError> {
+    let started = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let mut last_shown = String::new();
+    let spinner = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    for tick in 0usize.. {
+        let gr = api.get(name).await?;
+        let st = gr.status.as_ref();
+        let handled = st.and_then(|s| s.last_handled_reconcile_at.as_deref()) == Some(token)
+            && st.and_then(|s| s.observed_generation) == gr.metadata.generation;
+        if handled {
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+            return Ok(gr);
+        }
+        if started.elapsed() > timeout {
+            if terminal {
+                eprintln!();
+            }
+            return Err(CliError::Failed(format!(
+                "the controller did not handle the request within {timeout:?}; is it running?"
+            )));
+        }
+        let ready = status::ready(st);
+        let state = ready.map_or("waiting for the controller".to_string(), |c| {
+            format!("{}: {}", c.reason, c.message)
+        });
+        if terminal {
+            let line: String = format!(
+                "{} {name} ({}s) {state}",
+                spinner[tick % spinner.len()],
+                started.elapsed().as_secs()
+            )
+            .chars()
+            .take(120)
+            .collect();
+            eprint!("\r\x1b[K{line}");
+        } else if state != last_shown {
+            eprintln!("waiting for {name}: {state}");
+            last_shown = state;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    unreachable!("the loop returns")
+}
+
+// ---------------------------------------------------------------- diff
+
+#[derive(clap::Args, Debug)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Render this local directory (as `spec.path` would name it) instead of the
+    /// GitRepository's revision in git: see what a change would do before pushing it.
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Format,
+    /// Most bytes the fetch may transfer.
+    #[arg(long, default_value_t = 512 << 20)]
+    pub max_fetch_bytes: u64,
+    #[command(flatten)]
+    pub render: RenderConfig,
+}
+
+/// What applying the GitRepository's manifests would change now, from a server-side dry run.
+/// Returns whether anything would change.
+pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliError> {
+    let (client, ns) = connect(args.target.namespace.as_deref()).await?;
+    let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
+    let gr = api.get(&args.target.name).await?;
+    let timeout = controller::parse_duration(gr.spec.timeout.as_deref().unwrap_or("60s"))
+        .unwrap_or(Duration::from_secs(60));
+    let variables = controller::read_variables(&client, &gr, &ns)
+        .await
+        .map_err(|e| CliError::Failed(e.message))?;
+    let manifests = match &args.path {
+        Some(dir) => super::render_tree(
+            dir,
+            None,
+            Some(&gr),
+            variables.as_ref(),
+            &args.render,
+            timeout,
+        )?,
+        None => fetch_and_render(&client, &gr, &ns, variables.as_ref(), args, timeout).await?,
+    };
+
+    let owner = Owner {
+        namespace: ns.clone(),
+        name: gr.name_any(),
+    };
+    let default_namespace = gr.spec.target_namespace.clone().unwrap_or(ns.clone());
+    let (previous, digests) = (HashSet::new(), Default::default());
+    let opts = ApplyOptions {
+        owner: &owner,
+        default_namespace: &default_namespace,
+        previous: &previous,
+        previous_digests: &digests,
+        timeout,
+    };
+    let dry = Applier::new(1).dry_run(&client, &manifests, &opts).await;
+    let mut report: Vec<(String, &'static str, Vec<Change>, Option<String>)> = Vec::new();
+    let mut rendered = HashSet::new();
+    for object in &dry {
+        rendered.insert(object.id.to_string());
+        let what = describe(&object.id);
+        match (&object.live, &object.desired) {
+            (_, Err(message)) => report.push((what, "failed", vec![], Some(message.clone()))),
+            (None, Ok(_)) => report.push((what, "created", vec![], None)),
+            (Some(live), Ok(desired)) => {
+                let c = changes(live, desired);
+                let action = if c.is_empty() { "unchanged" } else { "changed" };
+                report.push((what, action, c, None));
+            }
+        }
+    }
+    if gr.spec.prune {
+        let inventory = gr.status.as_ref().and_then(|s| s.inventory.as_ref());
+        for entry in inventory.map(|i| i.entries.as_slice()).unwrap_or_default() {
+            if !rendered.contains(&entry.id)
+                && let Some(id) = ObjectId::parse(&entry.id)
+            {
+                report.push((describe(&id), "pruned", vec![], None));
+            }
+        }
+    }
+
+    let changed = report.iter().any(|(_, a, _, _)| *a != "unchanged");
+    match args.output {
+        Format::Json | Format::Yaml => {
+            let items: Vec<Value> = report
+                .iter()
+                .map(|(what, action, changes, error)| {
+                    json!({
+                        "object": what,
+                        "action": action,
+                        "changes": changes.iter().map(|c| json!({"path": c.path, "live": c.live, "desired": c.desired})).collect::<Vec<_>>(),
+                        "error": error,
+                    })
+                })
+                .collect();
+            if args.output == Format::Json {
+                serde_json::to_writer_pretty(&mut *out, &items).map_err(std::io::Error::other)?;
+                writeln!(out)?;
+            } else {
+                let yaml = serde_saphyr::to_string(&items)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                write!(out, "{yaml}")?;
+            }
+        }
+        Format::Table => {
+            let colours = colours_for(std::io::stdout().is_terminal());
+            for (what, action, changes, error) in &report {
+                let code = match *action {
+                    "created" => "32",
+                    "changed" => "33",
+                    "pruned" | "failed" => "31",
+                    _ => continue,
+                };
+                writeln!(out, "{what}: {}", colour(colours, code, action))?;
+                for c in changes {
+                    writeln!(
+                        out,
+                        "  {}: {} → {}",
+                        c.path,
+                        shown(&c.live),
+                        shown(&c.desired)
+                    )?;
+                }
+                if let Some(error) = error {
+                    writeln!(out, "  {error}")?;
+                }
+            }
+            let n = report
+                .iter()
+                .filter(|(_, a, _, _)| *a != "unchanged")
+                .count();
+            writeln!(out, "{n} of {} objects would change", report.len())?;
+        }
+    }
+    Ok(changed)
+}
+
+fn describe(id: &ObjectId) -> String {
+    if id.namespace.is_empty() {
+        format!("{} {}", id.kind, id.name)
+    } else {
+        format!("{} {}/{}", id.kind, id.namespace, id.name)
+    }
+}
+
+fn shown(value: &Option<Value>) -> String {
+    match value {
+        None => "(absent)".into(),
+        Some(Value::String(s)) if s == crate::apply::diff::REDACTED => s.clone(),
+        Some(v) => v.to_string(),
+    }
+}
+
+/// The GitRepository's revision, fetched with its credentials (read as the user), rendered.
+async fn fetch_and_render(
+    client: &Client,
+    gr: &GitRepository,
+    ns: &str,
+    variables: Option<&crate::render::Variables>,
+    args: &DiffArgs,
+    timeout: Duration,
+) -> Result<Vec<Manifest>, CliError> {
+    let url = RemoteUrl::parse(&gr.spec.url).map_err(|e| CliError::Failed(e.to_string()))?;
+    let auth = match &gr.spec.secret_ref {
+        None => Auth::default(),
+        Some(secret_ref) => {
+            let secret = Api::<Secret>::namespaced(client.clone(), ns)
+                .get(&secret_ref.name)
+                .await?;
+            let data: BTreeMap<String, Vec<u8>> = secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            Auth::from_secret_data(&data).map_err(|e| CliError::Failed(e.to_string()))?
+        }
+    };
+    let work = tempfile::tempdir()?;
+    std::fs::create_dir_all(work.path().join("repos"))?;
+    let cache = Cache::new(work.path().join("repos"), 1, args.max_fetch_bytes);
+    let resolved = cache
+        .resolve(&url, &auth, &gr.spec.git_ref(), timeout)
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let tree = work.path().join("tree");
+    cache
+        .checkout(&url, &auth, &resolved, &tree, timeout)
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    eprintln!("comparing {} with the cluster", resolved.revision);
+    let dir = tree.join(gr.spec.path.as_deref().unwrap_or("."));
+    super::render_tree(
+        &dir,
+        Some(&tree),
+        Some(gr),
+        variables,
+        &args.render,
+        timeout,
+    )
+}

@@ -6,7 +6,7 @@ ENV := tests/env
 # The control plane that `make up` / `make demo` keep running for people (tests start their own).
 DEV_DIR ?= $(HOME)/.cache/capstan/dev
 
-.PHONY: test lint unit crds demo up down env tools
+.PHONY: test lint unit crds demo up down env tools bench
 
 ## test: formatting, lints, unit tests and integration tests against a real control plane
 test: tools
@@ -20,6 +20,11 @@ tools:
 	@$(ENV)/rendertools.sh build >/dev/null
 	@$(ENV)/gitserver.sh install
 	@$(ENV)/prometheus.sh install
+
+## bench: the benchmark scenarios (all, or SCENARIOS="cold steady latency drift scale fetch");
+## a full run rewrites docs/benchmarks.md
+bench: tools
+	cargo bench --bench capstan -- $(SCENARIOS)
 
 ## crds: regenerate crds/ and the Helm chart's copy from the Rust types
 crds:

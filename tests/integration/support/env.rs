@@ -39,7 +39,7 @@ impl GitServer {
 
     /// The HTTP server's access log, complete up to now. lighttpd buffers it and flushes every
     /// few seconds, so a marker request is sent and awaited: every request before it is written.
-    async fn access_log(&self) -> String {
+    pub async fn access_log(&self) -> String {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);

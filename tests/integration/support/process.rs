@@ -53,16 +53,25 @@ pub fn sa_user(ns: &str, sa: &str) -> String {
 pub struct ControllerProcess {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Where it receives push events (the benchmarks post to it).
+    #[allow(dead_code)]
+    pub webhook: std::net::SocketAddr,
 }
 
 impl ControllerProcess {
     /// Starts `capstan controller ARGS` as `POD_NAME=pod_name`, connecting with `kubeconfig`.
     pub fn start(kubeconfig: &Path, pod_name: &str, args: &[&str]) -> ControllerProcess {
         let dir = tempfile::tempdir().unwrap();
-        let (metrics, probes) = {
+        // Held at once, so the ports differ.
+        let (metrics, probes, webhook) = {
             let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            (a.local_addr().unwrap(), b.local_addr().unwrap())
+            let c = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            (
+                a.local_addr().unwrap(),
+                b.local_addr().unwrap(),
+                c.local_addr().unwrap(),
+            )
         };
         let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
         let tools = render_tools();
@@ -70,7 +79,7 @@ impl ControllerProcess {
             .arg("controller")
             .arg(format!("--metrics-bind-address={metrics}"))
             .arg(format!("--health-probe-bind-address={probes}"))
-            .arg("--webhook-bind-address=127.0.0.1:0")
+            .arg(format!("--webhook-bind-address={webhook}"))
             .arg(format!(
                 "--cache-dir={}",
                 dir.path().join("cache").display()
@@ -89,7 +98,14 @@ impl ControllerProcess {
         ControllerProcess {
             child: Some(child),
             dir,
+            webhook,
         }
+    }
+
+    /// For the benchmarks' CPU and memory readings.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn log(&self) -> String {

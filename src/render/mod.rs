@@ -16,7 +16,7 @@ mod tool;
 mod walk;
 
 pub use helm::HelmOptions;
-pub use substitute::{Variables, is_variable_name};
+pub use substitute::{Variables, is_variable_name, substitute};
 pub use tool::Tools;
 
 #[cfg(test)]
@@ -243,6 +243,25 @@ fn render_plain(dir: &walk::Resolved, options: &Options<'_>) -> Result<Vec<Manif
         for (i, document) in documents.into_iter().enumerate() {
             objects.add_document(&file.rel, i + 1, document)?;
         }
+    }
+    Ok(objects.finish())
+}
+
+/// One manifest file's objects, as a plain render reads it: parsed under `limits`, substituted
+/// with `variables`, and checked. The entry point for fuzzing the parser.
+pub fn parse_file(
+    file: &str,
+    bytes: &[u8],
+    limits: &Limits,
+    variables: Option<&Variables>,
+) -> Result<Vec<Manifest>, RenderError> {
+    let format = parse::Format::of(Path::new(file)).unwrap_or(parse::Format::Yaml);
+    let mut objects = objects::Collector::default();
+    for (i, document) in parse::documents(file, bytes, format, limits, variables)?
+        .into_iter()
+        .enumerate()
+    {
+        objects.add_document(file, i + 1, document)?;
     }
     Ok(objects.finish())
 }

@@ -6,13 +6,33 @@ ENV := tests/env
 # The control plane that `make up` / `make demo` keep running for people (tests start their own).
 DEV_DIR ?= $(HOME)/.cache/capstan/dev
 
-.PHONY: test lint unit crds demo up down env tools bench
+.PHONY: test lint unit crds demo up down env tools bench fuzz fuzz-tools
 
 ## test: formatting, lints, unit tests and integration tests against a real control plane
 test: tools
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS)
+
+# The fuzz smoke run inside `make test`: seconds per target.
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS := manifests urls_and_refs
+
+## fuzz: each fuzz target for FUZZ_SECONDS (default 300), with the nightly toolchain; new inputs
+## go to fuzz/corpus, crashes to fuzz/artifacts
+fuzz: fuzz-tools
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+		cargo +nightly fuzz run --fuzz-dir fuzz $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 || exit 1; \
+	done
+
+fuzz-tools:
+	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "the nightly toolchain is needed for fuzzing (rustup toolchain install nightly)"; exit 1; }
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
 
 ## tools: build (once) the pinned control plane and render tools; install git server and Prometheus packages
 tools:

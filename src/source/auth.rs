@@ -19,6 +19,8 @@ pub struct Auth {
     pub identity: Option<(String, Option<String>)>,
     /// `known_hosts`: without it no SSH host is trusted.
     pub known_hosts: Option<String>,
+    /// `ca.crt`: PEM certificates, the only ones an HTTPS server's certificate may be signed by.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -34,13 +36,14 @@ impl std::fmt::Debug for Auth {
             )
             .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
             .field("known_hosts", &self.known_hosts.is_some())
+            .field("ca", &self.ca.is_some())
             .finish()
     }
 }
 
 impl Auth {
     /// Reads the keys Flux users know: `username`+`password`, `bearerToken`, `identity`
-    /// (+ `password` as its passphrase), `known_hosts`.
+    /// (+ `password` as its passphrase), `known_hosts`, `ca.crt`.
     pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, SourceError> {
         let text = |key: &str| -> Result<Option<String>, SourceError> {
             data.get(key)
@@ -67,6 +70,13 @@ impl Auth {
             bearer_token: text("bearerToken")?,
             identity: identity.map(|key| (key, password)),
             known_hosts: text("known_hosts")?,
+            ca: match data.get("ca.crt") {
+                Some(pem) => {
+                    tls::anchors(pem).map_err(SourceError::InvalidCredentials)?;
+                    Some(pem.clone())
+                }
+                None => None,
+            },
         })
     }
 
@@ -117,11 +127,20 @@ impl Auth {
                 "the server asks for credentials and the GitRepository has none that fit",
             ))
         });
-        cb.certificate_check(move |cert, _host| {
-            match cert.as_hostkey() {
-                // TLS certificates are verified by libgit2 against the system's roots.
-                None => Ok(CertificateCheckStatus::CertificatePassthrough),
-                Some(hostkey) => {
+        cb.certificate_check(move |cert, tls_host| {
+            match (cert.as_hostkey(), cert.as_x509(), &self.ca) {
+                // With `ca.crt`, the server's certificate must chain to it, whatever the system
+                // trusts; without, libgit2 verifies it against the system's roots.
+                (None, Some(x509), Some(ca)) => match tls::verify(ca, x509.data(), tls_host) {
+                    Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
+                    Err(why) => Err(git2::Error::new(
+                        git2::ErrorCode::Certificate,
+                        git2::ErrorClass::Ssl,
+                        format!("the server's TLS certificate is not valid with ca.crt: {why}"),
+                    )),
+                },
+                (None, _, _) => Ok(CertificateCheckStatus::CertificatePassthrough),
+                (Some(hostkey), _, _) => {
                     let key = hostkey.hostkey().unwrap_or_default();
                     if known_host(self.known_hosts.as_deref(), host, port, key) {
                         Ok(CertificateCheckStatus::CertificateOk)
@@ -208,5 +227,47 @@ mod tests {
             !shown.contains("s3cret-pw") && !shown.contains("tok3n"),
             "{shown}"
         );
+    }
+}
+
+/// Verifying a server's TLS certificate against the certificates of `ca.crt` (rustls-webpki).
+mod tls {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+    /// The certificates of a PEM bundle; an error when there are none or one is malformed.
+    pub fn anchors(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("key \"ca.crt\" is not PEM certificates: {e:?}"))?;
+        if certs.is_empty() {
+            return Err("key \"ca.crt\" holds no certificate".into());
+        }
+        Ok(certs)
+    }
+
+    /// Whether the certificate `leaf` (DER), as presented by `host`, is signed by one of the
+    /// certificates in `ca_pem`, is valid now for server authentication, and names `host`.
+    pub fn verify(ca_pem: &[u8], leaf: &[u8], host: &str) -> Result<(), String> {
+        let ca = anchors(ca_pem)?;
+        let anchors = ca
+            .iter()
+            .map(|c| webpki::anchor_from_trusted_cert(c).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let leaf = CertificateDer::from(leaf);
+        let cert = webpki::EndEntityCert::try_from(&leaf).map_err(|e| e.to_string())?;
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &[],
+            UnixTime::now(),
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(host).map_err(|e| e.to_string())?;
+        cert.verify_is_valid_for_subject_name(&name)
+            .map_err(|e| e.to_string())
     }
 }

@@ -121,6 +121,12 @@ impl RemoteUrl {
             return SourceError::Authentication { url, message };
         }
         let message = err.message().replace(&self.raw, &self.redacted);
+        if err.code() == git2::ErrorCode::Certificate || err.class() == git2::ErrorClass::Ssl {
+            let message = format!(
+                "the server's TLS certificate is not trusted ({message}); for a private CA, put its certificate in ca.crt in the secretRef"
+            );
+            return SourceError::Authentication { url, message };
+        }
         let auth = err.code() == git2::ErrorCode::Auth
             || message.contains("status code: 401")
             || message.contains("status code: 403");

@@ -1,4 +1,5 @@
-//! The source stage against real git servers: smart HTTP with basic auth, SSH with known_hosts.
+//! The source stage against real git servers: smart HTTP with basic auth, HTTPS with a private
+//! CA, SSH with known_hosts.
 
 use std::collections::BTreeMap;
 
@@ -131,4 +132,53 @@ fn ssh_with_a_passphrase_protected_key() {
     assert_eq!(fetched.to_string(), repo.head());
     let err = fetch_main(&repo.ssh_url(), &auth("wrong")).unwrap_err();
     assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+}
+
+fn with_ca(pem: &[u8]) -> Result<Auth, SourceError> {
+    Auth::from_secret_data(&BTreeMap::from([("ca.crt".to_string(), pem.to_vec())]))
+}
+
+#[test]
+fn https_with_a_private_ca() {
+    let repo = Repo::create("tls", &[("a.yaml", "a: 1\n")]);
+    let ca = std::fs::read(git_server().var("GIT_HTTPS_CA")).unwrap();
+    let auth = with_ca(&ca).unwrap();
+    assert_eq!(
+        fetch_main(&repo.https_url(), &auth).unwrap().to_string(),
+        repo.head()
+    );
+    let refs = source::ls_remote(&RemoteUrl::parse(&repo.https_url()).unwrap(), &auth).unwrap();
+    assert!(refs.iter().any(|(name, _)| name == "refs/heads/main"));
+
+    // Without ca.crt the system's roots decide, and they do not know this CA.
+    let err = fetch_main(&repo.https_url(), &Auth::default()).unwrap_err();
+    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+    assert!(err.to_string().contains("ca.crt"), "{err}");
+
+    // Another CA is no better.
+    let other = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args(["-days", "1", "-subj", "/CN=another-ca", "-keyout"])
+        .arg(other.path().join("key"))
+        .arg("-out")
+        .arg(other.path().join("ca.crt"))
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let other = with_ca(&std::fs::read(other.path().join("ca.crt")).unwrap()).unwrap();
+    let err = fetch_main(&repo.https_url(), &other).unwrap_err();
+    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+
+    // A ca.crt that is not a certificate is refused up front.
+    let err = with_ca(b"not a certificate").unwrap_err();
+    assert_eq!(err.reason(), "InvalidSource", "{err}");
 }

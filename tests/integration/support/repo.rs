@@ -150,6 +150,11 @@ impl Repo {
         format!("{}/{}.git", git_server().var("GIT_HTTP_URL"), self.name)
     }
 
+    /// Over TLS, with a certificate from the server's private CA (`GIT_HTTPS_CA`).
+    pub fn https_url(&self) -> String {
+        format!("{}/{}.git", git_server().var("GIT_HTTPS_URL"), self.name)
+    }
+
     pub fn auth_url(&self) -> String {
         format!(
             "{}/{}.git",

@@ -779,6 +779,9 @@ async fn scale(b: &Bench, figures: &mut Figures) {
     let ns = namespace(&b.client, "bench-scale").await;
     let target = namespace(&b.client, "bench-scale-objects").await;
     let controller = Controller::start(&ns, shard_of(&ns), b.dir.path());
+    // The process with no GitRepository yet: what the count adds is the difference.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (idle_rss, _) = controller.rss_mib();
     let repos: Vec<Repo> = (0..100)
         .map(|r| {
             let files: Vec<(String, String)> = (0..10)
@@ -879,7 +882,19 @@ async fn scale(b: &Bench, figures: &mut Figures) {
             all_ready.as_secs_f64()
         ),
     );
-    figures.add("rss_steady_mib", rss, format!("{rss:.1} MiB"));
+    figures.add(
+        "rss_idle_mib",
+        idle_rss,
+        format!("{idle_rss:.1} MiB before the first GitRepository"),
+    );
+    figures.add(
+        "rss_steady_mib",
+        rss,
+        format!(
+            "{rss:.1} MiB ({:.1} KiB per GitRepository over idle)",
+            (rss - idle_rss) * 1024.0 / 1000.0
+        ),
+    );
     figures.add(
         "rss_peak_mib",
         peak.max(peak_sync),
@@ -1042,6 +1057,7 @@ async fn fetch(b: &Bench, figures: &mut Figures) {
     let scratch = b.dir.path().join("fetch-0");
     let cache = capstan::source::Cache::new(scratch.join("repos"), 1, 1 << 30);
     let (mut inc, mut git_inc, mut inc_bytes) = (Vec::new(), Vec::new(), 0);
+    let (mut inc_resolve, mut inc_checkout) = (Vec::new(), Vec::new());
     for i in 0..3 {
         std::fs::write(work.join("small.txt"), format!("change {i}\n")).unwrap();
         git(&["add", "-A"]);
@@ -1050,11 +1066,14 @@ async fn fetch(b: &Bench, figures: &mut Figures) {
         let mark = git_log_mark().await;
         let started = Instant::now();
         let resolved = cache.resolve(&url, &auth, &main, timeout).await.unwrap();
+        inc_resolve.push(started.elapsed().as_secs_f64());
         let tree = scratch.join(format!("tree-{i}"));
+        let fetching = Instant::now();
         cache
             .checkout(&url, &auth, &resolved, &tree, timeout)
             .await
             .unwrap();
+        inc_checkout.push(fetching.elapsed().as_secs_f64());
         inc.push(started.elapsed().as_secs_f64());
         inc_bytes = git_traffic(&repo.name, mark).await.1;
         git_inc.push(run(
@@ -1064,6 +1083,16 @@ async fn fetch(b: &Bench, figures: &mut Figures) {
         ));
     }
     let (ci, gi) = (median(&mut inc), median(&mut git_inc));
+    let (cr, cc) = (median(&mut inc_resolve), median(&mut inc_checkout));
+    figures.add(
+        "capstan_incremental_phases",
+        json!({"resolve_s": cr, "fetch_and_checkout_s": cc}),
+        format!(
+            "ref check {:.0} ms, then fetch and checkout {:.0} ms (medians)",
+            cr * 1000.0,
+            cc * 1000.0
+        ),
+    );
     figures.add(
         "capstan_incremental_s",
         ci,

@@ -165,7 +165,7 @@ pub enum StartError {
 /// State shared by every reconcile.
 pub struct Context {
     client: Client,
-    cache: Cache,
+    cache: Arc<Cache>,
     work_dir: PathBuf,
     applier: Applier,
     recorder: Recorder,
@@ -187,14 +187,15 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<GitRepository>, u32>>,
 }
 
-impl Context {
-    pub fn new(
-        kube_config: kube::Config,
-        client: Client,
-        config: &Config,
-        live: Arc<Live>,
-        metrics: Arc<Metrics>,
-    ) -> std::io::Result<Arc<Context>> {
+/// What outlives a leadership term: the git cache (its per-URL locks and the git work of a
+/// previous term still running in blocking threads) and the checkout directory.
+struct Disk {
+    cache: Arc<Cache>,
+    work_dir: PathBuf,
+}
+
+impl Disk {
+    fn prepare(config: &Config) -> std::io::Result<Disk> {
         crate::source::set_network_timeouts();
         let work_dir = config.cache_dir.join("work");
         // Checkouts left by a previous process are never reused.
@@ -202,7 +203,27 @@ impl Context {
         std::fs::create_dir_all(&work_dir)?;
         let repos = config.cache_dir.join("repos");
         std::fs::create_dir_all(&repos)?;
-        Ok(Arc::new(Context {
+        Ok(Disk {
+            cache: Arc::new(Cache::new(
+                repos,
+                config.git_concurrency,
+                config.max_fetch_bytes,
+            )),
+            work_dir,
+        })
+    }
+}
+
+impl Context {
+    fn new(
+        kube_config: kube::Config,
+        client: Client,
+        config: &Config,
+        disk: &Disk,
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Context> {
+        Arc::new(Context {
             recorder: Recorder::new(
                 client.clone(),
                 Reporter {
@@ -211,8 +232,8 @@ impl Context {
                 },
             ),
             client,
-            cache: Cache::new(repos, config.git_concurrency, config.max_fetch_bytes),
-            work_dir,
+            cache: disk.cache.clone(),
+            work_dir: disk.work_dir.clone(),
             applier: Applier::new(config.apply_concurrency),
             limits: config.render.limits(),
             tools: config.render.tools(),
@@ -224,7 +245,7 @@ impl Context {
             auth: Mutex::default(),
             memory: Mutex::default(),
             failures: Mutex::default(),
-        }))
+        })
     }
 }
 
@@ -321,8 +342,9 @@ pub async fn serve(
         });
     }
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let disk = Disk::prepare(&config)?;
     if !config.leader_elect {
-        return control(&kube_config, &config, metrics, readiness, shutdown).await;
+        return control(&kube_config, &config, &disk, metrics, readiness, shutdown).await;
     }
     let election = Election {
         namespace: config
@@ -353,6 +375,7 @@ pub async fn serve(
         let run = control(
             &kube_config,
             &config,
+            &disk,
             metrics.clone(),
             Readiness::default(),
             shutdown.clone(),
@@ -377,13 +400,21 @@ pub async fn serve(
 async fn control(
     kube_config: &kube::Config,
     config: &Config,
+    disk: &Disk,
     metrics: Arc<Metrics>,
     readiness: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     let client = Client::try_from(kube_config.clone())?;
     let (live, wake) = Live::new(client.clone(), config.namespace.clone());
-    let ctx = Context::new(kube_config.clone(), client.clone(), config, live, metrics)?;
+    let ctx = Context::new(
+        kube_config.clone(),
+        client.clone(),
+        config,
+        disk,
+        live,
+        metrics,
+    );
     let api: Api<GitRepository> = match &config.namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),

@@ -56,17 +56,21 @@ impl Leadership {
         })
     }
 
-    /// Resolves once this process holds the lease.
+    /// Resolves once this process holds the lease; never, if the election has ended.
     pub async fn acquired(&mut self) {
-        let _ = self.leading.wait_for(|leading| *leading).await;
+        if self.leading.wait_for(|leading| *leading).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
-    /// Resolves once this process no longer holds the lease (or cannot tell).
+    /// Resolves once this process no longer holds the lease, or cannot tell (the election
+    /// ended).
     pub async fn lost(&mut self) {
         let _ = self.leading.wait_for(|leading| !*leading).await;
     }
 
-    /// Gives the lease up, so a standby takes over without waiting for it to expire.
+    /// Gives the lease up: a standby takes it at its next look (at the latest when the lease
+    /// would have expired) without having to break it first.
     pub async fn release(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -81,10 +85,13 @@ async fn compete(
     leading: watch::Sender<bool>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    loop {
-        // A fresh manager after every error: one that failed may still believe it holds the
-        // lease and would then never report getting it back.
-        let manager = match manager(&client, &election).await {
+    for attempt in 0u64.. {
+        // A fresh manager after every error, under a fresh identity: one that failed may still
+        // believe it holds the lease, and a new one with the old identity would take a lease
+        // that may have expired meanwhile (and been taken) as still its own. With a new
+        // identity the old lease has to expire or be released, as for anyone.
+        let identity = format!("{}-{attempt}", election.identity);
+        let manager = match manager(&client, &election, &identity).await {
             Ok(manager) => manager,
             Err(e) => {
                 warn!(error = %e, lease = %election.lease_name, "leader election: cannot reach the lease");
@@ -108,9 +115,9 @@ async fn compete(
                 changed = manager.changed() => match changed {
                     Ok(now_leading) => {
                         if now_leading {
-                            info!(identity = %election.identity, lease = %election.lease_name, "acquired the leader lease");
+                            info!(%identity, lease = %election.lease_name, "acquired the leader lease");
                         } else {
-                            warn!(identity = %election.identity, "lost the leader lease");
+                            warn!(%identity, "lost the leader lease");
                         }
                         let _ = leading.send(now_leading);
                     }
@@ -121,6 +128,9 @@ async fn compete(
                             warn!(error = %e, "leader election: the lease could not be read");
                         }
                         let _ = leading.send(false);
+                        // Best effort: if the API server answers again, the lease is free for
+                        // whoever is quickest instead of blocked until it expires.
+                        let _ = manager.release().await;
                         break;
                     }
                 }
@@ -136,13 +146,14 @@ async fn compete(
 async fn manager(
     client: &Client,
     election: &Election,
+    identity: &str,
 ) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
     LeaseManagerBuilder::new(client.clone(), &election.lease_name)
         .with_namespace(&election.namespace)
-        .with_identity(&election.identity)
+        .with_identity(identity)
         .with_duration(LEASE_DURATION.as_secs())
         .with_grace(RENEW_BEFORE_EXPIRY.as_secs())
-        .with_field_manager(format!("capstan-leader-{}", election.identity))
+        .with_field_manager(format!("capstan-leader-{identity}"))
         .build()
         .await
 }

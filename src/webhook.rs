@@ -6,6 +6,7 @@
 //! request reads its Receiver, Secret and the namespace's GitRepositories.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,19 +20,33 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::api::{GitRef, GitRepository, RECONCILE_REQUESTED_ANNOTATION, Receiver, ReceiverType};
 
 /// Push payloads of the big hosts stay far below this; more is refused with 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Requests handled at once; more get 503. Each costs API reads before its signature is known,
+/// so a flood of unsigned requests must not turn into a flood on the API server.
+const MAX_CONCURRENT: usize = 16;
+
+#[derive(Clone)]
+struct Receiving {
+    client: Client,
+    permits: Arc<Semaphore>,
+}
 
 /// Serves the receiver endpoint on `addr` until the runtime shuts down.
 pub async fn serve(addr: SocketAddr, client: Client) -> std::io::Result<()> {
+    let state = Receiving {
+        client,
+        permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+    };
     let app = Router::new()
         .route("/hook/{namespace}/{name}", post(receive))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(client);
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
@@ -43,11 +58,15 @@ fn reply(code: StatusCode, message: impl Into<String>) -> Reply {
 }
 
 async fn receive(
-    State(client): State<Client>,
+    State(state): State<Receiving>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
+    let Ok(_permit) = state.permits.try_acquire() else {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "busy; try again later");
+    };
+    let client = state.client;
     let receivers: Api<Receiver> = Api::namespaced(client.clone(), &namespace);
     let receiver = match receivers.get_opt(&name).await {
         Ok(Some(r)) => r,
@@ -103,7 +122,6 @@ async fn receive(
         }
     };
     let mut triggered = Vec::new();
-    let mut pending = Vec::new();
     for gr in list.items.iter().filter(|gr| {
         let labels = gr.labels();
         receiver
@@ -113,16 +131,9 @@ async fn receive(
             .any(|r| r.selects(&gr.name_any(), labels))
             && push.concerns(gr)
     }) {
-        // A request not yet handled is already on its way: a flood of pushes is one reconcile.
-        let requested = gr.annotations().get(RECONCILE_REQUESTED_ANNOTATION);
-        let handled = gr
-            .status
-            .as_ref()
-            .and_then(|s| s.last_handled_reconcile_at.as_ref());
-        if requested.is_some() && requested != handled {
-            pending.push(gr.name_any());
-            continue;
-        }
+        // Always a fresh request, even if one is pending: that one may be past its fetch and
+        // miss this push. The controller runs one reconcile per GitRepository at a time and
+        // merges requests that arrive meanwhile into one more, so a flood stays cheap.
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let patch = json!({"metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: now}}});
         match grs
@@ -140,10 +151,10 @@ async fn receive(
             }
         }
     }
-    info!(%namespace, receiver = %name, ?triggered, ?pending, "webhook: push received");
+    info!(%namespace, receiver = %name, ?triggered, "webhook: push received");
     reply(
         StatusCode::ACCEPTED,
-        json!({"triggered": triggered, "alreadyPending": pending}).to_string(),
+        json!({"triggered": triggered}).to_string(),
     )
 }
 

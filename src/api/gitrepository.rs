@@ -234,8 +234,10 @@ pub enum SubstituteKind {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HelmSpec {
-    /// Release name. Defaults to the GitRepository's name.
+    /// Release name, a DNS label of at most 53 characters as Helm wants. Defaults to the
+    /// GitRepository's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 53))]
     pub release_name: Option<String>,
     /// Inline values, merged over the values files.
     #[serde(default, skip_serializing_if = "Option::is_none")]

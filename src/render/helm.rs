@@ -35,8 +35,6 @@ pub(super) fn template(
     walk::check_tree(&dir.root)?;
     let mut args: Vec<OsString> = vec![
         "template".into(),
-        options.release_name.clone().into(),
-        OsString::from(&dir.dir),
         "--namespace".into(),
         options.namespace.clone().into(),
         "--include-crds".into(),
@@ -64,6 +62,10 @@ pub(super) fn template(
         args.push("--values".into());
         args.push(path.into());
     }
+    // After `--`, a release name (or path) that starts with `-` cannot pass for a flag.
+    args.push("--".into());
+    args.push(options.release_name.clone().into());
+    args.push(OsString::from(&dir.dir));
     tool::run(Invocation {
         tool: "helm",
         program,

@@ -92,6 +92,11 @@ async fn invalid_objects_are_refused_at_admission() {
             "spec.url",
         ),
         (
+            "a helm release name that could pass for a flag",
+            with(serde_json::json!({"helm": {"releaseName": "--post-renderer=./x"}})),
+            "spec.helm.releaseName",
+        ),
+        (
             "bad interval",
             with(serde_json::json!({"interval": "every minute"})),
             "spec.interval",

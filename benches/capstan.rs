@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use capstan::api::GitRepository;
 use support::Repo;
 use support::env::{control_plane, git_server};
-use support::process::{ControllerProcess, sa_user, service_account_kubeconfig};
+use support::process::{ControllerProcess, cluster_admin_kubeconfig, sa_user};
 use support::{client, namespace};
 
 const SCENARIOS: &[&str] = &["cold", "steady", "latency", "drift", "scale", "fetch"];
@@ -81,14 +81,7 @@ impl Controller {
     /// cluster-wide as it is deployed, taking the GitRepositories of shard `shard`.
     fn start(ns: &str, shard: &str, dir: &Path) -> Controller {
         let sa = "capstan-bench";
-        let kubeconfig = service_account_kubeconfig(ns, sa, dir);
-        control_plane().kubectl(&[
-            "create",
-            "clusterrolebinding",
-            &format!("{ns}-{sa}"),
-            "--clusterrole=cluster-admin",
-            &format!("--serviceaccount={ns}:{sa}"),
-        ]);
+        let kubeconfig = cluster_admin_kubeconfig(ns, sa, dir);
         let shard = format!("--shard={shard}");
         let process =
             ControllerProcess::start(&kubeconfig, "bench", &[&shard, "--leader-elect=false"]);

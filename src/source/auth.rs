@@ -88,6 +88,11 @@ impl Auth {
             .collect()
     }
 
+    /// Whether there is something to present to an HTTP server: basic auth or a token.
+    pub fn has_http_credentials(&self) -> bool {
+        self.basic.is_some() || self.bearer_token.is_some()
+    }
+
     /// Callbacks presenting these credentials once (a rejected credential is not retried: libgit2
     /// would otherwise ask again forever) and refusing SSH hosts that `known_hosts` does not list.
     pub fn callbacks<'a>(&'a self, host: &'a str, port: Option<u16>) -> RemoteCallbacks<'a> {

@@ -8,7 +8,7 @@ pub mod resolve;
 use std::path::Path;
 use std::time::Instant;
 
-use git2::{Direction, FetchOptions, Oid, Repository};
+use git2::{AutotagOption, FetchOptions, Oid, RemoteCallbacks, RemoteRedirect, Repository};
 
 pub use auth::Auth;
 pub use cache::{Cache, CheckError};
@@ -45,6 +45,8 @@ pub struct RemoteUrl {
     raw: String,
     host: String,
     port: Option<u16>,
+    /// Whether the URL carries a user name or password (over HTTP, often a token).
+    userinfo: bool,
     redacted: String,
 }
 
@@ -71,6 +73,8 @@ impl RemoteUrl {
                 raw: raw.to_string(),
                 host,
                 port: url.port(),
+                userinfo: scheme != "ssh"
+                    && (!url.username().is_empty() || url.password().is_some()),
                 redacted: shown.to_string(),
             })
         } else {
@@ -85,6 +89,7 @@ impl RemoteUrl {
                 raw: raw.to_string(),
                 host: host.to_string(),
                 port: None,
+                userinfo: false,
                 redacted: raw.to_string(),
             })
         }
@@ -121,6 +126,12 @@ impl RemoteUrl {
             return SourceError::Authentication { url, message };
         }
         let message = err.message().replace(&self.raw, &self.redacted);
+        if message.starts_with("cannot redirect from") {
+            let message = format!(
+                "{message}: the server redirects elsewhere, and credentials for spec.url are never presented to another host, nor anything sent over http after https; set spec.url to the repository's new address"
+            );
+            return SourceError::Fetch { url, message };
+        }
         if err.code() == git2::ErrorCode::Certificate || err.class() == git2::ErrorClass::Ssl {
             let message = format!(
                 "the server's TLS certificate is not trusted ({message}); for a private CA, put its certificate in ca.crt in the secretRef"
@@ -179,19 +190,47 @@ pub fn set_network_timeouts() {
     });
 }
 
+/// Options for every connection to `remote`: `callbacks` (credentials, certificates), the
+/// bearer token header, and where redirects may lead. Credentials are meant for `spec.url`'s host
+/// alone, yet libgit2 keeps presenting them (the token header, a basic-auth credential already
+/// accepted) to whatever host a redirect names. So with credentials a redirect to another host
+/// is refused; without, the first request may be redirected, as git does by default. A redirect
+/// from https to http is refused either way.
+fn fetch_options<'a>(
+    remote: &RemoteUrl,
+    auth: &Auth,
+    callbacks: RemoteCallbacks<'a>,
+) -> FetchOptions<'a> {
+    let mut opts = FetchOptions::new();
+    opts.remote_callbacks(callbacks);
+    let headers = auth.http_headers();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    opts.custom_headers(&headers);
+    opts.follow_redirects(if auth.has_http_credentials() || remote.userinfo {
+        RemoteRedirect::None
+    } else {
+        RemoteRedirect::Initial
+    });
+    opts
+}
+
 /// The remote's refs and the commits they point at (peeled for annotated tags), without fetching.
 pub fn ls_remote(remote: &RemoteUrl, auth: &Auth) -> Result<Vec<(String, Oid)>, SourceError> {
-    let mut detached =
-        git2::Remote::create_detached(remote.as_str()).map_err(|e| remote.error(e))?;
-    // git2's connect takes no custom headers, so a bearer token is only presented by `fetch`.
-    let connection = detached
-        .connect_auth(
-            Direction::Fetch,
-            Some(auth.callbacks(&remote.host, remote.port)),
-            None,
-        )
+    // git2's `connect` takes neither headers nor a redirect policy. A download that wants no ref,
+    // into an empty in-memory repository, connects exactly as a fetch does, reads the ref
+    // advertisement and transfers no objects.
+    let repo = git2::Odb::new()
+        .and_then(Repository::from_odb)
         .map_err(|e| remote.error(e))?;
-    let heads = connection.list().map_err(|e| remote.error(e))?;
+    let mut anonymous = repo
+        .remote_anonymous(remote.as_str())
+        .map_err(|e| remote.error(e))?;
+    let mut opts = fetch_options(remote, auth, auth.callbacks(&remote.host, remote.port));
+    opts.download_tags(AutotagOption::None);
+    anonymous
+        .download(&["refs/capstan/none:refs/capstan/none"], Some(&mut opts))
+        .map_err(|e| remote.error(e))?;
+    let heads = anonymous.list().map_err(|e| remote.error(e))?;
     Ok(heads
         .iter()
         .map(|h| (h.name().to_string(), h.oid()))
@@ -225,8 +264,6 @@ pub fn fetch(
     };
     {
         let mut detached = repo.remote_anonymous(remote.as_str()).map_err(cache_err)?;
-        let headers = auth.http_headers();
-        let mut opts = FetchOptions::new();
         let mut callbacks = auth.callbacks(&remote.host, remote.port);
         let received = std::rc::Rc::new(std::cell::Cell::new(0u64));
         let seen = received.clone();
@@ -235,9 +272,7 @@ pub fn fetch(
             Instant::now() < limits.deadline && seen.get() <= limits.max_bytes
         });
         callbacks.sideband_progress(move |_| Instant::now() < limits.deadline);
-        opts.remote_callbacks(callbacks);
-        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-        opts.custom_headers(&headers);
+        let mut opts = fetch_options(remote, auth, callbacks);
         opts.depth(depth);
         let fetched = detached.fetch(refspecs, Some(&mut opts), None);
         if received.get() > limits.max_bytes {

@@ -14,7 +14,9 @@ use crate::support::Repo;
 use crate::support::audit;
 use crate::support::controller::{Fixture, configmap, http_get, ready_message, spec};
 use crate::support::env::{control_plane, render_tools};
-use crate::support::process::{ControllerProcess, sa_user, service_account_kubeconfig};
+use crate::support::process::{
+    ControllerProcess, cluster_admin_kubeconfig, sa_user, service_account_kubeconfig,
+};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/capstan");
 
@@ -243,19 +245,6 @@ async fn restricted_mode_leaves_every_change_to_the_service_account() {
     assert!(fx.get("v1", "ConfigMap", "mine").await.is_none());
 }
 
-/// A ServiceAccount of `ns` bound to cluster-admin, and a kubeconfig for it.
-fn admin_identity(ns: &str, sa: &str, dir: &Path) -> std::path::PathBuf {
-    let kubeconfig = service_account_kubeconfig(ns, sa, dir);
-    control_plane().kubectl(&[
-        "create",
-        "clusterrolebinding",
-        &format!("{ns}-{sa}"),
-        "--clusterrole=cluster-admin",
-        &format!("--serviceaccount={ns}:{sa}"),
-    ]);
-    kubeconfig
-}
-
 /// Mutating requests in `ns` since `mark` by `user`, the Lease left out.
 fn writes_by(mark: usize, ns: &str, user: &str) -> Vec<String> {
     audit::mutating_since(mark, ns)
@@ -281,7 +270,7 @@ async fn leader_election_one_works_and_a_standby_takes_over() {
     let dir = tempfile::tempdir().unwrap();
     let mut processes = Vec::new();
     for name in ["a", "b"] {
-        let kubeconfig = admin_identity(&fx.ns, name, dir.path());
+        let kubeconfig = cluster_admin_kubeconfig(&fx.ns, name, dir.path());
         processes.push(ControllerProcess::start(
             &kubeconfig,
             name,
@@ -342,7 +331,7 @@ async fn shards_each_sync_only_their_own() {
     let dir = tempfile::tempdir().unwrap();
     let mut processes = Vec::new();
     for shard in ["one", "two"] {
-        let kubeconfig = admin_identity(&fx.ns, shard, dir.path());
+        let kubeconfig = cluster_admin_kubeconfig(&fx.ns, shard, dir.path());
         processes.push(ControllerProcess::start(
             &kubeconfig,
             shard,

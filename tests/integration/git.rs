@@ -1,5 +1,5 @@
-//! The source stage against real git servers: smart HTTP with basic auth, HTTPS with a private
-//! CA, SSH with known_hosts.
+//! The source stage against real git servers: smart HTTP with basic auth and with a bearer
+//! token, a redirect to another host, HTTPS with a private CA, SSH with known_hosts.
 
 use std::collections::BTreeMap;
 
@@ -61,6 +61,105 @@ fn http_with_basic_auth() {
 
     let err = fetch_main(&repo.auth_url(), &Auth::default()).unwrap_err();
     assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+}
+
+fn token(token: &str) -> Auth {
+    Auth::from_secret_data(&BTreeMap::from([(
+        "bearerToken".to_string(),
+        token.as_bytes().to_vec(),
+    )]))
+    .unwrap()
+}
+
+fn ls_remote(url: &str, auth: &Auth) -> Result<Vec<(String, git2::Oid)>, SourceError> {
+    source::ls_remote(&RemoteUrl::parse(url).unwrap(), auth)
+}
+
+#[test]
+fn http_with_a_bearer_token() {
+    // The server refuses every request without the token, the ref advertisement included.
+    let repo = Repo::create("http-token", &[("a.yaml", "a: 1\n")]);
+    let auth = token(git_server().var("GIT_HTTP_TOKEN"));
+    let refs = ls_remote(&repo.token_url(), &auth).unwrap();
+    assert!(refs.contains(&("refs/heads/main".to_string(), repo.head().parse().unwrap())));
+    assert_eq!(
+        fetch_main(&repo.token_url(), &auth).unwrap().to_string(),
+        repo.head()
+    );
+
+    for auth in [token("wrong-t0ken"), Auth::default()] {
+        let err = ls_remote(&repo.token_url(), &auth).unwrap_err();
+        assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+        assert!(!err.to_string().contains("wrong-t0ken"), "{err}");
+        let err = fetch_main(&repo.token_url(), &auth).unwrap_err();
+        assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_host_is_followed_without_credentials_only() {
+    let repo = Repo::create("moved", &[("a.yaml", "a: 1\n")]);
+    let gs = git_server();
+    // Requests for this repository that reached the other host, and what they presented.
+    let at_other_host = || async {
+        gs.access_log()
+            .await
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|host| host.starts_with("127.0.0.2:"))
+                    && l.contains(&format!("/{}.git/", repo.name))
+            })
+            .map(|l| l.rsplit_once("authorization=").unwrap().1.to_string())
+            .collect::<Vec<_>>()
+    };
+
+    // Anonymous: the first request may be redirected, as git allows, and the other host serves.
+    assert_eq!(
+        ls_remote(&repo.moved_url(), &Auth::default()).unwrap()[0]
+            .1
+            .to_string(),
+        repo.head()
+    );
+    assert_eq!(
+        fetch_main(&repo.moved_url(), &Auth::default())
+            .unwrap()
+            .to_string(),
+        repo.head()
+    );
+    let anonymous = at_other_host().await;
+    assert!(anonymous.len() >= 3, "{anonymous:?}");
+    assert!(anonymous.iter().all(|a| a == "\"-\""), "{anonymous:?}");
+
+    // With credentials meant for 127.0.0.1, the redirect is refused before anything reaches the
+    // other host: the token, a password, a user name in the URL.
+    let password = gs.var("GIT_HTTP_PASSWORD");
+    let with_userinfo = repo
+        .moved_url()
+        .replace("http://", &format!("http://capstan:{password}@"));
+    for (url, auth) in [
+        (repo.moved_url(), token(gs.var("GIT_HTTP_TOKEN"))),
+        (repo.moved_url(), basic("capstan", password)),
+        (with_userinfo, Auth::default()),
+    ] {
+        for err in [
+            ls_remote(&url, &auth).unwrap_err(),
+            fetch_main(&url, &auth).unwrap_err(),
+        ] {
+            let shown = err.to_string();
+            assert!(
+                shown.contains("127.0.0.2") && shown.contains("spec.url"),
+                "{shown}"
+            );
+            assert!(!shown.contains(password), "{shown}");
+        }
+    }
+    assert_eq!(
+        at_other_host().await,
+        anonymous,
+        "nothing more reached 127.0.0.2"
+    );
 }
 
 #[test]

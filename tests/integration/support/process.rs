@@ -45,6 +45,20 @@ pub fn service_account_kubeconfig(ns: &str, sa: &str, dir: &Path) -> PathBuf {
     path
 }
 
+/// A ServiceAccount of `ns` bound to cluster-admin (as the chart's default RBAC allows about as
+/// much), and a kubeconfig for it.
+pub fn cluster_admin_kubeconfig(ns: &str, sa: &str, dir: &Path) -> PathBuf {
+    let kubeconfig = service_account_kubeconfig(ns, sa, dir);
+    control_plane().kubectl(&[
+        "create",
+        "clusterrolebinding",
+        &format!("{ns}-{sa}"),
+        "--clusterrole=cluster-admin",
+        &format!("--serviceaccount={ns}:{sa}"),
+    ]);
+    kubeconfig
+}
+
 /// The user name the API server sees for a ServiceAccount.
 pub fn sa_user(ns: &str, sa: &str) -> String {
     format!("system:serviceaccount:{ns}:{sa}")
@@ -59,7 +73,8 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    /// Starts `capstan controller ARGS` as `POD_NAME=pod_name`, connecting with `kubeconfig`.
+    /// Starts `capstan controller ARGS` as `POD_NAME=pod_name`, connecting with `kubeconfig`,
+    /// logging at `info` unless ARGS hold a `--log-level`.
     pub fn start(kubeconfig: &Path, pod_name: &str, args: &[&str]) -> ControllerProcess {
         let dir = tempfile::tempdir().unwrap();
         // Held at once, so the ports differ.
@@ -84,8 +99,9 @@ impl ControllerProcess {
                 "--cache-dir={}",
                 dir.path().join("cache").display()
             ))
-            .args(["--log-format=text", "--log-level=info"])
+            .arg("--log-format=text")
             .args(args)
+            .env("CAPSTAN_LOG_LEVEL", "info")
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", pod_name)
             .env("CAPSTAN_KUSTOMIZE_PATH", &tools.kustomize)

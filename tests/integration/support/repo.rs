@@ -163,6 +163,24 @@ impl Repo {
         )
     }
 
+    /// Needs `Authorization: Bearer $GIT_HTTP_TOKEN`.
+    pub fn token_url(&self) -> String {
+        format!(
+            "{}/{}.git",
+            git_server().var("GIT_HTTP_TOKEN_URL"),
+            self.name
+        )
+    }
+
+    /// Redirects to the repository on another host (127.0.0.2).
+    pub fn moved_url(&self) -> String {
+        format!(
+            "{}/{}.git",
+            git_server().var("GIT_HTTP_MOVED_URL"),
+            self.name
+        )
+    }
+
     pub fn ssh_url(&self) -> String {
         let gs = git_server();
         format!(

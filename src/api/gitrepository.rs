@@ -171,10 +171,15 @@ pub struct GitRef {
 }
 
 /// A reference to an object in the same namespace.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("!has(self.__namespace__)").message("references name an object in the same namespace; another namespace cannot be given"))]
 pub struct LocalObjectReference {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// Never allowed. Declared so that admission refuses it, rather than the schema dropping it
+    /// unseen and the reference silently meaning another object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// What deleting a GitRepository does to the objects it applied.

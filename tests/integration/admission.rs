@@ -97,6 +97,11 @@ async fn invalid_objects_are_refused_at_admission() {
             "spec.helm.releaseName",
         ),
         (
+            "a secretRef to another namespace",
+            with(serde_json::json!({"secretRef": {"name": "git", "namespace": "other"}})),
+            "same namespace",
+        ),
+        (
             "bad interval",
             with(serde_json::json!({"interval": "every minute"})),
             "spec.interval",

@@ -612,9 +612,16 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         }
         Ok(None) => (None, jitter(interval)),
         Err(Failure { verdict }) => {
-            let delay = match verdict {
+            let delay = match &verdict {
                 // Only a change fixes it; look again at the next interval.
-                Verdict::Stalled { .. } => jitter(interval),
+                Verdict::Stalled { reason, message } => {
+                    warn!(reason, %message, "stalled until the spec or git changes");
+                    jitter(interval)
+                }
+                Verdict::Retrying { reason, message } => {
+                    warn!(reason, %message, "failed; retrying with backoff");
+                    backoff(ctx, gr)
+                }
                 _ => backoff(ctx, gr),
             };
             (Some(verdict), delay)

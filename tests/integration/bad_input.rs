@@ -171,63 +171,6 @@ async fn path_that_does_not_exist_and_emptied_directory() {
 }
 
 #[tokio::test]
-async fn wrong_credentials_then_fixed() {
-    let fx = Fixture::new("creds").await;
-    let repo = Repo::create("creds", &[("keep.yaml", &configmap("keep", "1"))]);
-    let password = git_server().var("GIT_HTTP_PASSWORD").to_string();
-    let secret = |password: &str| {
-        serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(json!({
-            "metadata": {"name": "git"},
-            "stringData": {"username": "capstan", "password": password},
-        }))
-        .unwrap()
-    };
-    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(fx.client.clone(), &fx.ns);
-    secrets
-        .create(&Default::default(), &secret("not-the-password"))
-        .await
-        .unwrap();
-    fx.create(
-        "app",
-        spec(repo.auth_url(), json!({"secretRef": {"name": "git"}})),
-    )
-    .await;
-    // A token written into the URL's user name is a credential too.
-    let token_url = repo.auth_url().replace("http://", "http://s3cr3t-token@");
-    fx.create("token", spec(token_url, json!({}))).await;
-    let gr = fx.wait_failed("app", "AuthenticationFailed").await;
-    let token_gr = fx.wait_failed("token", "AuthenticationFailed").await;
-    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
-        kube::Api::namespaced(fx.client.clone(), &fx.ns);
-    let events = events.list(&Default::default()).await.unwrap();
-    assert!(!events.items.is_empty(), "failures are reported as events");
-    let seen = format!(
-        "{}{}{}",
-        serde_json::to_string(&gr.status).unwrap(),
-        serde_json::to_string(&token_gr.status).unwrap(),
-        serde_json::to_string(&events.items).unwrap()
-    );
-    for secret in ["not-the-password", "s3cr3t-token", password.as_str()] {
-        assert!(
-            !seen.contains(secret),
-            "{secret} leaked into status or events"
-        );
-    }
-
-    secrets
-        .replace("git", &Default::default(), &{
-            let mut s = secret(&password);
-            s.metadata.resource_version =
-                secrets.get("git").await.unwrap().metadata.resource_version;
-            s
-        })
-        .await
-        .unwrap();
-    fx.wait_applied("app", &repo.head()).await;
-}
-
-#[tokio::test]
 async fn git_server_stopped_branch_deleted_and_force_push() {
     let fx = Fixture::new("outage").await;
     let repo = Repo::create("outage", &[("keep.yaml", &configmap("keep", "1"))]);

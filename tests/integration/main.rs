@@ -7,6 +7,7 @@ mod support;
 mod admission;
 mod bad_input;
 mod cli;
+mod credentials;
 mod deploy;
 mod git;
 mod hostile;

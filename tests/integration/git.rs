@@ -1,5 +1,6 @@
 //! The source stage against real git servers: smart HTTP with basic auth and with a bearer
-//! token, a redirect to another host, HTTPS with a private CA, SSH with known_hosts.
+//! token, a redirect to another host, HTTPS with a private CA (basic auth and a token over TLS, a
+//! redirect down to http refused), SSH with known_hosts.
 
 use std::collections::BTreeMap;
 
@@ -248,6 +249,40 @@ fn https_with_a_private_ca() {
     );
     let refs = source::ls_remote(&RemoteUrl::parse(&repo.https_url()).unwrap(), &auth).unwrap();
     assert!(refs.iter().any(|(name, _)| name == "refs/heads/main"));
+
+    // Basic auth and a token over TLS, with ca.crt beside them.
+    let gs = git_server();
+    let with = |credentials: &[(&str, &str)]| {
+        let mut data = BTreeMap::from([("ca.crt".to_string(), ca.clone())]);
+        for (key, value) in credentials {
+            data.insert(key.to_string(), value.as_bytes().to_vec());
+        }
+        Auth::from_secret_data(&data).unwrap()
+    };
+    let basic_tls = with(&[
+        ("username", "capstan"),
+        ("password", gs.var("GIT_HTTP_PASSWORD")),
+    ]);
+    let token_tls = with(&[("bearerToken", gs.var("GIT_HTTP_TOKEN"))]);
+    for (path, auth) in [("/auth/", &basic_tls), ("/token/", &token_tls)] {
+        let url = repo.https_url().replace("/git/", path);
+        assert_eq!(fetch_main(&url, auth).unwrap().to_string(), repo.head());
+        assert!(
+            ls_remote(&url, auth)
+                .unwrap()
+                .iter()
+                .any(|(n, _)| n == "refs/heads/main")
+        );
+    }
+
+    // /moved/ redirects to plain http: refused even without credentials to protect.
+    let downgrade = repo.https_url().replace("/git/", "/moved/");
+    for err in [
+        ls_remote(&downgrade, &auth).unwrap_err(),
+        fetch_main(&downgrade, &auth).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("cannot redirect"), "{err}");
+    }
 
     // Without ca.crt the system's roots decide, and they do not know this CA.
     let err = fetch_main(&repo.https_url(), &Auth::default()).unwrap_err();

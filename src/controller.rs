@@ -431,6 +431,8 @@ async fn control(
         watcher::Config::default().labels(&shard).any_semantic(),
     )
     .default_backoff()
+    // Nothing reads who wrote which field of a GitRepository; at scale that is most of the cache.
+    .modify(|gr| gr.managed_fields_mut().clear())
     .reflect(writer)
     .inspect(move |event| {
         // Ready once every GitRepository has been listed.

@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -26,6 +25,7 @@ use serde_json::{Value, json};
 
 use capstan::api::GitRepository;
 use support::Repo;
+use support::controller::{configmap, http_request, put_secret};
 use support::env::{control_plane, git_server};
 use support::process::{ControllerProcess, cluster_admin_kubeconfig, sa_user};
 use support::{client, namespace};
@@ -287,12 +287,6 @@ async fn wait_value(cms: &Api<ConfigMap>, name: &str, value: &str, limit: Durati
         assert!(Instant::now() < deadline, "{name} never became {value}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn configmap(name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n"
-    )
 }
 
 // ---------------------------------------------------------------- scenario 1: cold sync
@@ -611,20 +605,7 @@ async fn latency(b: &Bench, controller: &Controller, figures: &mut Figures) {
 
     // A Receiver for the webhook path.
     let token = b"bench-token";
-    Api::<Secret>::namespaced(b.client.clone(), &b.ns)
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: kube::api::ObjectMeta {
-                    name: Some("bench-hook".into()),
-                    ..Default::default()
-                },
-                data: Some([("token".to_string(), ByteString(token.to_vec()))].into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    put_secret(&b.client, &b.ns, "bench-hook", &[("token", token)]).await;
     Api::<capstan::api::Receiver>::namespaced(b.client.clone(), &b.ns)
         .create(
             &PostParams::default(),
@@ -684,17 +665,16 @@ async fn latency(b: &Bench, controller: &Controller, figures: &mut Figures) {
 }
 
 async fn post_hook(addr: std::net::SocketAddr, path: &str, body: &str, token: &[u8]) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let signature = capstan::webhook::github_signature(body.as_bytes(), token);
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nX-Hub-Signature-256: {signature}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.unwrap();
-    assert!(response.contains(" 202 "), "{response}");
+    let headers = [
+        ("Content-Type", "application/json".to_string()),
+        ("X-GitHub-Event", "push".to_string()),
+        (
+            "X-Hub-Signature-256",
+            capstan::webhook::github_signature(body.as_bytes(), token),
+        ),
+    ];
+    let (code, reply) = http_request(addr, "POST", path, &headers, body.as_bytes()).await;
+    assert_eq!(code, 202, "{reply}");
 }
 
 // ---------------------------------------------------------------- scenario 4: drift latency

@@ -4,17 +4,13 @@
 //! credentials then sync, the token on the ref check as well as on the fetch.
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::{Event, Secret};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::Api;
 use serde_json::json;
 
-use crate::support::controller::{Fixture, configmap, ready_message, spec};
+use crate::support::controller::{Fixture, configmap, put_secret, ready_message, spec};
 use crate::support::process::{ControllerProcess, cluster_admin_kubeconfig};
 use crate::support::{Repo, git_server};
-
-fn secret(name: &str, data: serde_json::Value) -> Secret {
-    serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap()
-}
 
 #[tokio::test]
 async fn secrets_stay_out_of_logs_events_and_status_and_fixed_credentials_sync() {
@@ -40,20 +36,26 @@ async fn secrets_stay_out_of_logs_events_and_status_and_fixed_credentials_sync()
     );
     let gs = git_server();
     let (password, token) = (gs.var("GIT_HTTP_PASSWORD"), gs.var("GIT_HTTP_TOKEN"));
-    let secrets: Api<Secret> = Api::namespaced(fx.client.clone(), &fx.ns);
-    for s in [
-        secret(
-            "basic",
-            json!({"username": "capstan", "password": "not-the-password"}),
-        ),
-        secret("token", json!({"bearerToken": "wrong-t0ken"})),
-        secret(
-            "right",
-            json!({"username": "capstan", "password": password, "bearerToken": token}),
-        ),
-    ] {
-        secrets.create(&PostParams::default(), &s).await.unwrap();
-    }
+    let (c, ns) = (&fx.client, fx.ns.as_str());
+    put_secret(
+        c,
+        ns,
+        "basic",
+        &[("username", b"capstan"), ("password", b"not-the-password")],
+    )
+    .await;
+    put_secret(c, ns, "token", &[("bearerToken", b"wrong-t0ken")]).await;
+    put_secret(
+        c,
+        ns,
+        "right",
+        &[
+            ("username", b"capstan"),
+            ("password", password.as_bytes()),
+            ("bearerToken", token.as_bytes()),
+        ],
+    )
+    .await;
     let with = |path: &str, secret: Option<&str>| match secret {
         Some(name) => json!({"path": path, "secretRef": {"name": name}}),
         None => json!({"path": path}),
@@ -89,21 +91,14 @@ async fn secrets_stay_out_of_logs_events_and_status_and_fixed_credentials_sync()
     failed.push(moved);
 
     // The same credentials, right this time: the token now passes the ref check and the fetch.
-    for (name, data) in [
-        (
-            "basic",
-            json!({"username": "capstan", "password": password}),
-        ),
-        ("token", json!({"bearerToken": token})),
-    ] {
-        let mut fixed = secret(name, data);
-        fixed.metadata.resource_version =
-            secrets.get(name).await.unwrap().metadata.resource_version;
-        secrets
-            .replace(name, &PostParams::default(), &fixed)
-            .await
-            .unwrap();
-    }
+    put_secret(
+        c,
+        ns,
+        "basic",
+        &[("username", b"capstan"), ("password", password.as_bytes())],
+    )
+    .await;
+    put_secret(c, ns, "token", &[("bearerToken", token.as_bytes())]).await;
     fx.wait_applied("basic", &repo.head()).await;
     fx.wait_applied("token", &repo.head()).await;
     assert!(fx.get("v1", "ConfigMap", "token").await.is_some());

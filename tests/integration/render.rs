@@ -3,13 +3,12 @@
 
 use std::process::Command;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::support::Repo;
-use crate::support::controller::{Fixture, configmap, ready_message, spec};
+use crate::support::controller::{Fixture, configmap, put_secret, ready_message, spec};
 
 fn kustomize_tree(ns: &str, mode: &str) -> Vec<(String, String)> {
     let files = [
@@ -279,21 +278,13 @@ async fn substitution_from_a_configmap_and_a_secret() {
     )
     .await
     .unwrap();
-    let secrets: Api<Secret> = Api::namespaced(fx.client.clone(), &fx.ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: kube::api::ObjectMeta {
-                    name: Some("cluster-secrets".into()),
-                    ..Default::default()
-                },
-                data: Some([("token".to_string(), ByteString(b"s3cr3t-t0ken".to_vec()))].into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    put_secret(
+        &fx.client,
+        &fx.ns,
+        "cluster-secrets",
+        &[("token", b"s3cr3t-t0ken")],
+    )
+    .await;
     let app = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-${cluster}\ndata:\n  region: ${region}\n  size: \"${size:=small}\"\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: app-token\nstringData:\n  token: ${token}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: script\n  annotations:\n    capstan.dev/substitute: disabled\ndata:\n  run.sh: echo ${HOME}\n";
     let repo = Repo::create("substitute", &[("app.yaml", app)]);
     fx.create(
@@ -314,6 +305,7 @@ async fn substitution_from_a_configmap_and_a_secret() {
     fx.wait_applied("app", &repo.head()).await;
     let cm = fx.get("v1", "ConfigMap", "app-eu").await.unwrap();
     assert_eq!(cm.data["data"], json!({"region": "west", "size": "small"}));
+    let secrets: Api<Secret> = Api::namespaced(fx.client.clone(), &fx.ns);
     let token = secrets.get("app-token").await.unwrap();
     assert_eq!(token.data.unwrap()["token"].0, b"s3cr3t-t0ken");
     let script = fx.get("v1", "ConfigMap", "script").await.unwrap();

@@ -2,46 +2,19 @@
 
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 use crate::support::Repo;
-use crate::support::controller::{Fixture, configmap, http_get, spec};
+use crate::support::controller::{Fixture, configmap, http_get, http_request, put_secret, spec};
 
 const TOKEN: &[u8] = b"hook-s3cret";
 
-/// POSTs `body` to the fixture's webhook endpoint; returns (status code, body).
+/// POSTs `body` (JSON) to the fixture's webhook endpoint; returns (status code, body).
 async fn post(fx: &Fixture, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(fx.webhook_addr.unwrap())
-        .await
-        .unwrap();
-    let mut request = format!(
-        "POST {path} HTTP/1.0\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    conn.write_all(request.as_bytes()).await.unwrap();
-    // A server that refuses early may close before the whole body is written.
-    let _ = conn.write_all(body).await;
-    let mut response = Vec::new();
-    let _ = conn.read_to_end(&mut response).await;
-    let response = String::from_utf8_lossy(&response);
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    let mut headers = headers.to_vec();
+    headers.push(("Content-Type", "application/json".into()));
+    http_request(fx.webhook_addr.unwrap(), "POST", path, &headers, body).await
 }
 
 fn push_body(repo: &Repo, git_ref: &str) -> Vec<u8> {
@@ -78,21 +51,7 @@ async fn a_signed_push_reconciles_at_once_and_a_bad_one_changes_nothing() {
     fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
         .await;
     fx.wait_applied("app", &repo.head()).await;
-    let secrets: Api<Secret> = Api::namespaced(fx.client.clone(), &fx.ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: kube::api::ObjectMeta {
-                    name: Some("hook-token".into()),
-                    ..Default::default()
-                },
-                data: Some([("token".to_string(), ByteString(TOKEN.to_vec()))].into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    put_secret(&fx.client, &fx.ns, "hook-token", &[("token", TOKEN)]).await;
     let receivers: Api<capstan::api::Receiver> = Api::namespaced(fx.client.clone(), &fx.ns);
     receivers
         .create(

@@ -6,6 +6,8 @@ use std::time::Duration;
 use capstan::api::GitRepository;
 use capstan::controller::{Config, RenderConfig};
 use capstan::telemetry::LogFormat;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 
@@ -233,15 +235,59 @@ impl Fixture {
     }
 }
 
-/// GET `path` from `addr` over plain HTTP: (status code, body).
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+/// Creates Secret `name` of `ns` holding `data`, or gives it that data when it exists.
+pub async fn put_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &[u8])]) {
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("capstan-tests").force(),
+            &Patch::Apply(&secret),
+        )
         .await
         .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.unwrap();
+}
+
+/// GET `path` from `addr` over plain HTTP: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[], b"").await
+}
+
+/// One HTTP/1.0 request with `headers` and `body` to `addr`: (status code, body). A server that
+/// answers before reading the whole body still has its answer read.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let _ = conn.write_all(body).await;
+    let mut response = Vec::new();
+    let _ = conn.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
     let code = response
         .split_whitespace()
         .nth(1)

@@ -163,7 +163,7 @@ accesslog.format = "%h %V %u %t \\"%r\\" %>s %b \\"%{Referer}i\\" \\"%{User-Agen
 # Request bodies (pushes) are spooled here rather than in /var/tmp.
 server.upload-dirs = ( "$dir/tmp" )
 
-# Both prefixes map onto the same backend and the same GIT_PROJECT_ROOT; lighttpd passes the
+# The prefixes map onto the same backend and the same GIT_PROJECT_ROOT; lighttpd passes the
 # rest of the URL (/NAME.git/info/refs, ...) to the CGI as PATH_INFO.
 alias.url = ( "/git/"  => "$backend/",
               "/auth/" => "$backend/",
@@ -188,6 +188,8 @@ auth.require = ( "/auth/" => ( "method" => "basic", "realm" => "capstan-git",
     }
 }
 
+# On 127.0.0.1 (over https too, which makes it a redirect down to http), /moved/ points at the
+# same repository on another host.
 \$HTTP["host"] =~ "^127[.]0[.]0[.]1(:|\$)" {
     url.redirect = ( "^/moved/(.*)\$" => "http://127.0.0.2:$port/git/\$1" )
     url.redirect-code = 302

@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use git2::{CertificateCheckStatus, Cred, CredentialType, RemoteCallbacks};
+use rustls_pki_types::CertificateDer;
 
 use super::SourceError;
 
@@ -19,8 +20,8 @@ pub struct Auth {
     pub identity: Option<(String, Option<String>)>,
     /// `known_hosts`: without it no SSH host is trusted.
     pub known_hosts: Option<String>,
-    /// `ca.crt`: PEM certificates, the only ones an HTTPS server's certificate may be signed by.
-    pub ca: Option<Vec<u8>>,
+    /// `ca.crt`, parsed once: the only certificates an HTTPS server's certificate may be signed by.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -70,13 +71,11 @@ impl Auth {
             bearer_token: text("bearerToken")?,
             identity: identity.map(|key| (key, password)),
             known_hosts: text("known_hosts")?,
-            ca: match data.get("ca.crt") {
-                Some(pem) => {
-                    tls::anchors(pem).map_err(SourceError::InvalidCredentials)?;
-                    Some(pem.clone())
-                }
-                None => None,
-            },
+            ca: data
+                .get("ca.crt")
+                .map(|pem| tls::certificates(pem))
+                .transpose()
+                .map_err(SourceError::InvalidCredentials)?,
         })
     }
 
@@ -241,7 +240,7 @@ mod tls {
     use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
     /// The certificates of a PEM bundle; an error when there are none or one is malformed.
-    pub fn anchors(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<_, _>>()
             .map_err(|e| format!("key \"ca.crt\" is not PEM certificates: {e:?}"))?;
@@ -252,9 +251,8 @@ mod tls {
     }
 
     /// Whether the certificate `leaf` (DER), as presented by `host`, is signed by one of the
-    /// certificates in `ca_pem`, is valid now for server authentication, and names `host`.
-    pub fn verify(ca_pem: &[u8], leaf: &[u8], host: &str) -> Result<(), String> {
-        let ca = anchors(ca_pem)?;
+    /// certificates `ca`, is valid now for server authentication, and names `host`.
+    pub fn verify(ca: &[CertificateDer<'_>], leaf: &[u8], host: &str) -> Result<(), String> {
         let anchors = ca
             .iter()
             .map(|c| webpki::anchor_from_trusted_cert(c).map_err(|e| e.to_string()))

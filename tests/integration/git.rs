@@ -26,22 +26,34 @@ fn fetch_main(url: &str, auth: &Auth) -> Result<git2::Oid, SourceError> {
     Ok(oid)
 }
 
+/// Credentials as a Secret with these keys holds them.
+fn secret(keys: &[(&str, &[u8])]) -> Result<Auth, SourceError> {
+    let data: BTreeMap<String, Vec<u8>> = keys
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .collect();
+    Auth::from_secret_data(&data)
+}
+
 fn basic(user: &str, password: &str) -> Auth {
-    Auth::from_secret_data(&BTreeMap::from([
-        ("username".to_string(), user.as_bytes().to_vec()),
-        ("password".to_string(), password.as_bytes().to_vec()),
-    ]))
+    secret(&[
+        ("username", user.as_bytes()),
+        ("password", password.as_bytes()),
+    ])
     .unwrap()
 }
 
+fn token(token: &str) -> Auth {
+    secret(&[("bearerToken", token.as_bytes())]).unwrap()
+}
+
 fn ssh(known_hosts: &str) -> Auth {
-    let gs = git_server();
-    let key = std::fs::read(gs.var("GIT_SSH_KEY")).unwrap();
-    Auth::from_secret_data(&BTreeMap::from([
-        ("identity".to_string(), key),
-        ("known_hosts".to_string(), known_hosts.as_bytes().to_vec()),
-    ]))
-    .unwrap()
+    let key = std::fs::read(git_server().var("GIT_SSH_KEY")).unwrap();
+    secret(&[("identity", &key), ("known_hosts", known_hosts.as_bytes())]).unwrap()
+}
+
+fn ls_remote(url: &str, auth: &Auth) -> Result<Vec<(String, git2::Oid)>, SourceError> {
+    source::ls_remote(&RemoteUrl::parse(url).unwrap(), auth)
 }
 
 #[test]
@@ -62,18 +74,6 @@ fn http_with_basic_auth() {
 
     let err = fetch_main(&repo.auth_url(), &Auth::default()).unwrap_err();
     assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
-}
-
-fn token(token: &str) -> Auth {
-    Auth::from_secret_data(&BTreeMap::from([(
-        "bearerToken".to_string(),
-        token.as_bytes().to_vec(),
-    )]))
-    .unwrap()
-}
-
-fn ls_remote(url: &str, auth: &Auth) -> Result<Vec<(String, git2::Oid)>, SourceError> {
-    source::ls_remote(&RemoteUrl::parse(url).unwrap(), auth)
 }
 
 #[test]
@@ -169,11 +169,7 @@ fn ssh_with_known_hosts() {
     let gs = git_server();
     let known_hosts = std::fs::read_to_string(gs.var("GIT_SSH_KNOWN_HOSTS")).unwrap();
     let fetched = fetch_main(&repo.ssh_url(), &ssh(&known_hosts)).unwrap();
-    let ls = source::ls_remote(
-        &RemoteUrl::parse(&repo.ssh_url()).unwrap(),
-        &ssh(&known_hosts),
-    )
-    .unwrap();
+    let ls = ls_remote(&repo.ssh_url(), &ssh(&known_hosts)).unwrap();
     assert!(
         ls.contains(&("refs/heads/main".to_string(), fetched)),
         "{ls:?}"
@@ -220,12 +216,13 @@ fn ssh_with_a_passphrase_protected_key() {
     std::fs::write(&authorized, keys).unwrap();
 
     let known_hosts = std::fs::read(gs.var("GIT_SSH_KNOWN_HOSTS")).unwrap();
+    let identity = std::fs::read(&key).unwrap();
     let auth = |passphrase: &str| {
-        Auth::from_secret_data(&BTreeMap::from([
-            ("identity".to_string(), std::fs::read(&key).unwrap()),
-            ("password".to_string(), passphrase.as_bytes().to_vec()),
-            ("known_hosts".to_string(), known_hosts.clone()),
-        ]))
+        secret(&[
+            ("identity", &identity),
+            ("password", passphrase.as_bytes()),
+            ("known_hosts", &known_hosts),
+        ])
         .unwrap()
     };
     let fetched = fetch_main(&repo.ssh_url(), &auth("open sesame")).unwrap();
@@ -234,36 +231,31 @@ fn ssh_with_a_passphrase_protected_key() {
     assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
 }
 
-fn with_ca(pem: &[u8]) -> Result<Auth, SourceError> {
-    Auth::from_secret_data(&BTreeMap::from([("ca.crt".to_string(), pem.to_vec())]))
-}
-
 #[test]
 fn https_with_a_private_ca() {
     let repo = Repo::create("tls", &[("a.yaml", "a: 1\n")]);
     let ca = std::fs::read(git_server().var("GIT_HTTPS_CA")).unwrap();
-    let auth = with_ca(&ca).unwrap();
+    let auth = secret(&[("ca.crt", &ca)]).unwrap();
     assert_eq!(
         fetch_main(&repo.https_url(), &auth).unwrap().to_string(),
         repo.head()
     );
-    let refs = source::ls_remote(&RemoteUrl::parse(&repo.https_url()).unwrap(), &auth).unwrap();
+    let refs = ls_remote(&repo.https_url(), &auth).unwrap();
     assert!(refs.iter().any(|(name, _)| name == "refs/heads/main"));
 
     // Basic auth and a token over TLS, with ca.crt beside them.
     let gs = git_server();
-    let with = |credentials: &[(&str, &str)]| {
-        let mut data = BTreeMap::from([("ca.crt".to_string(), ca.clone())]);
-        for (key, value) in credentials {
-            data.insert(key.to_string(), value.as_bytes().to_vec());
-        }
-        Auth::from_secret_data(&data).unwrap()
-    };
-    let basic_tls = with(&[
-        ("username", "capstan"),
-        ("password", gs.var("GIT_HTTP_PASSWORD")),
-    ]);
-    let token_tls = with(&[("bearerToken", gs.var("GIT_HTTP_TOKEN"))]);
+    let basic_tls = secret(&[
+        ("ca.crt", &ca),
+        ("username", b"capstan"),
+        ("password", gs.var("GIT_HTTP_PASSWORD").as_bytes()),
+    ])
+    .unwrap();
+    let token_tls = secret(&[
+        ("ca.crt", &ca),
+        ("bearerToken", gs.var("GIT_HTTP_TOKEN").as_bytes()),
+    ])
+    .unwrap();
     for (path, auth) in [("/auth/", &basic_tls), ("/token/", &token_tls)] {
         let url = repo.https_url().replace("/git/", path);
         assert_eq!(fetch_main(&url, auth).unwrap().to_string(), repo.head());
@@ -308,11 +300,15 @@ fn https_with_a_private_ca() {
         .output()
         .unwrap();
     assert!(status.status.success());
-    let other = with_ca(&std::fs::read(other.path().join("ca.crt")).unwrap()).unwrap();
+    let other = secret(&[(
+        "ca.crt",
+        &std::fs::read(other.path().join("ca.crt")).unwrap(),
+    )])
+    .unwrap();
     let err = fetch_main(&repo.https_url(), &other).unwrap_err();
     assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
 
     // A ca.crt that is not a certificate is refused up front.
-    let err = with_ca(b"not a certificate").unwrap_err();
+    let err = secret(&[("ca.crt", b"not a certificate")]).unwrap_err();
     assert_eq!(err.reason(), "InvalidSource", "{err}");
 }

@@ -1,15 +1,19 @@
-//! Kustomize overlays: `kustomize build` on the directory, after checking that nothing the
-//! repository's kustomizations reference lies outside the checkout or on the network.
+//! Kustomize overlays: `kustomize build` on the directory, after checking that nothing the build
+//! reads lies outside the checkout or on the network.
 //!
 //! kustomize's own load restrictor keeps the files a kustomization reads (patches, generator
 //! inputs) inside that kustomization's directory, but lets it name other directories as bases
-//! anywhere. So every kustomization file in the checkout is read first, and each directory or
-//! file it references must exist inside the checkout. Remote bases and resources are refused
-//! there, and the tool runs with no route to the network besides. Plugins stay disabled: the
-//! flags that enable exec and KRM functions are never passed.
+//! anywhere. So, before the tool runs, the kustomization at the path is read, and every
+//! kustomization it reaches through its references, transitively: each directory or file they
+//! name must exist inside the checkout, and no symlink in the directories reached may leave it.
+//! Nothing else in the checkout is looked at: in a monorepo, one app's files never fail another
+//! app's build. Remote bases and resources are refused there, and the tool runs with no route to
+//! the network besides. Plugins stay disabled: the flags that enable exec and KRM functions are
+//! never passed.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -38,9 +42,7 @@ pub(super) fn build(
     limits: &Limits,
     timeout: Duration,
 ) -> Result<String, RenderError> {
-    for file in walk::check_tree(&dir.root)? {
-        check_references(&dir.root, &file, limits)?;
-    }
+    check_reachable(&dir.root, &dir.dir, limits)?;
     let home = tempfile::tempdir().map_err(|e| RenderError::Io {
         path: "temporary directory".into(),
         message: e.to_string(),
@@ -61,7 +63,32 @@ pub(super) fn build(
     })
 }
 
-fn check_references(root: &Path, file: &Path, limits: &Limits) -> Result<(), RenderError> {
+/// Checks what `kustomize build start` reads: the kustomization there and, breadth first, every
+/// directory its references lead to.
+fn check_reachable(root: &Path, start: &Path, limits: &Limits) -> Result<(), RenderError> {
+    let mut queue = VecDeque::from([start.to_path_buf()]);
+    let mut seen = BTreeSet::new();
+    while let Some(dir) = queue.pop_front() {
+        if !seen.insert(dir.clone()) {
+            continue;
+        }
+        walk::check_symlinks(root, &dir)?;
+        // A directory without a kustomization is kustomize's to report.
+        let Some(file) = walk::kustomization_in(&dir) else {
+            continue;
+        };
+        queue.extend(
+            references(root, &file, limits)?
+                .into_iter()
+                .filter(|target| target.is_dir()),
+        );
+    }
+    Ok(())
+}
+
+/// Where the entries of a kustomization's reference fields lead, each checked to exist inside
+/// the checkout.
+fn references(root: &Path, file: &Path, limits: &Limits) -> Result<Vec<PathBuf>, RenderError> {
     let rel = walk::rel_string(root, file);
     let source = walk::SourceFile {
         rel: rel.clone(),
@@ -70,6 +97,7 @@ fn check_references(root: &Path, file: &Path, limits: &Limits) -> Result<(), Ren
     };
     let bytes = walk::read_capped(&source, limits)?;
     let base = file.parent().unwrap_or(root);
+    let mut targets = Vec::new();
     for document in parse::documents(&rel, &bytes, Format::Yaml, limits, None)? {
         for field in REFERENCE_FIELDS {
             let Some(Value::Array(entries)) = document.get(*field) else {
@@ -81,13 +109,14 @@ fn check_references(root: &Path, file: &Path, limits: &Limits) -> Result<(), Ren
                     entry: entry.to_string(),
                     problem: kind,
                 };
-                if walk::resolve_reference(root, base, entry, || problem(REF_ESCAPES))?.is_none() {
-                    return Err(problem(REF_MISSING));
+                match walk::resolve_reference(root, base, entry, || problem(REF_ESCAPES))? {
+                    Some(target) => targets.push(target),
+                    None => return Err(problem(REF_MISSING)),
                 }
             }
         }
     }
-    Ok(())
+    Ok(targets)
 }
 
 const REF_ESCAPES: &str = "resolves outside the repository";

@@ -789,16 +789,120 @@ fn kustomize_references_outside_the_checkout_are_refused() {
     );
 }
 
+/// The checks before the tool passed: the unit tests' tool path does not exist.
+fn passes_the_checks(result: Result<Vec<Manifest>, RenderError>) {
+    match result.unwrap_err() {
+        RenderError::ToolMissing { .. } => {}
+        other => panic!("expected the checks to pass (ToolMissing), got {other:?}"),
+    }
+}
+
 #[test]
-fn kustomize_refuses_a_symlink_anywhere_in_the_checkout_that_escapes() {
-    let root = tree(&[("app/kustomization.yaml", "resources: [cm.yaml]\n")]);
-    write(root.path(), "app/cm.yaml", &cm("a"));
-    fs::create_dir_all(root.path().join("elsewhere")).unwrap();
-    symlink("/etc/passwd", root.path().join("elsewhere/passwd")).unwrap();
-    match run(&root, Some("app"), None).unwrap_err() {
-        RenderError::SymlinkEscapes { file } => assert_eq!(file, "elsewhere/passwd"),
+fn kustomize_refuses_an_escaping_symlink_in_what_the_build_reads() {
+    let (a, b) = (cm("a"), cm("b"));
+    let files = [
+        ("app/kustomization.yaml", "resources: [cm.yaml, ../base]\n"),
+        ("app/cm.yaml", a.as_str()),
+        ("base/kustomization.yaml", "resources: [cm.yaml]\n"),
+        ("base/cm.yaml", b.as_str()),
+    ];
+    // In a base the overlay reaches, in the overlay itself, and behind a symlinked directory.
+    for (link, name) in [
+        ("base", "passwd"),
+        ("app", "passwd"),
+        ("elsewhere", "passwd"),
+    ] {
+        let root = tree(&files);
+        fs::create_dir_all(root.path().join(link)).unwrap();
+        symlink("/etc/passwd", root.path().join(link).join(name)).unwrap();
+        if link == "elsewhere" {
+            symlink("../elsewhere", root.path().join("app/data")).unwrap();
+        }
+        match run(&root, Some("app"), None).unwrap_err() {
+            RenderError::SymlinkEscapes { file } => assert_eq!(file, format!("{link}/{name}")),
+            other => panic!("{link}: expected SymlinkEscapes, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn kustomize_looks_only_at_what_the_build_at_path_reads() {
+    // A monorepo: the app at `apps/web` shares a base; other apps are broken in every way the
+    // checks know, and none of it concerns `apps/web`.
+    let root = tree(&[
+        (
+            "apps/web/kustomization.yaml",
+            "resources: [../../base/web]\n",
+        ),
+        ("base/web/kustomization.yaml", "resources: [cm.yaml]\n"),
+        ("base/web/cm.yaml", &cm("web")),
+        (
+            "apps/generated/kustomization.yaml",
+            "resources: [generated.yaml]\n",
+        ),
+        (
+            "apps/remote/kustomization.yaml",
+            "resources: [https://github.com/acme/app//deploy]\n",
+        ),
+        (
+            "apps/escapes/kustomization.yaml",
+            "resources: [../../../../etc]\n",
+        ),
+        ("apps/invalid/kustomization.yaml", "resources: [unclosed\n"),
+        ("apps/chart/Chart.yaml", "name: x\nversion: 0.1.0\n"),
+    ]);
+    symlink("/etc", root.path().join("apps/chart/templates")).unwrap();
+    passes_the_checks(run(&root, Some("apps/web"), None));
+    // Each broken app still fails its own GitRepository.
+    for (app, want) in [
+        ("generated", "is not in the repository"),
+        ("remote", "is not in the repository"),
+        ("escapes", "resolves outside the repository"),
+    ] {
+        match run(&root, Some(&format!("apps/{app}")), None).unwrap_err() {
+            RenderError::Reference { problem, .. } => {
+                assert!(problem.contains(want), "{app}: {problem}")
+            }
+            other => panic!("{app}: expected a Reference error, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        run(&root, Some("apps/invalid"), None).unwrap_err(),
+        RenderError::Yaml { .. }
+    ));
+    match run(&root, Some("apps/chart"), None).unwrap_err() {
+        RenderError::SymlinkEscapes { file } => assert_eq!(file, "apps/chart/templates"),
         other => panic!("expected SymlinkEscapes, got {other:?}"),
     }
+}
+
+#[test]
+fn kustomize_follows_references_through_every_field_and_cycles_end() {
+    let root = tree(&[
+        (
+            "app/kustomization.yaml",
+            "resources: [../a]\ncomponents: [../c]\n",
+        ),
+        ("a/kustomization.yaml", "resources: [../b, ../app]\n"),
+        ("b/kustomization.yaml", "transformers: [../t]\n"),
+        (
+            "c/kustomization.yaml",
+            "kind: Component\ngenerators: [gen.yaml]\n",
+        ),
+        ("c/gen.yaml", "x: 1\n"),
+        ("t/kustomization.yaml", "resources: [missing.yaml]\n"),
+    ]);
+    match run(&root, Some("app"), None).unwrap_err() {
+        RenderError::Reference { file, entry, .. } => {
+            assert_eq!(
+                (file.as_str(), entry.as_str()),
+                ("t/kustomization.yaml", "missing.yaml")
+            )
+        }
+        other => panic!("expected a Reference error, got {other:?}"),
+    }
+    write(root.path(), "t/missing.yaml", &cm("t"));
+    passes_the_checks(run(&root, Some("app"), None));
 }
 
 #[test]

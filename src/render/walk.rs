@@ -322,34 +322,47 @@ fn rel_io_error(rel: &str, e: &io::Error) -> RenderError {
 pub(super) const KUSTOMIZATION_FILES: &[&str] =
     &["kustomization.yaml", "kustomization.yml", "Kustomization"];
 
-/// Checks the whole checkout before a render tool reads it, since the tool may read anything
-/// the repository points it at: every symlink must resolve inside the checkout. Returns the
-/// kustomization files found, sorted, for the caller to check what they reference.
-pub(super) fn check_tree(root: &Path) -> Result<Vec<PathBuf>, RenderError> {
-    let mut kustomizations = Vec::new();
-    let mut walker = WalkBuilder::new(root);
-    walker
-        .standard_filters(false)
-        .follow_links(false)
-        .sort_by_file_name(|a, b| a.cmp(b))
-        .filter_entry(|entry| entry.file_name() != ".git");
-    for entry in walker.build() {
-        let entry = entry.map_err(|e| RenderError::Io {
-            path: ".".into(),
-            message: e.to_string(),
-        })?;
-        let Some(file_type) = entry.file_type() else {
+/// Checks a directory a render tool will read, before it runs: every symlink under `dir`, and
+/// under the directories such links lead to, must resolve inside the checkout at `root`. Only
+/// what the tool may read is looked at, so an escaping link elsewhere in a monorepo never fails
+/// another app.
+pub(super) fn check_symlinks(root: &Path, dir: &Path) -> Result<(), RenderError> {
+    let mut pending = vec![dir.to_path_buf()];
+    let mut walked = std::collections::HashSet::new();
+    while let Some(dir) = pending.pop() {
+        if !walked.insert(dir.clone()) {
             continue;
-        };
-        let rel = rel_string(root, entry.path());
-        if file_type.is_symlink() {
-            check_symlink(root, entry.path(), &rel)?;
         }
-        if !file_type.is_dir() && KUSTOMIZATION_FILES.iter().any(|n| entry.file_name() == *n) {
-            kustomizations.push(entry.into_path());
+        let mut walker = WalkBuilder::new(&dir);
+        walker
+            .standard_filters(false)
+            .follow_links(false)
+            .sort_by_file_name(|a, b| a.cmp(b))
+            .filter_entry(|entry| entry.file_name() != ".git");
+        for entry in walker.build() {
+            let entry = entry.map_err(|e| RenderError::Io {
+                path: rel_string(root, &dir),
+                message: e.to_string(),
+            })?;
+            if !entry.file_type().is_some_and(|t| t.is_symlink()) {
+                continue;
+            }
+            let rel = rel_string(root, entry.path());
+            if let LinkTarget::Dir = check_symlink(root, entry.path(), &rel)? {
+                // The tool follows it: what lies there is read too.
+                pending.push(fs::canonicalize(entry.path()).map_err(|e| rel_io_error(&rel, &e))?);
+            }
         }
     }
-    Ok(kustomizations)
+    Ok(())
+}
+
+/// The kustomization file of `dir`, if it has one.
+pub(super) fn kustomization_in(dir: &Path) -> Option<PathBuf> {
+    KUSTOMIZATION_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|file| file.symlink_metadata().is_ok())
 }
 
 /// Where a reference written in a file of the checkout leads: `Ok(None)` when nothing is there.

@@ -412,3 +412,69 @@ fn assert_subset(want: &Value, have: &Value, at: &str) {
         _ => assert_eq!(want, have, "{at}"),
     }
 }
+
+#[tokio::test]
+async fn a_monorepo_app_fails_alone() {
+    let fx = Fixture::new("monorepo").await;
+    let deployment = |name: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - name: web\n        image: nginx:1.27\n"
+        )
+    };
+    let files = [
+        // Plain manifests.
+        ("apps/plain/cm.yaml".to_string(), configmap("plain", "1")),
+        // A kustomize overlay on a shared base.
+        ("bases/web/kustomization.yaml".to_string(), "resources: [deployment.yaml]\n".to_string()),
+        ("bases/web/deployment.yaml".to_string(), deployment("web")),
+        (
+            "apps/shop/kustomization.yaml".to_string(),
+            "resources: [../../bases/web]\nnamePrefix: shop-\n".to_string(),
+        ),
+        // A Helm chart.
+        ("apps/chart/Chart.yaml".to_string(), "apiVersion: v2\nname: chart\nversion: 0.1.0\n".to_string()),
+        (
+            "apps/chart/templates/cm.yaml".to_string(),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-settings\ndata:\n  value: \"1\"\n".to_string(),
+        ),
+        // Broken: names a file a CI step would generate, and links out of the repository.
+        (
+            "apps/generated/kustomization.yaml".to_string(),
+            "resources: [generated.yaml, ../../bases/web]\n".to_string(),
+        ),
+        // Unusual: plugin configuration this cluster has no use for, never built.
+        (
+            "tools/ci/kustomization.yaml".to_string(),
+            "generators: [secrets-generator.yaml]\nresources: [https://example.com/remote.yaml]\n".to_string(),
+        ),
+    ];
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let repo = Repo::create("monorepo", &borrowed);
+    let head = repo.symlink(
+        "apps/generated/secrets",
+        "/etc",
+        "a link out of the repository",
+    );
+    for (name, path) in [
+        ("plain", "apps/plain"),
+        ("shop", "apps/shop"),
+        ("chart", "apps/chart"),
+        ("generated", "apps/generated"),
+    ] {
+        fx.create(name, spec(repo.http_url(), json!({"path": path})))
+            .await;
+    }
+    for name in ["plain", "shop", "chart"] {
+        fx.wait_applied(name, &head).await;
+    }
+    assert!(fx.get("v1", "ConfigMap", "plain").await.is_some());
+    assert!(fx.get("apps/v1", "Deployment", "shop-web").await.is_some());
+    assert!(fx.get("v1", "ConfigMap", "chart-settings").await.is_some());
+    // The broken app fails on its own files only, and says which.
+    let broken = fx.wait_failed("generated", "BuildFailed").await;
+    let message = ready_message(&broken);
+    assert!(message.contains("apps/generated/"), "{message}");
+}

@@ -289,21 +289,38 @@ impl Context {
     }
 }
 
-/// Runs the controller until SIGTERM or SIGINT.
+/// How long a shutdown waits for in-flight reconciles (and the Lease release) before the process
+/// exits anyway: well inside the chart's 60 s termination grace period.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Runs the controller until SIGTERM or SIGINT, then drains for at most `DRAIN_DEADLINE`.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let kube_config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
-    let shutdown = async {
+    let signalled = futures::FutureExt::shared(Box::pin(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing a SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},
         }
-        info!("shutting down: finishing in-flight reconciles");
-    };
-    serve(kube_config, config, shutdown).await
+        info!(
+            deadline_s = DRAIN_DEADLINE.as_secs(),
+            "shutting down: finishing in-flight reconciles"
+        );
+    }));
+    let serving = serve(kube_config, config, signalled.clone());
+    tokio::select! {
+        result = serving => {
+            info!("stopped");
+            result
+        }
+        _ = async { signalled.await; tokio::time::sleep(DRAIN_DEADLINE).await } => {
+            warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "stopped: in-flight work did not finish within the drain deadline and was abandoned");
+            Ok(())
+        }
+    }
 }
 
 /// Serves metrics and probes, and runs the controller (while leading, with leader election)
@@ -629,6 +646,8 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
             (Some(verdict), delay)
         }
     };
+    // Conditions are stamped with the time they changed: after the stages, not before.
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut events = Vec::new();
     let applied = ctx.recall(&key, |m| m.applied_ok).unwrap_or(false);
     let failed = matches!(
@@ -640,7 +659,12 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     }
     if applied {
         // What is applied is watched even while git is failing.
-        events = drift(gr, ctx, &mut status, &now).await;
+        let (found, held) = drift(gr, ctx, &mut status, &now).await;
+        events = found;
+        if let Some(held) = held {
+            // A held correction is made when its window ends, not at the next poll.
+            delay = delay.min(held.max(Duration::from_millis(500)));
+        }
     }
     if applied && !failed {
         if let Some((health_verdict, wait)) = health(gr, ctx, &mut status, &now) {
@@ -684,7 +708,12 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         .reconcile_duration
         .with_label_values(&labels)
         .observe(started.elapsed().as_secs_f64());
-    if status::differs(old_status.as_ref(), &status) {
+    // Compared with what was written last, which may be this reconcile's `Reconciling` write.
+    let written = ctx
+        .recall(&key, |m| m.status.clone())
+        .flatten()
+        .or_else(|| old_status.clone());
+    if status::differs(written.as_ref(), &status) {
         write_status(ctx, gr, &status).await?;
         ctx.memory
             .lock()
@@ -751,6 +780,7 @@ async fn stages(
     request: Option<&str>,
     now: &Time,
 ) -> Result<Option<Verdict>, Failure> {
+    let started = Instant::now();
     let namespace = gr.namespace().unwrap_or_default();
     parse_duration(&gr.spec.interval).ok_or_else(|| {
         Failure::stall(
@@ -886,16 +916,29 @@ async fn stages(
         .target_namespace
         .clone()
         .unwrap_or_else(|| namespace.clone());
+    // The latest resourceVersion known of each object: from the watch, or from the last apply.
+    let previous_versions: HashMap<String, u64> = previous
+        .iter()
+        .filter_map(|id| {
+            let watched = ctx.live.observed(id).and_then(|o| o.resource_version);
+            let sent = previous_sent
+                .get(id)
+                .and_then(|s| s.owned.as_ref()?.resource_version);
+            Some((id.clone(), watched.max(sent)?))
+        })
+        .collect();
     let opts = ApplyOptions {
         owner: &owner,
         default_namespace: &default_namespace,
         previous: &previous,
         previous_digests: &previous_digests,
+        previous_versions: &previous_versions,
         timeout,
     };
     let client = ctx
         .client_for(gr)
         .map_err(|m| Failure::retry("ApplyFailed", m))?;
+    progressing(ctx, gr, status, &resolved.revision).await;
     let report = ctx.applier.apply(&client, &manifests, &opts).await;
     for kind in &report.kinds {
         ctx.live.watch(kind);
@@ -969,6 +1012,14 @@ async fn stages(
             return Err(Failure::stall("PruneBlocked", message));
         }
         let pruned = ctx.applier.prune(&client, &candidates, &owner).await;
+        info!(
+            revision = %resolved.revision,
+            deleted = pruned.deleted.len(),
+            released = pruned.released.len(),
+            pending = pruned.pending.len(),
+            failed = pruned.errors.len(),
+            "pruned what the revision no longer declares"
+        );
         outcome.summary.pruned = pruned.deleted.len() as i64;
         outcome.entries.extend(pruned.pending);
         if !pruned.errors.is_empty() {
@@ -984,6 +1035,17 @@ async fn stages(
         outcome.summary.configured,
         outcome.summary.unchanged,
         outcome.summary.pruned
+    );
+    let summary = &outcome.summary;
+    info!(
+        revision = %resolved.revision,
+        objects = summary.total,
+        created = summary.created,
+        configured = summary.configured,
+        unchanged = summary.unchanged,
+        pruned = summary.pruned,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "applied revision"
     );
     outcome.record(ctx, &key, status);
     if let Some(memory) = ctx.memory.lock().expect("memory lock").get_mut(&key) {
@@ -1213,13 +1275,13 @@ fn timeout_of(gr: &GitRepository) -> Result<Duration, String> {
 
 /// Drift: fields Capstan applied that another manager owns now, or objects deleted. Corrects
 /// (one apply per drifted object), reports, or ignores, as `spec.drift.mode` says. Returns the
-/// events to publish.
+/// events to publish and, while a correction is held, when to look again.
 async fn drift(
     gr: &GitRepository,
     ctx: &Context,
     status: &mut GitRepositoryStatus,
     now: &Time,
-) -> Vec<(EventType, &'static str, String)> {
+) -> (Vec<(EventType, &'static str, String)>, Option<Duration>) {
     let mode = gr.spec.drift.as_ref().map(|d| d.mode).unwrap_or_default();
     let key = ObjectRef::from(gr);
     if mode == DriftMode::Disabled {
@@ -1228,31 +1290,13 @@ async fn drift(
         if let Some(summary) = &mut status.summary {
             summary.drifted = 0;
         }
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let sent = ctx.recall(&key, |m| m.objects.clone()).unwrap_or_default();
-    let mut found: Vec<(String, Vec<String>)> = Vec::new();
-    for (id, s) in &sent {
-        let (Some(oid), Some(owned)) = (ObjectId::parse(id), &s.owned) else {
-            continue;
-        };
-        // Judged only once the watch has seen this object as applied, or its deletion.
-        if !ctx.live.watches_namespace(&oid.namespace)
-            || !ctx.live.caught_up(&oid, owned.resource_version)
-        {
-            continue;
-        }
-        let fields = match ctx.live.observed(id) {
-            None => vec!["(deleted)".to_string()],
-            Some(observed) => owned.fields.missing_from(&observed.fields),
-        };
-        if !fields.is_empty() {
-            found.push((id.clone(), fields));
-        }
-    }
-    found.sort();
+    let found = drifted(ctx, &sent);
 
     let mut events = Vec::new();
+    let mut look_again: Option<Duration> = None;
     let previous: HashMap<String, DriftEntry> =
         status.drift.drain(..).map(|d| (d.id.clone(), d)).collect();
     let mut entries: Vec<DriftEntry> = Vec::new();
@@ -1261,20 +1305,20 @@ async fn drift(
             .get(&id)
             .is_some_and(|p| p.fields == fields && !p.corrected);
         let mut corrected = false;
-        // Changed again soon after a correction: another manager is fighting over it. Report
-        // it instead of re-applying in a loop; a correction is tried again after a while.
-        let fighting = ctx
-            .recall(&key, |m| {
-                m.corrected_at.get(&id).map_or(0, |times| {
-                    times
-                        .iter()
-                        .filter(|t| t.elapsed() < CORRECTION_WINDOW)
-                        .count()
-                })
-            })
-            .unwrap_or(0)
-            >= MAX_CORRECTIONS_IN_WINDOW;
-        if mode == DriftMode::Correct && !fighting {
+        // Changed again soon after corrections: another manager is fighting over it. Report it
+        // instead of re-applying in a loop, and correct it when the window has passed.
+        let held = ctx
+            .recall(&key, |m| held_for(m.corrected_at.get(&id)))
+            .flatten();
+        // Kept from the last look while it holds, so the status does not change every second.
+        let held_until = held.map(|wait| {
+            previous
+                .get(&id)
+                .and_then(|p| p.held_until.clone())
+                .filter(|until| until.0 > now.0)
+                .unwrap_or_else(|| wall_clock_in(now, wait))
+        });
+        if mode == DriftMode::Correct && held.is_none() {
             let reapplied = match ctx.client_for(gr) {
                 Ok(client) => ctx.applier.reapply(&client, &sent[&id].object).await,
                 Err(message) => Err(message),
@@ -1297,24 +1341,34 @@ async fn drift(
                             s.owned = Some(owned);
                         }
                     }
+                    info!(object = %id, fields = %fields.join(", "), "drift corrected");
                     events.push((
                         EventType::Normal,
                         "DriftCorrected",
                         format!("{id}: re-applied {}", fields.join(", ")),
                     ));
                 }
-                Err(message) => warn!(%id, %message, "drift correction failed"),
+                Err(message) => warn!(object = %id, %message, "drift correction failed"),
             }
         } else if !known {
-            let note = if fighting {
-                format!(
-                    "{id}: {} changed again right after a correction (another controller may manage it); not re-applied for now",
-                    fields.join(", ")
-                )
-            } else {
-                format!("{id}: {}", fields.join(", "))
+            let note = match (&held_until, mode) {
+                (Some(until), DriftMode::Correct) => {
+                    info!(object = %id, fields = %fields.join(", "), held_until = %until.0, "drift detected; correction held");
+                    format!(
+                        "{id}: {} changed again right after {MAX_CORRECTIONS_IN_WINDOW} corrections (another controller may manage it); correction held until {}",
+                        fields.join(", "),
+                        until.0
+                    )
+                }
+                _ => {
+                    info!(object = %id, fields = %fields.join(", "), "drift detected");
+                    format!("{id}: {}", fields.join(", "))
+                }
             };
             events.push((EventType::Warning, "DriftDetected", note));
+        }
+        if let (Some(wait), DriftMode::Correct) = (held, mode) {
+            look_again = Some(look_again.map_or(wait, |w| w.min(wait)));
         }
         let detected_at = previous
             .get(&id)
@@ -1326,6 +1380,7 @@ async fn drift(
             fields,
             detected_at,
             corrected,
+            held_until: held_until.filter(|_| mode == DriftMode::Correct && !corrected),
         });
     }
     // Corrections stay on record until the next revision is applied.
@@ -1335,9 +1390,70 @@ async fn drift(
         }
     }
     entries.sort_by(|a, b| a.id.cmp(&b.id));
+    set_drifted(gr, status, &entries, now);
+    status.drift = entries;
+    (events, look_again)
+}
+
+/// The objects whose applied fields are no longer as Capstan left them, or that are gone, with
+/// the fields that drifted. Judged only once the watch has caught up with the last apply.
+fn drifted(ctx: &Context, sent: &HashMap<String, Sent>) -> Vec<(String, Vec<String>)> {
+    let mut found: Vec<(String, Vec<String>)> = Vec::new();
+    for (id, s) in sent {
+        let (Some(oid), Some(owned)) = (ObjectId::parse(id), &s.owned) else {
+            continue;
+        };
+        if !ctx.live.watches_namespace(&oid.namespace)
+            || !ctx.live.caught_up(&oid, owned.resource_version)
+        {
+            continue;
+        }
+        let fields = match ctx.live.observed(id) {
+            None => vec!["(deleted)".to_string()],
+            Some(observed) => owned.fields.missing_from(&observed.fields),
+        };
+        if !fields.is_empty() {
+            found.push((id.clone(), fields));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// How long corrections of an object are held, given when it was corrected: until the window
+/// holds fewer than `MAX_CORRECTIONS_IN_WINDOW` of them. None when a correction may go ahead.
+fn held_for(corrected_at: Option<&Vec<Instant>>) -> Option<Duration> {
+    let recent: Vec<Duration> = corrected_at
+        .into_iter()
+        .flatten()
+        .map(Instant::elapsed)
+        .filter(|age| *age < CORRECTION_WINDOW)
+        .collect();
+    if recent.len() < MAX_CORRECTIONS_IN_WINDOW {
+        return None;
+    }
+    // The window frees up when the oldest correction that keeps the count at the limit leaves.
+    let mut ages = recent;
+    ages.sort_unstable();
+    let age = ages[MAX_CORRECTIONS_IN_WINDOW - 1];
+    Some(CORRECTION_WINDOW.saturating_sub(age))
+}
+
+/// `now` plus `wait`, on the wall clock, to the second (as conditions and Events show time).
+fn wall_clock_in(now: &Time, wait: Duration) -> Time {
+    let secs = now.0.as_second() + i64::try_from(wait.as_secs()).unwrap_or(i64::MAX / 2) + 1;
+    Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap_or(now.0))
+}
+
+/// The `Drifted` condition from the drift entries.
+fn set_drifted(
+    gr: &GitRepository,
+    status: &mut GitRepositoryStatus,
+    entries: &[DriftEntry],
+    now: &Time,
+) {
     let open: Vec<&DriftEntry> = entries.iter().filter(|e| !e.corrected).collect();
     let generation = gr.meta().generation;
-    let drifted = open.len() as i64;
     if open.is_empty() {
         status::set_condition(
             status,
@@ -1351,7 +1467,15 @@ async fn drift(
     } else {
         let message = open
             .iter()
-            .map(|e| format!("{} ({})", e.id, e.fields.join(", ")))
+            .map(|e| match &e.held_until {
+                Some(until) => format!(
+                    "{} ({}; correction held until {})",
+                    e.id,
+                    e.fields.join(", "),
+                    until.0
+                ),
+                None => format!("{} ({})", e.id, e.fields.join(", ")),
+            })
             .collect::<Vec<_>>()
             .join("; ");
         status::set_condition(
@@ -1365,10 +1489,8 @@ async fn drift(
         );
     }
     if let Some(summary) = &mut status.summary {
-        summary.drifted = drifted;
+        summary.drifted = open.len() as i64;
     }
-    status.drift = entries;
-    events
 }
 
 /// Health (`spec.wait`): the kstatus health of every managed object, from the watches. Returns
@@ -1543,6 +1665,36 @@ async fn write_status(
     .await
     .map_err(Error::Status)?;
     Ok(())
+}
+
+/// Says on the status, before an apply starts, which revision is being applied: a long apply
+/// shows as `Reconciling` instead of nothing until it ends. Best effort: the apply goes on if
+/// the write fails, and the final status follows either way.
+async fn progressing(
+    ctx: &Context,
+    gr: &GitRepository,
+    status: &GitRepositoryStatus,
+    revision: &str,
+) {
+    let mut shown = status.clone();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    status::set_progressing(&mut shown, revision, gr.meta().generation, &now);
+    let key = ObjectRef::from(gr);
+    let written = ctx.recall(&key, |m| m.status.clone()).flatten();
+    if !status::differs(written.as_ref().or(gr.status.as_ref()), &shown) {
+        return;
+    }
+    match write_status(ctx, gr, &shown).await {
+        Ok(()) => {
+            ctx.memory
+                .lock()
+                .expect("memory lock")
+                .entry(key)
+                .or_default()
+                .status = Some(shown)
+        }
+        Err(e) => warn!(error = %e, "writing the Reconciling condition failed"),
+    }
 }
 
 /// The event for a verdict: `Applied` for a new revision or changed objects, a Warning with the

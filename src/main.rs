@@ -60,6 +60,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Controller(config) => {
             capstan::telemetry::init(config.log_format, &config.log_level)?;
             capstan::controller::run(config).await?;
+            // Not a return: leaving the runtime would wait for blocking git or render work
+            // still running on its threads, which the drain deadline has given up on.
+            std::process::exit(0);
         }
         Command::Render(args) => {
             exit_on_error("render", capstan::cli::render(&args, &mut stdout()))

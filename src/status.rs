@@ -12,6 +12,9 @@ pub const STALLED: &str = "Stalled";
 pub const DRIFTED: &str = "Drifted";
 pub const HEALTHY: &str = "Healthy";
 
+/// The reason of `Reconciling` while a revision is being applied.
+pub const PROGRESSING: &str = "Progressing";
+
 /// How a reconcile ended, as far as the conditions are concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -67,6 +70,27 @@ pub fn set_conditions(
         if reconciling { message } else { "" },
     );
     set(STALLED, stalled, reason, if stalled { message } else { "" });
+}
+
+/// Marks `revision` as being applied: `Reconciling=True` (reason `Progressing`) and
+/// `Stalled=False`; Ready keeps what it said of the revision before.
+pub fn set_progressing(
+    status: &mut GitRepositoryStatus,
+    revision: &str,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let message = format!("Applying revision {revision}");
+    set_condition(
+        status,
+        RECONCILING,
+        true,
+        PROGRESSING,
+        &message,
+        generation,
+        now,
+    );
+    set_condition(status, STALLED, false, PROGRESSING, "", generation, now);
 }
 
 /// Sets one condition, keeping its `lastTransitionTime` when its status did not change.

@@ -341,6 +341,10 @@ pub struct DriftEntry {
     /// Whether Capstan re-applied the object.
     #[serde(default)]
     pub corrected: bool,
+    /// While another manager keeps changing the object right after corrections, Capstan holds
+    /// further corrections until this time, then corrects what is still drifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<Time>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

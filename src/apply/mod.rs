@@ -7,8 +7,8 @@ mod inventory;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -167,6 +167,9 @@ pub struct ApplyOptions<'a> {
     pub previous: &'a HashSet<String>,
     /// Digests of what was last sent; an object whose digest matches is not sent again.
     pub previous_digests: &'a HashMap<String, u64>,
+    /// The resourceVersion each object was last known at: an apply that leaves it there changed
+    /// nothing (`Unchanged`, though it was sent).
+    pub previous_versions: &'a HashMap<String, u64>,
     pub timeout: Duration,
 }
 
@@ -187,8 +190,15 @@ impl KindError {
 /// Applies and prunes. Holds the discovery cache shared by all GitRepositories.
 pub struct Applier {
     kinds: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
+    /// One discovery request per group version at a time: the objects of new kinds, applied
+    /// concurrently, share the first one's answer instead of each asking.
+    /// Per group and version: when discovery was last asked.
+    lookups: Mutex<HashMap<(String, String), Arc<Lookup>>>,
     concurrency: usize,
 }
+
+/// When discovery of a group version last answered; held while asking.
+type Lookup = tokio::sync::Mutex<Option<Instant>>;
 
 /// One object of a dry run: as it is, and as the apply would leave it (or why it would fail).
 #[derive(Debug)]
@@ -209,33 +219,59 @@ impl Applier {
     pub fn new(concurrency: usize) -> Self {
         Applier {
             kinds: Mutex::new(HashMap::new()),
+            lookups: Mutex::default(),
             concurrency: concurrency.max(1),
         }
     }
 
     /// Resolves a kind through discovery, cached; a kind not served is looked up again next time
-    /// (its CRD may have been installed since).
+    /// (its CRD may have been installed since). Discovery is asked for the kind's whole group
+    /// version, once at a time: the objects of new kinds, applied concurrently, share one answer.
     async fn kind(
         &self,
         client: &Client,
         gvk: &GroupVersionKind,
     ) -> Result<(ApiResource, ApiCapabilities), KindError> {
-        if let Some(found) = self.kinds.lock().expect("kinds lock").get(gvk) {
-            return Ok(found.clone());
+        let cached = || self.kinds.lock().expect("kinds lock").get(gvk).cloned();
+        if let Some(found) = cached() {
+            return Ok(found);
         }
-        match kube::discovery::pinned_kind(client, gvk).await {
-            Ok(found) => {
-                self.kinds
-                    .lock()
-                    .expect("kinds lock")
-                    .insert(gvk.clone(), found.clone());
-                Ok(found)
-            }
-            Err(kube::Error::Discovery(_)) => Err(KindError::NotServed(format!(
+        let not_served = || {
+            KindError::NotServed(format!(
                 "the API server does not serve kind {} in {} (is its CustomResourceDefinition installed?)",
                 gvk.kind,
                 gvk_api_version(gvk)
-            ))),
+            ))
+        };
+        let asked = Instant::now();
+        let lookup = self
+            .lookups
+            .lock()
+            .expect("lookups lock")
+            .entry((gvk.group.clone(), gvk.version.clone()))
+            .or_default()
+            .clone();
+        let mut last_lookup = lookup.lock().await;
+        if let Some(found) = cached() {
+            return Ok(found);
+        }
+        if last_lookup.is_some_and(|at| at >= asked) {
+            // Asked while this call waited, and the kind was not among the answer.
+            return Err(not_served());
+        }
+        let gv = kube::core::GroupVersion::gv(&gvk.group, &gvk.version);
+        let group = kube::discovery::pinned_group(client, &gv).await;
+        *last_lookup = Some(Instant::now());
+        match group {
+            Ok(group) => {
+                let mut kinds = self.kinds.lock().expect("kinds lock");
+                for (resource, caps) in group.versioned_resources(&gvk.version) {
+                    let key =
+                        GroupVersionKind::gvk(&resource.group, &resource.version, &resource.kind);
+                    kinds.insert(key, (resource, caps));
+                }
+                kinds.get(gvk).cloned().ok_or_else(not_served)
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => Err(KindError::NotServed(format!(
                 "the API server does not serve {} (is its CustomResourceDefinition installed?)",
                 gvk_api_version(gvk)
@@ -290,6 +326,7 @@ impl Applier {
                 if id.is_crd() && matches!(action, Action::Created | Action::Configured) {
                     new_crds.push(id.name.clone());
                 }
+                tracing::debug!(object = %id, action = ?action, "apply");
                 report.objects.push((id, version, action));
             }
             for name in new_crds {
@@ -331,6 +368,13 @@ impl Applier {
             (Action::Unchanged, None)
         } else {
             match self.send(client, &prepared.kind, &prepared.object).await {
+                Ok(owned)
+                    if owned.resource_version.is_some()
+                        && owned.resource_version
+                            == opts.previous_versions.get(&id_str).copied() =>
+                {
+                    (Action::Unchanged, Some(owned))
+                }
                 Ok(owned) if opts.previous.contains(&id_str) => (Action::Configured, Some(owned)),
                 Ok(owned) => (Action::Created, Some(owned)),
                 Err(message) => (Action::Failed(message), None),
@@ -534,7 +578,9 @@ impl Applier {
     ) -> PruneReport {
         let mut report = PruneReport::default();
         for entry in candidates {
-            match self.prune_one(client, entry, owner).await {
+            let result = self.prune_one(client, entry, owner).await;
+            tracing::debug!(object = %entry.id, result = ?result, "prune");
+            match result {
                 Ok(PruneResult::Deleted) => report.deleted.push(entry.id.clone()),
                 Ok(PruneResult::Released) => report.released.push(entry.id.clone()),
                 Ok(PruneResult::Pending) => report.pending.push(entry.clone()),
@@ -666,6 +712,7 @@ struct Outcome {
     kind: Option<Kind>,
 }
 
+#[derive(Debug)]
 enum PruneResult {
     Deleted,
     Released,

@@ -40,7 +40,7 @@ fn colour(enabled: bool, code: &str, text: &str) -> String {
 }
 
 fn colours_for(stream_is_terminal: bool) -> bool {
-    stream_is_terminal && std::env::var_os("NO_COLOR").is_none()
+    crate::telemetry::colour(stream_is_terminal, std::env::var_os("NO_COLOR"))
 }
 
 // ---------------------------------------------------------------- get
@@ -253,7 +253,8 @@ async fn request_and_wait(
 }
 
 /// Polls until the controller has handled the request `token` for the current generation,
-/// showing progress on stderr: a spinner on a terminal, a line per change otherwise.
+/// showing progress on stderr: a spinner on a terminal; otherwise a line per change, each ending
+/// in a newline, so that the outcome, printed after, is the last line.
 async fn wait_handled(
     api: &Api<GitRepository>,
     name: &str,
@@ -264,29 +265,27 @@ async fn wait_handled(
     let terminal = std::io::stderr().is_terminal();
     let mut last_shown = String::new();
     let spinner = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let clear = |terminal: bool| {
+        if terminal {
+            eprint!("\r\x1b[K");
+        }
+    };
     for tick in 0usize.. {
         let gr = api.get(name).await?;
         let st = gr.status.as_ref();
         let handled = st.and_then(|s| s.last_handled_reconcile_at.as_deref()) == Some(token)
             && st.and_then(|s| s.observed_generation) == gr.metadata.generation;
         if handled {
-            if terminal {
-                eprint!("\r\x1b[K");
-            }
+            clear(terminal);
             return Ok(gr);
         }
         if started.elapsed() > timeout {
-            if terminal {
-                eprintln!();
-            }
+            clear(terminal);
             return Err(CliError::Failed(format!(
                 "the controller did not handle the request within {timeout:?}; is it running?"
             )));
         }
-        let ready = status::ready(st);
-        let state = ready.map_or("waiting for the controller".to_string(), |c| {
-            format!("{}: {}", c.reason, c.message)
-        });
+        let state = progress(st);
         if terminal {
             let line: String = format!(
                 "{} {name} ({}s) {state}",
@@ -298,12 +297,28 @@ async fn wait_handled(
             .collect();
             eprint!("\r\x1b[K{line}");
         } else if state != last_shown {
-            eprintln!("waiting for {name}: {state}");
+            eprintln!("{name}: {state}");
             last_shown = state;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     unreachable!("the loop returns")
+}
+
+/// What a GitRepository is doing while a request waits: the revision being applied, from the
+/// `Reconciling` condition the controller sets when an apply starts. Ready (and a Reconciling
+/// condition of a retry) speak of the reconcile before the request until the request is
+/// handled, so they are not shown.
+fn progress(status: Option<&crate::api::GitRepositoryStatus>) -> String {
+    status
+        .into_iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| {
+            c.type_ == status::RECONCILING && c.status == "True" && c.reason == status::PROGRESSING
+        })
+        .map_or("waiting for the controller".to_string(), |c| {
+            format!("{}: {}", c.reason, c.message)
+        })
 }
 
 // ---------------------------------------------------------------- diff
@@ -353,12 +368,13 @@ pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliErro
         name: gr.name_any(),
     };
     let default_namespace = gr.spec.target_namespace.clone().unwrap_or(ns.clone());
-    let (previous, digests) = (HashSet::new(), Default::default());
+    let (previous, digests, versions) = (HashSet::new(), Default::default(), Default::default());
     let opts = ApplyOptions {
         owner: &owner,
         default_namespace: &default_namespace,
         previous: &previous,
         previous_digests: &digests,
+        previous_versions: &versions,
         timeout,
     };
     let dry = Applier::new(1).dry_run(&client, &manifests, &opts).await;

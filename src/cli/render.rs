@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::CliError;
 use crate::api::GitRepository;
 use crate::controller::{self, RenderConfig};
-use crate::render::{self, HelmOptions, Manifest, Variables};
+use crate::render::{self, HelmOptions, Manifest, RenderError, Variables};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Output {
@@ -26,7 +26,7 @@ pub struct RenderArgs {
     #[arg(default_value = ".")]
     pub dir: PathBuf,
     /// The repository root: nothing outside it may be read. Defaults to the git work tree that
-    /// holds DIR, or DIR itself.
+    /// holds DIR; outside a work tree, DIR itself (so bases in `../` need `--root`).
     #[arg(long)]
     pub root: Option<PathBuf>,
     /// A GitRepository manifest whose `ignore`, `helm`, `targetNamespace` and
@@ -94,13 +94,21 @@ pub fn render_tree(
 ) -> Result<Vec<Manifest>, CliError> {
     let dir = std::fs::canonicalize(dir)
         .map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))?;
-    let root = match root {
-        Some(root) => std::fs::canonicalize(root)
-            .map_err(|e| CliError::Usage(format!("{}: {e}", root.display())))?,
-        None => git2::Repository::discover(&dir)
+    let work_tree = || {
+        git2::Repository::discover(&dir)
             .ok()
             .and_then(|repo| repo.workdir().and_then(|w| std::fs::canonicalize(w).ok()))
-            .unwrap_or_else(|| dir.clone()),
+    };
+    let (root, own_root) = match root {
+        Some(root) => (
+            std::fs::canonicalize(root)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", root.display())))?,
+            false,
+        ),
+        None => match work_tree() {
+            Some(root) => (root, false),
+            None => (dir.clone(), true),
+        },
     };
     let path = dir.strip_prefix(&root).map_err(|_| {
         CliError::Usage(format!(
@@ -120,7 +128,7 @@ pub fn render_tree(
             ..HelmOptions::default()
         },
     };
-    Ok(render::render(
+    render::render(
         &root,
         &render::Options {
             path: path.to_str().filter(|p| !p.is_empty()),
@@ -131,7 +139,21 @@ pub fn render_tree(
             tools: config.tools(),
             timeout,
         },
-    )?)
+    )
+    .map_err(|e| match e {
+        // Outside a work tree, DIR is its own root: say so, and how to give the real one.
+        RenderError::Reference { .. }
+        | RenderError::PathEscapes { .. }
+        | RenderError::SymlinkEscapes { .. }
+            if own_root =>
+        {
+            CliError::Usage(format!(
+                "{e}\n{} is not in a git work tree, so it is the root and nothing outside it may be read: give the repository's top directory with --root",
+                dir.display(),
+            ))
+        }
+        e => e.into(),
+    })
 }
 
 fn read_gitrepository(file: &Path) -> Result<GitRepository, CliError> {

@@ -206,3 +206,109 @@ async fn diff_shows_drift_and_hides_secret_values() {
         "edited"
     );
 }
+
+/// Runs `capstan ARGS` as a CI job would: stdout and stderr into one file, no terminal.
+async fn capstan_to_a_file(args: &[&str]) -> (Option<i32>, String) {
+    let tools = render_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("out")).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(args)
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .env("CAPSTAN_KUSTOMIZE_PATH", &tools.kustomize)
+        .env("CAPSTAN_HELM_PATH", &tools.helm)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .await
+        .unwrap();
+    let out = std::fs::read_to_string(dir.path().join("out")).unwrap();
+    (status.code(), out)
+}
+
+#[tokio::test]
+async fn reconcile_without_a_terminal_prints_lines_and_tells_unchanged_from_configured() {
+    let fx = Fixture::new("cli-lines").await;
+    let files: Vec<(String, String)> = (0..5)
+        .map(|n| (format!("cm{n}.yaml"), configmap(&format!("cm{n}"), "1")))
+        .collect();
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let repo = Repo::create("cli-lines", &borrowed);
+    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
+        .await;
+    let first = repo.head();
+    fx.wait_applied("app", &first).await;
+
+    // Nothing changed: everything is re-sent, and nothing is configured.
+    let (code, out) = capstan_to_a_file(&["reconcile", "app", "-n", &fx.ns]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.ends_with('\n'), "{out:?}");
+    assert!(!out.contains('\r') && !out.contains('\x1b'), "{out:?}");
+    let lines: Vec<&str> = out.lines().collect();
+    let (outcome, progress) = lines.split_last().unwrap();
+    assert!(
+        outcome.starts_with(&format!("✔ {}/app: Applied revision", fx.ns)),
+        "the outcome is the last line: {out:?}"
+    );
+    assert!(
+        outcome.contains("(5 objects: 0 created, 0 configured, 5 unchanged, 0 pruned)"),
+        "{outcome}"
+    );
+    // Progress speaks of this request, never of the reconcile before it.
+    for line in progress {
+        assert!(line.starts_with("app: "), "{out:?}");
+        assert!(!line.contains("Applied revision"), "a stale line: {out:?}");
+    }
+
+    // One object changed: one configured, the others unchanged.
+    let second = repo.commit(&[("cm0.yaml", &configmap("cm0", "2"))], "two");
+    let (code, out) = capstan_to_a_file(&["reconcile", "app", "-n", &fx.ns]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let outcome = out.lines().last().unwrap();
+    assert!(outcome.contains(&second[..8]), "{outcome}");
+    assert!(
+        outcome.contains("(5 objects: 0 created, 1 configured, 4 unchanged, 0 pruned)"),
+        "{outcome}"
+    );
+}
+
+#[tokio::test]
+async fn render_outside_a_work_tree_names_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path();
+    for (path, contents) in [
+        (
+            "base/kustomization.yaml",
+            "resources: [cm.yaml]\n".to_string(),
+        ),
+        ("base/cm.yaml", configmap("from-base", "1")),
+        (
+            "overlays/prod/kustomization.yaml",
+            "resources: [../../base]\nnamePrefix: prod-\n".to_string(),
+        ),
+    ] {
+        let file = top.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, contents).unwrap();
+    }
+    let overlay = top.join("overlays/prod");
+    let refused = capstan(&["render", overlay.to_str().unwrap()]).await;
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("resolves outside the repository"), "{err}");
+    assert!(err.contains("is not in a git work tree"), "{err}");
+    assert!(err.contains("--root"), "{err}");
+
+    let rendered = ok(capstan(&[
+        "render",
+        overlay.to_str().unwrap(),
+        "--root",
+        top.to_str().unwrap(),
+    ])
+    .await);
+    assert!(rendered.contains("name: prod-from-base"), "{rendered}");
+}

@@ -398,3 +398,101 @@ async fn metrics_and_probes() {
         "series left after deletion:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn a_held_correction_is_made_when_its_window_ends() {
+    let fx = Fixture::new("drift-held").await;
+    let repo = Repo::create("drift-held", &[("cm.yaml", &configmap("cm", "git"))]);
+    // An hour between polls: only the end of the window can bring the correction.
+    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
+        .await;
+    fx.wait_applied("app", &repo.head()).await;
+
+    // Three edits, each corrected; the fourth, within the minute, is held.
+    for n in 1..=3 {
+        kubectl_patch(
+            &fx.ns,
+            "configmap/cm",
+            &format!(r#"{{"data":{{"value":"edit {n}"}}}}"#),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while value(&fx.get("v1", "ConfigMap", "cm").await.unwrap()) != "git" {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "edit {n} not corrected"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    kubectl_patch(&fx.ns, "configmap/cm", r#"{"data":{"value":"edit 4"}}"#);
+    let gr = fx
+        .wait("app", "the correction held", |gr| {
+            drift_of(gr).iter().any(|d| d.held_until.is_some())
+        })
+        .await;
+    let entry = drift_of(&gr)
+        .into_iter()
+        .find(|d| d.held_until.is_some())
+        .unwrap();
+    assert!(!entry.corrected);
+    let until = entry.held_until.unwrap().0;
+    let drifted = gr
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Drifted")
+        .unwrap()
+        .clone();
+    assert_eq!(drifted.status, "True");
+    assert!(
+        drifted
+            .message
+            .contains(&format!("correction held until {until}")),
+        "{}",
+        drifted.message
+    );
+    let events: Api<Event> = Api::namespaced(fx.client.clone(), &fx.ns);
+    let notes: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("DriftDetected"))
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains(&format!("correction held until {until}"))),
+        "{notes:?}"
+    );
+    assert_eq!(
+        value(&fx.get("v1", "ConfigMap", "cm").await.unwrap()),
+        "edit 4"
+    );
+
+    // Nothing else happens (no poll, no edit): the window's end alone corrects it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while value(&fx.get("v1", "ConfigMap", "cm").await.unwrap()) != "git" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the held correction was never made"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Not before the hold ends (held_until is rounded up to the second).
+    let corrected_at = k8s_openapi::jiff::Timestamp::now();
+    assert!(
+        corrected_at.as_second() + 1 >= until.as_second(),
+        "corrected at {corrected_at}, held until {until}"
+    );
+    let gr = fx
+        .wait("app", "the hold lifted on the status", |gr| {
+            drift_of(gr).iter().all(|d| d.held_until.is_none())
+        })
+        .await;
+    assert!(drift_of(&gr).iter().any(|d| d.corrected));
+}

@@ -12,6 +12,7 @@ mod deploy;
 mod git;
 mod hostile;
 mod live;
+mod operations;
 mod render;
 mod sync;
 mod tenancy;

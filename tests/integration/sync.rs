@@ -171,11 +171,9 @@ async fn refs_branch_tag_and_switching() {
     );
 }
 
-#[tokio::test]
-async fn crd_and_custom_resource_in_one_commit() {
-    let fx = Fixture::new("crd").await;
-    let group = format!("t{}.capstan.dev", std::process::id());
-    let crd = format!(
+/// A namespaced `Widget` kind in `group`, served at v1.
+fn widget_crd(group: &str) -> String {
+    format!(
         r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
@@ -194,7 +192,14 @@ spec:
         properties:
           spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
 "#
-    );
+    )
+}
+
+#[tokio::test]
+async fn crd_and_custom_resource_in_one_commit() {
+    let fx = Fixture::new("crd").await;
+    let group = format!("t{}.capstan.dev", std::process::id());
+    let crd = widget_crd(&group);
     let widget =
         format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n");
     // The custom resource sorts before its CRD: order in git must not matter.
@@ -438,4 +443,104 @@ async fn finalizer_survives_a_restart_and_a_namespace_deletion() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+}
+
+#[tokio::test]
+async fn objects_of_a_new_kind_ask_discovery_once() {
+    let fx = Fixture::new("discovery").await;
+    let group = format!("d{}.capstan.dev", std::process::id());
+    let mut widgets = String::new();
+    for n in 0..16 {
+        widgets.push_str(&format!(
+            "---\napiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w{n}\nspec:\n  size: {n}\n"
+        ));
+    }
+    let repo = Repo::create(
+        "discovery",
+        &[
+            ("crd.yaml", &widget_crd(&group)),
+            ("widgets.yaml", &widgets),
+        ],
+    );
+    let mark = audit::mark();
+    fx.create("app", spec(repo.http_url(), json!({}))).await;
+    fx.wait_applied("app", &repo.head()).await;
+    // The 16 Widgets are applied 8 at a time; the first lookup's answer serves them all.
+    let asked = audit::requests_for(mark, &format!("/apis/{group}/v1"));
+    assert_eq!(asked, 1, "discovery of {group}/v1 was asked {asked} times");
+    for n in [0, 15] {
+        let w = fx
+            .get(&format!("{group}/v1"), "Widget", &format!("w{n}"))
+            .await
+            .unwrap();
+        assert_eq!(w.data["spec"]["size"], n);
+    }
+    // The CRD is cluster-wide: it must not outlive the test.
+    crate::support::env::control_plane().kubectl(&["delete", "crd", &format!("widgets.{group}")]);
+}
+
+#[tokio::test]
+async fn a_long_apply_shows_reconciling_and_conditions_carry_the_time_they_changed() {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+
+    let fx = Fixture::new("progress").await;
+    let mut many = String::new();
+    for n in 0..400 {
+        many.push_str(&format!("---\n{}", configmap(&format!("cm{n}"), "1")));
+    }
+    let repo = Repo::create("progress", &[("many.yaml", &many)]);
+    let revision = format!("main@sha1:{}", repo.head());
+    let seen = tokio::spawn({
+        let api = fx.api();
+        let revision = revision.clone();
+        async move {
+            let config = watcher::Config::default().fields("metadata.name=app");
+            let mut statuses = Vec::new();
+            let mut stream = std::pin::pin!(watcher::watcher(api, config));
+            while let Some(event) = stream.next().await {
+                let gr = match event {
+                    Ok(watcher::Event::Apply(gr) | watcher::Event::InitApply(gr)) => gr,
+                    _ => continue,
+                };
+                let Some(status) = gr.status else { continue };
+                let done = status.last_applied_revision.as_deref() == Some(revision.as_str());
+                statuses.push(status);
+                if done {
+                    return statuses;
+                }
+            }
+            statuses
+        }
+    });
+    fx.create("app", spec(repo.http_url(), json!({}))).await;
+    let statuses = tokio::time::timeout(std::time::Duration::from_secs(120), seen)
+        .await
+        .expect("the revision was applied")
+        .unwrap();
+    let condition = |s: &capstan::api::GitRepositoryStatus, t: &str| {
+        s.conditions.iter().find(|c| c.type_ == t).cloned()
+    };
+    let progressing = statuses
+        .iter()
+        .filter_map(|s| condition(s, "Reconciling"))
+        .find(|c| c.status == "True" && c.reason == "Progressing")
+        .unwrap_or_else(|| panic!("no Reconciling=True while applying: {statuses:#?}"));
+    assert_eq!(progressing.message, format!("Applying revision {revision}"));
+    let last = statuses.last().unwrap();
+    let ready = condition(last, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "ReconciliationSucceeded")
+    );
+    assert!(ready.message.contains("400 objects"), "{}", ready.message);
+    let reconciling = condition(last, "Reconciling").unwrap();
+    assert_eq!(reconciling.status, "False");
+    // Ready turned true when the apply ended, not when the reconcile began.
+    assert!(
+        ready.last_transition_time.0 >= progressing.last_transition_time.0,
+        "Ready at {:?}, applying since {:?}",
+        ready.last_transition_time,
+        progressing.last_transition_time
+    );
 }

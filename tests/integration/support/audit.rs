@@ -52,3 +52,14 @@ fn since(mark: usize, namespace: &str, verbs: &[&str]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Requests for exactly `uri` (a discovery document, say) since `mark`.
+pub fn requests_for(mark: usize, uri: &str) -> usize {
+    std::fs::read_to_string(&control_plane().audit_log)
+        .unwrap_or_default()
+        .lines()
+        .skip(mark)
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["stage"] == "ResponseComplete" && e["requestURI"] == uri)
+        .count()
+}

@@ -1,5 +1,7 @@
-//! A TCP proxy in front of the git server that a test can stop and start again on the same
-//! port: "the git server went away" with connections refused, as a real outage looks.
+//! A TCP proxy in front of a server (the git server, the API server) that a test can stop and
+//! start again on the same port: "the server went away" with connections refused, as a real
+//! outage looks; or freeze: connections accepted and never answered, as a network partition
+//! looks.
 
 use std::net::SocketAddr;
 
@@ -44,6 +46,19 @@ impl Proxy {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+
+    /// Closes every open connection, then accepts new ones and never answers them.
+    #[allow(dead_code)]
+    pub async fn freeze(&mut self) {
+        self.stop();
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.task = Some(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                held.push(inbound);
+            }
+        }));
     }
 
     /// Listens again on the same port.

@@ -1832,6 +1832,23 @@ mod tests {
     }
 
     #[test]
+    fn corrections_are_held_until_the_window_has_room() {
+        let now = Instant::now();
+        let ago = |secs| now.checked_sub(Duration::from_secs(secs)).unwrap();
+        let held = |times: Vec<Instant>| held_for(Some(&times)).map(|d| d.as_secs_f64());
+        assert_eq!(held_for(None), None);
+        assert_eq!(held(vec![ago(2), ago(1)]), None);
+        // Three in the window: room when the oldest of them leaves it, 10 s from now.
+        let wait = held(vec![ago(50), ago(10), ago(5)]).unwrap();
+        assert!((9.0..=10.0).contains(&wait), "{wait}");
+        // Four: room once only two are left, when the one corrected 40 s ago leaves.
+        let wait = held(vec![ago(55), ago(40), ago(10), ago(5)]).unwrap();
+        assert!((19.0..=20.0).contains(&wait), "{wait}");
+        // Corrections older than the window do not count.
+        assert_eq!(held(vec![ago(70), ago(10), ago(5)]), None);
+    }
+
+    #[test]
     fn jitter_adds_at_most_a_tenth() {
         let d = Duration::from_secs(60);
         let j = jitter(d);

@@ -102,7 +102,7 @@ async fn the_log_tells_the_work_in_plain_text_without_secrets() {
             "the first revision",
             vec![
                 " INFO ",
-                "name=app",
+                "name=\"app\"",
                 "applied revision",
                 &format!("revision=main@sha1:{first}"),
                 "objects=3",

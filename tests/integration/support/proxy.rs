@@ -52,7 +52,7 @@ impl Proxy {
     #[allow(dead_code)]
     pub async fn freeze(&mut self) {
         self.stop();
-        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let listener = rebind(self.addr).await;
         self.task = Some(tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((inbound, _)) = listener.accept().await {
@@ -63,8 +63,22 @@ impl Proxy {
 
     /// Listens again on the same port.
     pub async fn resume(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let listener = rebind(self.addr).await;
         self.serve(listener);
+    }
+}
+
+/// Binds `addr` again once the aborted task has let go of it (aborting is not immediate).
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("binding {addr} again: {e}"),
+        }
     }
 }
 

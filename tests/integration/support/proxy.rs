@@ -1,17 +1,19 @@
 //! A TCP proxy in front of a server (the git server, the API server) that a test can stop and
 //! start again on the same port: "the server went away" with connections refused, as a real
-//! outage looks; or freeze: connections accepted and never answered, as a network partition
-//! looks.
+//! outage looks; or freeze: open connections fall silent and new ones are accepted and never
+//! answered, as a network partition looks.
 
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub struct Proxy {
     pub addr: SocketAddr,
     upstream: SocketAddr,
     task: Option<JoinHandle<()>>,
+    frozen: watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -22,6 +24,7 @@ impl Proxy {
             addr,
             upstream,
             task: None,
+            frozen: watch::Sender::new(false),
         };
         proxy.serve(listener);
         proxy
@@ -29,12 +32,26 @@ impl Proxy {
 
     fn serve(&mut self, listener: TcpListener) {
         let upstream = self.upstream;
+        let frozen = self.frozen.subscribe();
         self.task = Some(tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut frozen = frozen.clone();
                 conns.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let already = *frozen.borrow();
+                    if already {
+                        // Accepted, never answered: the sockets stay open until the test ends.
+                        std::future::pending::<()>().await;
+                    }
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let silent = async {
+                        let _ = frozen.wait_for(|f| *f).await;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = silent => std::future::pending::<()>().await,
                     }
                 });
             }
@@ -48,17 +65,11 @@ impl Proxy {
         }
     }
 
-    /// Closes every open connection, then accepts new ones and never answers them.
+    /// Stops passing bytes on every connection, open or new, and keeps them all open: requests
+    /// in flight and new ones wait for an answer that never comes.
     #[allow(dead_code)]
-    pub async fn freeze(&mut self) {
-        self.stop();
-        let listener = rebind(self.addr).await;
-        self.task = Some(tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((inbound, _)) = listener.accept().await {
-                held.push(inbound);
-            }
-        }));
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
     }
 
     /// Listens again on the same port.

@@ -6,6 +6,7 @@ pub mod api;
 pub mod apply;
 pub mod cli;
 pub mod controller;
+pub mod digest;
 pub mod leader;
 pub mod live;
 pub mod metrics;

@@ -161,7 +161,7 @@ fn write_table(
 /// `main@sha1:4f2c9e1d0a7b` from `main@sha1:4f2c9e1d0a7b…` (40 hex digits are too many to read).
 fn short_revision(revision: &str) -> String {
     match revision.split_once("sha1:") {
-        Some((name, sha)) => format!("{name}sha1:{}", &sha[..sha.len().min(12)]),
+        Some((name, sha)) => format!("{name}sha1:{}", sha.chars().take(12).collect::<String>()),
         None => revision.to_string(),
     }
 }
@@ -523,4 +523,21 @@ async fn fetch_and_render(
         &args.render,
         timeout,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_revisions_cut_characters_not_bytes() {
+        assert_eq!(
+            super::short_revision("main@sha1:4f2c9e1d0a7b5c3e9f1d2a4b6c8e0f1a2b3c4d5e"),
+            "main@sha1:4f2c9e1d0a7b"
+        );
+        // A status anyone may write: no panic on a multi-byte character at the cut.
+        assert_eq!(
+            super::short_revision("main@sha1:aéééééééééééé"),
+            "main@sha1:aééééééééééé"
+        );
+        assert_eq!(super::short_revision("sha1:ab"), "sha1:ab");
+    }
 }

@@ -3,7 +3,6 @@
 //! runs on the blocking pool, bounded by a semaphore and by the GitRepository's timeout.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,9 +55,9 @@ impl Cache {
     }
 
     fn repo_dir(&self, url: &RemoteUrl) -> PathBuf {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        url.as_str().hash(&mut h);
-        self.root.join(format!("{:016x}.git", h.finish()))
+        // Kept across restarts on the cache volume: a stable name finds it again.
+        let name = crate::digest::stable_hex(url.as_str().as_bytes());
+        self.root.join(format!("{name}.git"))
     }
 
     /// Runs blocking git work off the runtime, within `timeout`. libgit2 cannot be interrupted

@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -256,7 +258,7 @@ impl Context {
         key: &ObjectRef<GitRepository>,
         read: impl FnOnce(&Memory) -> T,
     ) -> Option<T> {
-        self.memory.lock().expect("memory lock").get(key).map(read)
+        self.memory.lock().get(key).map(read)
     }
 
     /// The client that changes the cluster for `gr`: the controller's own, or one impersonating
@@ -275,16 +277,13 @@ impl Context {
             "system:serviceaccount:{}:{sa}",
             gr.namespace().unwrap_or_default()
         );
-        if let Some(client) = self.impersonating.lock().expect("clients lock").get(&user) {
+        if let Some(client) = self.impersonating.lock().get(&user) {
             return Ok(client.clone());
         }
         let mut config = self.kube_config.clone();
         config.auth_info.impersonate = Some(user.clone());
         let client = Client::try_from(config).map_err(|e| format!("impersonating {user}: {e}"))?;
-        self.impersonating
-            .lock()
-            .expect("clients lock")
-            .insert(user, client.clone());
+        self.impersonating.lock().insert(user, client.clone());
         Ok(client)
     }
 }
@@ -537,7 +536,7 @@ fn error_policy(gr: Arc<GitRepository>, error: &Error, ctx: Arc<Context>) -> Act
 
 /// Exponential per-object backoff with jitter: 5 s, 10 s, ... up to 5 minutes.
 fn backoff(ctx: &Context, gr: &GitRepository) -> Duration {
-    let mut failures = ctx.failures.lock().expect("failures lock");
+    let mut failures = ctx.failures.lock();
     let n = failures.entry(ObjectRef::from(gr)).or_default();
     *n = n.saturating_add(1);
     let base = Duration::from_secs(5).saturating_mul(1 << (*n - 1).min(6));
@@ -655,7 +654,7 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         Some(Verdict::Retrying { .. } | Verdict::Stalled { .. })
     );
     if !failed {
-        ctx.failures.lock().expect("failures lock").remove(&key);
+        ctx.failures.lock().remove(&key);
     }
     if applied {
         // What is applied is watched even while git is failing.
@@ -715,12 +714,7 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         .or_else(|| old_status.clone());
     if status::differs(written.as_ref(), &status) {
         write_status(ctx, gr, &status).await?;
-        ctx.memory
-            .lock()
-            .expect("memory lock")
-            .entry(key.clone())
-            .or_default()
-            .status = Some(status.clone());
+        ctx.memory.lock().entry(key.clone()).or_default().status = Some(status.clone());
         if let Some(verdict) = &verdict {
             let new_revision = old_status
                 .as_ref()
@@ -745,7 +739,7 @@ async fn pipeline(
     now: &Time,
 ) -> Result<Option<Verdict>, Failure> {
     let result = stages(gr, ctx, status, request, now).await;
-    let mut memory = ctx.memory.lock().expect("memory lock");
+    let mut memory = ctx.memory.lock();
     let memory = memory.entry(ObjectRef::from(gr)).or_default();
     match &result {
         Ok(verdict) => {
@@ -1048,7 +1042,7 @@ async fn stages(
         "applied revision"
     );
     outcome.record(ctx, &key, status);
-    if let Some(memory) = ctx.memory.lock().expect("memory lock").get_mut(&key) {
+    if let Some(memory) = ctx.memory.lock().get_mut(&key) {
         memory.variables = variables_digest;
     }
     if status.last_applied_revision.as_deref() != Some(resolved.revision.as_str()) {
@@ -1109,12 +1103,7 @@ impl Outcome {
                 .with_label_values(&[ns.as_str(), name.as_str(), action])
                 .inc_by(n.max(0) as u64);
         }
-        ctx.memory
-            .lock()
-            .expect("memory lock")
-            .entry(key.clone())
-            .or_default()
-            .objects = self.sent;
+        ctx.memory.lock().entry(key.clone()).or_default().objects = self.sent;
     }
 }
 
@@ -1333,7 +1322,7 @@ async fn drift(
                             key.name.as_str(),
                         ])
                         .inc();
-                    if let Some(m) = ctx.memory.lock().expect("memory lock").get_mut(&key) {
+                    if let Some(m) = ctx.memory.lock().get_mut(&key) {
                         let times = m.corrected_at.entry(id.clone()).or_default();
                         times.retain(|t| t.elapsed() < CORRECTION_WINDOW);
                         times.push(Instant::now());
@@ -1605,7 +1594,7 @@ async fn load_auth(
         return Ok(Auth::default());
     };
     let key = (namespace.to_string(), secret_ref.name.clone());
-    let cached = ctx.auth.lock().expect("auth lock").get(&key).cloned();
+    let cached = ctx.auth.lock().get(&key).cloned();
     if let (false, Some(auth)) = (fresh, cached) {
         return Ok(auth);
     }
@@ -1638,10 +1627,7 @@ async fn load_auth(
         .collect();
     let auth =
         Auth::from_secret_data(&data).map_err(|e: SourceError| Failure::stall(e.reason(), e))?;
-    ctx.auth
-        .lock()
-        .expect("auth lock")
-        .insert(key, auth.clone());
+    ctx.auth.lock().insert(key, auth.clone());
     Ok(auth)
 }
 
@@ -1685,14 +1671,7 @@ async fn progressing(
         return;
     }
     match write_status(ctx, gr, &shown).await {
-        Ok(()) => {
-            ctx.memory
-                .lock()
-                .expect("memory lock")
-                .entry(key)
-                .or_default()
-                .status = Some(shown)
-        }
+        Ok(()) => ctx.memory.lock().entry(key).or_default().status = Some(shown),
         Err(e) => warn!(error = %e, "writing the Reconciling condition failed"),
     }
 }
@@ -1782,9 +1761,9 @@ async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         );
     }
     let key = ObjectRef::from(gr);
-    ctx.memory.lock().expect("memory lock").remove(&key);
+    ctx.memory.lock().remove(&key);
     ctx.metrics.forget(&owner.namespace, &owner.name);
-    ctx.failures.lock().expect("failures lock").remove(&key);
+    ctx.failures.lock().remove(&key);
     Ok(Action::await_change())
 }
 

@@ -1,8 +1,8 @@
 //! Prometheus metrics, prefixed `capstan_`. Labels are bounded: a GitRepository's namespace and
 //! name, a condition reason or an apply action; never a revision, URL or message.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -142,7 +142,7 @@ impl Metrics {
                 .remove_label_values(&[namespace, name, result]);
         }
         let key = (namespace.to_string(), name.to_string());
-        let results = self.results.lock().expect("results lock").remove(&key);
+        let results = self.results.lock().remove(&key);
         for result in results.unwrap_or_default() {
             let _ = self
                 .reconciles
@@ -157,7 +157,6 @@ impl Metrics {
             .inc();
         self.results
             .lock()
-            .expect("results lock")
             .entry((namespace.to_string(), name.to_string()))
             .or_default()
             .insert(result.to_string());
@@ -180,5 +179,20 @@ mod tests {
         assert!(text.contains(r#"capstan_managed_objects{name="web",namespace="apps"} 3"#));
         m.forget("apps", "web");
         assert!(!m.render().contains(r#"name="web""#));
+    }
+
+    #[test]
+    fn a_panic_while_a_lock_is_held_does_not_break_later_callers() {
+        let m = std::sync::Arc::new(Metrics::default());
+        let holder = m.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = holder.results.lock();
+            panic!("a bug in one reconcile");
+        })
+        .join();
+        assert!(panicked.is_err());
+        // Every later reconcile goes on recording.
+        m.reconciled("apps", "web", "ReconciliationSucceeded");
+        m.forget("apps", "web");
     }
 }

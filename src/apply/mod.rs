@@ -7,7 +7,9 @@ mod inventory;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
@@ -230,7 +232,7 @@ impl Applier {
         client: &Client,
         gvk: &GroupVersionKind,
     ) -> Result<(ApiResource, ApiCapabilities), KindError> {
-        let cached = || self.kinds.lock().expect("kinds lock").get(gvk).cloned();
+        let cached = || self.kinds.lock().get(gvk).cloned();
         if let Some(found) = cached() {
             return Ok(found);
         }
@@ -245,7 +247,6 @@ impl Applier {
         let lookup = self
             .lookups
             .lock()
-            .expect("lookups lock")
             .entry((gvk.group.clone(), gvk.version.clone()))
             .or_default()
             .clone();
@@ -262,7 +263,7 @@ impl Applier {
         *last_lookup = Some(Instant::now());
         match group {
             Ok(group) => {
-                let mut kinds = self.kinds.lock().expect("kinds lock");
+                let mut kinds = self.kinds.lock();
                 for (resource, caps) in group.versioned_resources(&gvk.version) {
                     let key =
                         GroupVersionKind::gvk(&resource.group, &resource.version, &resource.kind);
@@ -413,10 +414,7 @@ impl Applier {
             Err(kube::Error::Api(s)) => {
                 if s.code == 404 {
                     // The kind went away since discovery: look it up afresh next time.
-                    self.kinds
-                        .lock()
-                        .expect("kinds lock")
-                        .remove(&gvk_of(object));
+                    self.kinds.lock().remove(&gvk_of(object));
                 }
                 Err(s.message)
             }

@@ -4,7 +4,9 @@
 //! the owning GitRepository.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use futures::StreamExt;
 use kube::Client;
@@ -46,7 +48,7 @@ pub struct Live {
 
 impl Drop for Live {
     fn drop(&mut self) {
-        for task in self.tasks.lock().expect("tasks lock").drain(..) {
+        for task in self.tasks.lock().drain(..) {
             task.abort();
         }
     }
@@ -74,7 +76,7 @@ impl Live {
     /// What the cluster shows of `id`; None when it is not there (or its kind is not synced yet:
     /// ask `synced` first).
     pub fn observed(&self, id: &str) -> Option<Observed> {
-        self.objects.read().expect("objects lock").get(id).cloned()
+        self.objects.read().get(id).cloned()
     }
 
     /// Whether the watch of `id`'s kind has listed everything and delivered every event up to
@@ -84,7 +86,6 @@ impl Live {
     pub fn caught_up(&self, id: &ObjectId, resource_version: Option<u64>) -> bool {
         self.synced
             .read()
-            .expect("synced lock")
             .get(&format!("{}/{}", id.group, id.kind))
             .is_some_and(|seen| resource_version.is_none_or(|rv| *seen >= rv))
     }
@@ -98,12 +99,7 @@ impl Live {
     /// Starts the shared watch of `kind`, once.
     pub fn watch(&self, kind: &Kind) {
         let key = format!("{}/{}", kind.resource.group, kind.resource.kind);
-        if !self
-            .watched
-            .lock()
-            .expect("watched lock")
-            .insert(key.clone())
-        {
+        if !self.watched.lock().insert(key.clone()) {
             return;
         }
         fn api<
@@ -173,15 +169,12 @@ impl Live {
                         }
                         let observed = observe(obj, &types);
                         if let Some(rv) = observed.resource_version {
-                            let mut synced = synced.write().expect("synced lock");
+                            let mut synced = synced.write();
                             if let Some(seen) = synced.get_mut(&key) {
                                 *seen = (*seen).max(rv);
                             }
                         }
-                        let previous = objects
-                            .write()
-                            .expect("objects lock")
-                            .insert(id, observed.clone());
+                        let previous = objects.write().insert(id, observed.clone());
                         if previous.as_ref() != Some(&observed) {
                             wake_owner(&wake, &observed.owner);
                         }
@@ -192,12 +185,10 @@ impl Live {
                             .resource_version
                             .as_deref()
                             .and_then(|v| v.parse::<u64>().ok());
-                        if let (Some(rv), Some(seen)) =
-                            (rv, synced.write().expect("synced lock").get_mut(&key))
-                        {
+                        if let (Some(rv), Some(seen)) = (rv, synced.write().get_mut(&key)) {
                             *seen = (*seen).max(rv);
                         }
-                        let removed = objects.write().expect("objects lock").remove(&id_of(&obj));
+                        let removed = objects.write().remove(&id_of(&obj));
                         if let Some(gone) = removed {
                             wake_owner(&wake, &gone.owner);
                         }
@@ -206,7 +197,7 @@ impl Live {
                         // After a re-list (e.g. 410 Gone), what was not listed is gone.
                         let seen = listing.take().unwrap_or_default();
                         let prefix_kind = format!("_{group}_{kind_name}");
-                        let mut map = objects.write().expect("objects lock");
+                        let mut map = objects.write();
                         let stale: Vec<String> = map
                             .keys()
                             .filter(|id| id.ends_with(&prefix_kind) && !seen.contains(*id))
@@ -230,14 +221,14 @@ impl Live {
                             }
                         }
                         drop(map);
-                        let mut synced = synced.write().expect("synced lock");
+                        let mut synced = synced.write();
                         let entry = synced.entry(key.clone()).or_insert(0);
                         *entry = (*entry).max(latest);
                     }
                 }
             }
         });
-        self.tasks.lock().expect("tasks lock").push(task);
+        self.tasks.lock().push(task);
     }
 }
 

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use git2::Repository;
@@ -87,8 +89,8 @@ impl Cache {
         let task = tokio::task::spawn_blocking(move || {
             let _held = hold;
             let result = work(deadline);
-            let mut stuck = stuck.lock().expect("stuck lock");
-            let mut state = shared.lock().expect("state lock");
+            let mut stuck = stuck.lock();
+            let mut state = shared.lock();
             state.0 = true;
             if state.1 {
                 // It ran past its deadline and was marked: unmark now that it returned.
@@ -108,8 +110,8 @@ impl Cache {
                 message: format!("git work failed: {join}"),
             })),
             Err(_) => {
-                let mut stuck = self.stuck.lock().expect("stuck lock");
-                let mut state = state.lock().expect("state lock");
+                let mut stuck = self.stuck.lock();
+                let mut state = state.lock();
                 if !state.0 {
                     state.1 = true;
                     *stuck.entry(key).or_default() += 1;
@@ -123,12 +125,7 @@ impl Cache {
     }
 
     fn check_stuck(&self, url: &RemoteUrl) -> Result<(), CheckError> {
-        if self
-            .stuck
-            .lock()
-            .expect("stuck lock")
-            .contains_key(url.as_str())
-        {
+        if self.stuck.lock().contains_key(url.as_str()) {
             return Err(CheckError::Source(SourceError::Fetch {
                 url: url.redacted().to_string(),
                 message: "an earlier git operation on this remote has not returned yet (the server does not answer)".into(),
@@ -166,7 +163,6 @@ impl Cache {
         let lock = self
             .locks
             .lock()
-            .expect("locks")
             .entry(url.as_str().to_string())
             .or_default()
             .clone();

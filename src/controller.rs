@@ -162,6 +162,8 @@ pub enum StartError {
     Kube(#[from] kube::Error),
     #[error("preparing the cache directory: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Bind(#[from] server::BindError),
 }
 
 /// State shared by every reconcile.
@@ -333,7 +335,7 @@ pub async fn serve(
     let readiness = Readiness::default();
     let mut servers = tokio::task::JoinSet::new();
     if let Some(addr) = config.metrics_bind_address {
-        let serving = server::serve_metrics(addr, metrics.clone());
+        let serving = server::serve_metrics(server::bind("/metrics", addr).await?, metrics.clone());
         servers.spawn(async move {
             if let Err(e) = serving.await {
                 error!(%addr, error = %e, "serving /metrics failed");
@@ -341,7 +343,8 @@ pub async fn serve(
         });
     }
     if let Some(addr) = config.health_probe_bind_address {
-        let serving = server::serve_probes(addr, readiness.clone());
+        let listener = server::bind("/healthz and /readyz", addr).await?;
+        let serving = server::serve_probes(listener, readiness.clone());
         servers.spawn(async move {
             if let Err(e) = serving.await {
                 error!(%addr, error = %e, "serving /healthz and /readyz failed");
@@ -350,7 +353,8 @@ pub async fn serve(
     }
     if let Some(addr) = config.webhook_bind_address {
         // Every replica receives: the Service spreads hooks over standbys too.
-        let serving = crate::webhook::serve(addr, Client::try_from(kube_config.clone())?);
+        let listener = server::bind("webhooks", addr).await?;
+        let serving = crate::webhook::serve(listener, Client::try_from(kube_config.clone())?);
         servers.spawn(async move {
             if let Err(e) = serving.await {
                 error!(%addr, error = %e, "serving webhooks failed");

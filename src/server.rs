@@ -10,7 +10,26 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
+use tokio::net::TcpListener;
+
 use crate::metrics::Metrics;
+
+/// Binds `addr` for the endpoint `what`: a port in use or an address not ours is an error at
+/// start, not a process that runs on without the endpoint (and reports Ready).
+pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { what, addr, source })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("serving {what} on {addr}: {source}")]
+pub struct BindError {
+    what: &'static str,
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
 
 /// Set once the controller's watch of GitRepositories has listed everything.
 #[derive(Clone, Default)]
@@ -26,20 +45,20 @@ impl Readiness {
     }
 }
 
-/// Serves `/metrics` on `addr` until the runtime shuts down.
-pub async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Serves `/metrics` on `listener` until the runtime shuts down.
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let app = Router::new()
         .route(
             "/metrics",
             get(|State(m): State<Arc<Metrics>>| async move { m.render() }),
         )
         .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
 
-/// Serves `/healthz` (the process answers) and `/readyz` (the watches have synced) on `addr`.
-pub async fn serve_probes(addr: SocketAddr, readiness: Readiness) -> std::io::Result<()> {
+/// Serves `/healthz` (the process answers) and `/readyz` (the watches have synced) on
+/// `listener`.
+pub async fn serve_probes(listener: TcpListener, readiness: Readiness) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -53,6 +72,5 @@ pub async fn serve_probes(addr: SocketAddr, readiness: Readiness) -> std::io::Re
             }),
         )
         .with_state(readiness);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }

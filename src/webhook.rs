@@ -5,7 +5,6 @@
 //! It keeps no state and runs on every replica (a standby too: the leader does the work): each
 //! request reads its Receiver, Secret and the namespace's GitRepositories.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -38,7 +37,7 @@ struct Receiving {
 }
 
 /// Serves the receiver endpoint on `addr` until the runtime shuts down.
-pub async fn serve(addr: SocketAddr, client: Client) -> std::io::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, client: Client) -> std::io::Result<()> {
     let state = Receiving {
         client,
         permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
@@ -47,7 +46,6 @@ pub async fn serve(addr: SocketAddr, client: Client) -> std::io::Result<()> {
         .route("/hook/{namespace}/{name}", post(receive))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
 

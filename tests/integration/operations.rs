@@ -210,3 +210,43 @@ async fn sigterm_while_the_api_server_cannot_be_reached_ends_the_process() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn a_port_in_use_stops_the_start_with_the_endpoint_named() {
+    let fx = Fixture::new_stopped("bind").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = cluster_admin_kubeconfig(&fx.ns, "capstan", dir.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let free = |_| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .arg("controller")
+            .arg(format!("--metrics-bind-address=127.0.0.1:{port}"))
+            .arg(format!("--health-probe-bind-address={}", free(())))
+            .arg(format!("--webhook-bind-address={}", free(())))
+            .arg(format!(
+                "--cache-dir={}",
+                dir.path().join("cache").display()
+            ))
+            .arg(format!("--namespace={}", fx.ns))
+            .arg("--leader-elect=false")
+            .env("KUBECONFIG", &kubeconfig)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the controller exits instead of running on without /metrics")
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("serving /metrics on 127.0.0.1:{port}"))
+            && stderr.contains("in use"),
+        "{stderr}"
+    );
+}

@@ -5,8 +5,8 @@ use std::time::Duration;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
-use crate::support::Repo;
 use crate::support::controller::{Fixture, configmap, http_get, http_request, put_secret, spec};
+use crate::support::{Repo, audit};
 
 const TOKEN: &[u8] = b"hook-s3cret";
 
@@ -73,8 +73,18 @@ async fn a_signed_push_reconciles_at_once_and_a_bad_one_changes_nothing() {
     let body = push_body(&repo, "refs/heads/main");
     let (code, _) = post(&fx, &path, &github(&body, b"wrong-token"), &body).await;
     assert_eq!(code, 401);
+    let mark = audit::mark();
     let (code, _) = post(&fx, &path, &[("X-GitHub-Event", "push".into())], &body).await;
     assert_eq!(code, 401, "no signature");
+    // Refused without a read: an unsigned flood costs the API server nothing.
+    let (code, _) = post(&fx, &path, &github(&body, b"wrong-token"), &body).await;
+    assert_eq!(code, 401);
+    let looked_up = lookups_since(mark, &fx.ns);
+    assert_eq!(
+        looked_up.len(),
+        2,
+        "only the signed request reads the Receiver and its Secret: {looked_up:?}"
+    );
     // Refused before anything is parsed or looked up.
     let (code, _) = post(
         &fx,
@@ -126,6 +136,14 @@ async fn a_signed_push_reconciles_at_once_and_a_bad_one_changes_nothing() {
         (1..10).contains(&flood_reconciles),
         "10 pushes made {flood_reconciles} reconciles"
     );
+}
+
+/// Reads of Receivers and Secrets in `ns` since `mark`.
+fn lookups_since(mark: usize, ns: &str) -> Vec<String> {
+    audit::reads_since(mark, ns)
+        .into_iter()
+        .filter(|r| r.contains("receivers/") || r.contains("secrets/"))
+        .collect()
 }
 
 /// Reconciles of GitRepository `app` so far, from the controller's metrics.

@@ -5,12 +5,13 @@
 pub mod api;
 pub mod apply;
 pub mod cli;
-pub mod controller;
 pub mod digest;
 pub mod leader;
 pub mod live;
 pub mod metrics;
+pub mod reconcile;
 pub mod render;
+pub mod runtime;
 pub mod server;
 pub mod source;
 pub mod status;

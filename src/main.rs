@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator against the cluster of the current kubeconfig or in-cluster config.
-    Controller(capstan::controller::Config),
+    Controller(capstan::runtime::Config),
     /// Print, offline, the objects the controller would apply for a directory: plain manifests,
     /// a kustomization or a Helm chart, with variables substituted.
     Render(capstan::cli::RenderArgs),
@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Controller(config) => {
             capstan::telemetry::init(config.log_format, &config.log_level)?;
-            capstan::controller::run(config).await?;
+            capstan::runtime::run(config).await?;
             // Not a return: leaving the runtime would wait for blocking git or render work
             // still running on its threads, which the drain deadline has given up on.
             std::process::exit(0);

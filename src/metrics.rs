@@ -1,9 +1,8 @@
 //! Prometheus metrics, prefixed `capstan_`. Labels are bounded: a GitRepository's namespace and
 //! name, a condition reason or an apply action; never a revision, URL or message.
-
-use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 
+use parking_lot::Mutex;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };

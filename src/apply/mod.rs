@@ -8,8 +8,6 @@ mod inventory;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
@@ -18,6 +16,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditi
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, Scope};
 use kube::{Client, ResourceExt};
+use parking_lot::Mutex;
 use serde_json::Value;
 
 pub use inventory::{ObjectId, apply_tier, prune_blocked, prune_candidates};

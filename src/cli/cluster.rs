@@ -15,8 +15,9 @@ use super::{CliError, Format};
 use crate::api::{GitRepository, RECONCILE_REQUESTED_ANNOTATION};
 use crate::apply::diff::{Change, changes};
 use crate::apply::{Applier, ApplyOptions, ObjectId, Owner};
-use crate::controller::{self, RenderConfig};
+use crate::reconcile;
 use crate::render::Manifest;
+use crate::runtime::RenderConfig;
 use crate::source::{Auth, Cache, RemoteUrl};
 use crate::status;
 
@@ -223,7 +224,7 @@ async fn request_and_wait(
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     let name = &args.target.name;
-    let timeout = controller::parse_duration(&args.timeout)
+    let timeout = reconcile::parse_duration(&args.timeout)
         .ok_or_else(|| CliError::Usage(format!("invalid --timeout {:?}", args.timeout)))?;
     let token = k8s_openapi::jiff::Timestamp::now().to_string();
     let patch = json!({
@@ -346,9 +347,9 @@ pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliErro
     let (client, ns) = connect(args.target.namespace.as_deref()).await?;
     let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
     let gr = api.get(&args.target.name).await?;
-    let timeout = controller::parse_duration(gr.spec.timeout.as_deref().unwrap_or("60s"))
+    let timeout = reconcile::parse_duration(gr.spec.timeout.as_deref().unwrap_or("60s"))
         .unwrap_or(Duration::from_secs(60));
-    let variables = controller::read_variables(&client, &gr, &ns)
+    let variables = reconcile::read_variables(&client, &gr, &ns)
         .await
         .map_err(|e| CliError::Failed(e.message))?;
     let manifests = match &args.path {

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use super::CliError;
 use crate::api::GitRepository;
-use crate::controller::{self, RenderConfig};
+use crate::reconcile;
 use crate::render::{self, HelmOptions, Manifest, RenderError, Variables};
+use crate::runtime::RenderConfig;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Output {
@@ -68,7 +69,7 @@ pub fn render(args: &RenderArgs, out: &mut impl Write) -> Result<(), CliError> {
             .get_or_insert_with(BTreeMap::new)
             .insert(name.to_string(), value.to_string());
     }
-    let timeout = controller::parse_duration(&args.timeout)
+    let timeout = reconcile::parse_duration(&args.timeout)
         .ok_or_else(|| CliError::Usage(format!("invalid --timeout {:?}", args.timeout)))?;
     let manifests = render_tree(
         &args.dir,
@@ -118,7 +119,7 @@ pub fn render_tree(
         ))
     })?;
     let helm = match gr {
-        Some(gr) => controller::helm_options(gr),
+        Some(gr) => reconcile::helm_options(gr),
         None => HelmOptions {
             release_name: dir
                 .file_name()

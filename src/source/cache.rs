@@ -5,11 +5,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use git2::Repository;
+use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
 use super::resolve::{self, ResolveError, Resolved};

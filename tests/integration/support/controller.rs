@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use capstan::api::GitRepository;
-use capstan::controller::{Config, RenderConfig};
+use capstan::runtime::{Config, RenderConfig};
 use capstan::telemetry::LogFormat;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -108,7 +108,7 @@ impl Fixture {
             log_level: "info".into(),
         };
         self.controller = Some(tokio::spawn(async move {
-            capstan::controller::serve(kube_config().await, config, std::future::pending())
+            capstan::runtime::serve(kube_config().await, config, std::future::pending())
                 .await
                 .expect("controller");
         }));

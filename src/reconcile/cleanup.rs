@@ -1,0 +1,74 @@
+//! On delete: the objects a GitRepository applied are deleted, or released (deletionPolicy).
+
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use tracing::info;
+
+use super::{Context, Error};
+use crate::api::{DeletionPolicy, GitRepository};
+use crate::apply::{self, Owner};
+
+pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
+    // In a namespace being deleted the ServiceAccount's RoleBindings may already be gone; the
+    // objects that still carry this GitRepository's ownership marker are removed as the
+    // controller, or the namespace would never finish deleting.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    let terminating = namespaces
+        .get_opt(&gr.namespace().unwrap_or_default())
+        .await
+        .ok()
+        .flatten()
+        .is_none_or(|ns| ns.metadata.deletion_timestamp.is_some());
+    let client = if terminating {
+        ctx.client.clone()
+    } else {
+        ctx.client_for(gr).map_err(Error::Cleanup)?
+    };
+    let entries = gr
+        .status
+        .as_ref()
+        .and_then(|s| s.inventory.as_ref())
+        .map(|i| i.entries.clone())
+        .unwrap_or_default();
+    let owner = Owner {
+        namespace: gr.namespace().unwrap_or_default(),
+        name: gr.name_any(),
+    };
+    let delete = match gr.spec.deletion_policy {
+        DeletionPolicy::Delete => true,
+        DeletionPolicy::Orphan => false,
+        DeletionPolicy::MirrorPrune => gr.spec.prune,
+    };
+    if delete {
+        let mut ordered = entries;
+        ordered.sort_by_key(|e| {
+            apply::ObjectId::parse(&e.id)
+                .map(|id| (std::cmp::Reverse(apply::apply_tier(&id)), e.id.clone()))
+        });
+        let report = ctx.applier.prune(&client, &ordered, &owner).await;
+        // Objects already being deleted (finalizers) do not hold the GitRepository back.
+        if !report.errors.is_empty() {
+            return Err(Error::Cleanup(report.errors.join("; ")));
+        }
+        info!(
+            deleted = report.deleted.len(),
+            "deleted the objects this GitRepository applied"
+        );
+    } else {
+        ctx.applier
+            .release(&client, &entries, &owner)
+            .await
+            .map_err(Error::Cleanup)?;
+        info!(
+            orphaned = entries.len(),
+            "released the objects this GitRepository applied"
+        );
+    }
+    let key = ObjectRef::from(gr);
+    ctx.memory.lock().remove(&key);
+    ctx.metrics.forget(&owner.namespace, &owner.name);
+    ctx.failures.lock().remove(&key);
+    Ok(Action::await_change())
+}

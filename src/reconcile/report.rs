@@ -1,0 +1,104 @@
+//! What a reconcile tells: the status write and the Events.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use tracing::warn;
+
+use super::{Context, Error};
+use crate::api::{FIELD_MANAGER, GitRepository, GitRepositoryStatus};
+use crate::status::{self, Verdict};
+
+pub(super) async fn event(
+    ctx: &Context,
+    gr: &GitRepository,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &gr.object_ref(&())).await {
+        warn!(error = %e, "publishing event failed");
+    }
+}
+
+pub(super) async fn write_status(
+    ctx: &Context,
+    gr: &GitRepository,
+    status: &GitRepositoryStatus,
+) -> Result<(), Error> {
+    let api: Api<GitRepository> =
+        Api::namespaced(ctx.client.clone(), &gr.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "capstan.dev/v1alpha1",
+        "kind": "GitRepository",
+        "status": status,
+    });
+    api.patch_status(
+        &gr.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Status)?;
+    Ok(())
+}
+
+/// Says on the status, before an apply starts, which revision is being applied: a long apply
+/// shows as `Reconciling` instead of nothing until it ends. Best effort: the apply goes on if
+/// the write fails, and the final status follows either way.
+pub(super) async fn progressing(
+    ctx: &Context,
+    gr: &GitRepository,
+    status: &GitRepositoryStatus,
+    revision: &str,
+) {
+    let mut shown = status.clone();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    status::set_progressing(&mut shown, revision, gr.meta().generation, &now);
+    let key = ObjectRef::from(gr);
+    let written = ctx.recall(&key, |m| m.status.clone()).flatten();
+    if !status::differs(written.as_ref().or(gr.status.as_ref()), &shown) {
+        return;
+    }
+    match write_status(ctx, gr, &shown).await {
+        Ok(()) => ctx.memory.lock().entry(key).or_default().status = Some(shown),
+        Err(e) => warn!(error = %e, "writing the Reconciling condition failed"),
+    }
+}
+
+/// The event for a verdict: `Applied` for a new revision or changed objects, a Warning with the
+/// reason for a failure.
+pub(super) async fn publish(
+    ctx: &Context,
+    gr: &GitRepository,
+    verdict: &Verdict,
+    new_revision: bool,
+    status: &GitRepositoryStatus,
+) {
+    let (type_, reason, note) = match verdict {
+        Verdict::Ready { message, .. } => {
+            let changed = status
+                .summary
+                .as_ref()
+                .is_some_and(|s| s.created + s.configured + s.pruned > 0);
+            if !changed && !new_revision {
+                return;
+            }
+            (EventType::Normal, "Applied", message)
+        }
+        Verdict::Progressing { .. } => return,
+        Verdict::Retrying { reason, message } | Verdict::Stalled { reason, message } => {
+            (EventType::Warning, *reason, message)
+        }
+    };
+    event(ctx, gr, type_, reason, note.clone()).await;
+}

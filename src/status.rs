@@ -12,33 +12,97 @@ pub const STALLED: &str = "Stalled";
 pub const DRIFTED: &str = "Drifted";
 pub const HEALTHY: &str = "Healthy";
 
-/// The reason of `Reconciling` while a revision is being applied.
-pub const PROGRESSING: &str = "Progressing";
+/// Why a condition is as it is, and why an Event was sent: stable PascalCase words, which
+/// metric labels reuse. A decision between steps matches these, never a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    ReconciliationSucceeded,
+    /// `Reconciling` while a revision is being applied, or Ready while objects become healthy.
+    Progressing,
+    ProgressingWithRetry,
+    InvalidSpec,
+    InvalidSource,
+    FetchFailed,
+    AuthenticationFailed,
+    RefNotFound,
+    BuildFailed,
+    ApplyFailed,
+    PruneFailed,
+    PruneBlocked,
+    HealthCheckFailed,
+    Healthy,
+    NoDrift,
+    DriftDetected,
+    DriftCorrected,
+    /// The Event of an applied revision.
+    Applied,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::ReconciliationSucceeded => "ReconciliationSucceeded",
+            Reason::Progressing => "Progressing",
+            Reason::ProgressingWithRetry => "ProgressingWithRetry",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::InvalidSource => "InvalidSource",
+            Reason::FetchFailed => "FetchFailed",
+            Reason::AuthenticationFailed => "AuthenticationFailed",
+            Reason::RefNotFound => "RefNotFound",
+            Reason::BuildFailed => "BuildFailed",
+            Reason::ApplyFailed => "ApplyFailed",
+            Reason::PruneFailed => "PruneFailed",
+            Reason::PruneBlocked => "PruneBlocked",
+            Reason::HealthCheckFailed => "HealthCheckFailed",
+            Reason::Healthy => "Healthy",
+            Reason::NoDrift => "NoDrift",
+            Reason::DriftDetected => "DriftDetected",
+            Reason::DriftCorrected => "DriftCorrected",
+            Reason::Applied => "Applied",
+        }
+    }
+
+    /// Whether a failure with this reason waits for a change (of the spec or in git) instead of
+    /// being retried with backoff: the one place that decides it for the source's errors.
+    pub fn stalls(self) -> bool {
+        matches!(
+            self,
+            Reason::InvalidSpec
+                | Reason::InvalidSource
+                | Reason::BuildFailed
+                | Reason::PruneBlocked
+                | Reason::HealthCheckFailed
+        )
+    }
+
+    /// Whether a failure with this reason happened after objects were sent, so that what is
+    /// applied may not be what the revision says.
+    pub fn after_apply(self) -> bool {
+        matches!(
+            self,
+            Reason::ApplyFailed | Reason::PruneFailed | Reason::PruneBlocked
+        )
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// How a reconcile ended, as far as the conditions are concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Everything in git is applied (and pruned as asked).
-    Ready {
-        reason: &'static str,
-        message: String,
-    },
+    Ready { reason: Reason, message: String },
     /// Failed; retried with backoff.
-    Retrying {
-        reason: &'static str,
-        message: String,
-    },
+    Retrying { reason: Reason, message: String },
     /// Applied; waiting for the objects to become healthy.
-    Progressing {
-        reason: &'static str,
-        message: String,
-    },
+    Progressing { reason: Reason, message: String },
     /// Failed in a way that only a change (of the spec or in git) can fix; checked again each
     /// interval.
-    Stalled {
-        reason: &'static str,
-        message: String,
-    },
+    Stalled { reason: Reason, message: String },
 }
 
 /// Sets the three kstatus conditions from `verdict`, keeping each condition's
@@ -55,7 +119,7 @@ pub fn set_conditions(
         Verdict::Progressing { reason, message } => (false, true, false, *reason, message),
         Verdict::Stalled { reason, message } => (false, false, true, *reason, message),
     };
-    let mut set = |type_: &str, value: bool, reason: &str, message: &str| {
+    let mut set = |type_: &str, value: bool, reason: Reason, message: &str| {
         set_condition(status, type_, value, reason, message, generation, now)
     };
     set(READY, ready, reason, message);
@@ -63,7 +127,7 @@ pub fn set_conditions(
         RECONCILING,
         reconciling,
         if reconciling {
-            "ProgressingWithRetry"
+            Reason::ProgressingWithRetry
         } else {
             reason
         },
@@ -85,12 +149,20 @@ pub fn set_progressing(
         status,
         RECONCILING,
         true,
-        PROGRESSING,
+        Reason::Progressing,
         &message,
         generation,
         now,
     );
-    set_condition(status, STALLED, false, PROGRESSING, "", generation, now);
+    set_condition(
+        status,
+        STALLED,
+        false,
+        Reason::Progressing,
+        "",
+        generation,
+        now,
+    );
 }
 
 /// Sets one condition, keeping its `lastTransitionTime` when its status did not change.
@@ -98,7 +170,7 @@ pub fn set_condition(
     status: &mut GitRepositoryStatus,
     type_: &str,
     value: bool,
-    reason: &str,
+    reason: Reason,
     message: &str,
     generation: Option<i64>,
     now: &Time,
@@ -106,7 +178,7 @@ pub fn set_condition(
     let condition = Condition {
         type_: type_.to_string(),
         status: if value { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         message: truncate(message, 1024),
         observed_generation: generation,
         last_transition_time: now.clone(),
@@ -181,7 +253,7 @@ mod tests {
 
     fn ready_verdict() -> Verdict {
         Verdict::Ready {
-            reason: "ReconciliationSucceeded",
+            reason: Reason::ReconciliationSucceeded,
             message: "Applied revision main@sha1:abc".into(),
         }
     }
@@ -196,7 +268,7 @@ mod tests {
         assert!(!differs(Some(&before), &status));
 
         let fail = Verdict::Retrying {
-            reason: "FetchFailed",
+            reason: Reason::FetchFailed,
             message: "connection refused".into(),
         };
         set_conditions(&mut status, &fail, Some(1), &at(300));
@@ -219,7 +291,7 @@ mod tests {
     fn stalled_is_exclusive_with_reconciling() {
         let mut status = GitRepositoryStatus::default();
         let verdict = Verdict::Stalled {
-            reason: "BuildFailed",
+            reason: Reason::BuildFailed,
             message: "deploy/app.yaml:3: bad indentation".into(),
         };
         set_conditions(&mut status, &verdict, Some(2), &at(1));
@@ -242,6 +314,49 @@ mod tests {
                 .iter()
                 .all(|c| c.observed_generation == Some(2))
         );
+    }
+
+    #[test]
+    fn reasons_keep_the_api_strings_and_decide_stall_or_retry() {
+        use Reason::*;
+        let stalls = [
+            InvalidSpec,
+            InvalidSource,
+            BuildFailed,
+            PruneBlocked,
+            HealthCheckFailed,
+        ];
+        let retries = [
+            FetchFailed,
+            AuthenticationFailed,
+            RefNotFound,
+            ApplyFailed,
+            PruneFailed,
+        ];
+        for reason in stalls.iter().chain(&retries) {
+            // The API's reason is the variant's name, as written before the enum existed.
+            assert_eq!(reason.as_str(), format!("{reason:?}"));
+            assert_eq!(reason.stalls(), stalls.contains(reason), "{reason}");
+        }
+        for reason in [
+            ReconciliationSucceeded,
+            Progressing,
+            ProgressingWithRetry,
+            Healthy,
+            NoDrift,
+            DriftDetected,
+            DriftCorrected,
+            Applied,
+        ] {
+            assert_eq!(reason.as_str(), format!("{reason:?}"));
+        }
+        let after_apply: Vec<Reason> = stalls
+            .iter()
+            .chain(&retries)
+            .copied()
+            .filter(|r| r.after_apply())
+            .collect();
+        assert_eq!(after_apply, [PruneBlocked, ApplyFailed, PruneFailed]);
     }
 
     #[test]

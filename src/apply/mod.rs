@@ -72,8 +72,8 @@ pub struct ApplyError {
 }
 
 impl ApplyError {
-    pub fn reason(&self) -> &'static str {
-        "ApplyFailed"
+    pub fn reason(&self) -> crate::status::Reason {
+        crate::status::Reason::ApplyFailed
     }
 }
 

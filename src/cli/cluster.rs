@@ -315,7 +315,9 @@ fn progress(status: Option<&crate::api::GitRepositoryStatus>) -> String {
         .into_iter()
         .flat_map(|s| &s.conditions)
         .find(|c| {
-            c.type_ == status::RECONCILING && c.status == "True" && c.reason == status::PROGRESSING
+            c.type_ == status::RECONCILING
+                && c.status == "True"
+                && c.reason == status::Reason::Progressing.as_str()
         })
         .map_or("waiting for the controller".to_string(), |c| {
             format!("{}: {}", c.reason, c.message)

@@ -33,6 +33,7 @@ use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::render::{Limits, Tools};
 use crate::source::{Auth, Cache};
+use crate::status::Reason;
 use crate::status::{self, Verdict};
 
 mod cleanup;
@@ -211,7 +212,15 @@ struct Failure {
 }
 
 impl Failure {
-    fn retry(reason: &'static str, message: impl ToString) -> Self {
+    /// Stalled or retried, as the reason says.
+    fn of(reason: Reason, message: impl ToString) -> Self {
+        if reason.stalls() {
+            Failure::stall(reason, message)
+        } else {
+            Failure::retry(reason, message)
+        }
+    }
+    fn retry(reason: Reason, message: impl ToString) -> Self {
         Failure {
             verdict: Verdict::Retrying {
                 reason,
@@ -219,7 +228,7 @@ impl Failure {
             },
         }
     }
-    fn stall(reason: &'static str, message: impl ToString) -> Self {
+    fn stall(reason: Reason, message: impl ToString) -> Self {
         Failure {
             verdict: Verdict::Stalled {
                 reason,
@@ -288,11 +297,11 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
             let delay = match &verdict {
                 // Only a change fixes it; look again at the next interval.
                 Verdict::Stalled { reason, message } => {
-                    warn!(reason, %message, "stalled until the spec or git changes");
+                    warn!(%reason, %message, "stalled until the spec or git changes");
                     jitter(interval)
                 }
                 Verdict::Retrying { reason, message } => {
-                    warn!(reason, %message, "failed; retrying with backoff");
+                    warn!(%reason, %message, "failed; retrying with backoff");
                     backoff(ctx, gr)
                 }
                 _ => backoff(ctx, gr),
@@ -329,7 +338,7 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         {
             // Healthy now, after waiting: Ready again with the message of the last apply.
             verdict = Some(Verdict::Ready {
-                reason: "ReconciliationSucceeded",
+                reason: Reason::ReconciliationSucceeded,
                 message: ctx.recall(&key, |m| m.message.clone()).unwrap_or_default(),
             });
         }
@@ -408,13 +417,11 @@ async fn pipeline(
         Err(Failure { verdict }) => {
             // A failure asks the remote again at the next try (the backoff decides when).
             memory.last_check = None;
-            let reason = match verdict {
-                Verdict::Retrying { reason, .. } | Verdict::Stalled { reason, .. } => *reason,
-                _ => "",
-            };
             // What is applied stays applied when only the source or the render failed:
             // drift and health go on being watched.
-            if matches!(reason, "ApplyFailed" | "PruneFailed" | "PruneBlocked") {
+            if let Verdict::Retrying { reason, .. } | Verdict::Stalled { reason, .. } = verdict
+                && reason.after_apply()
+            {
                 memory.applied_ok = false;
             }
         }

@@ -14,6 +14,7 @@ use super::{Context, parse_duration, timeout_of};
 use crate::api::{DriftEntry, DriftMode, GitRepository, GitRepositoryStatus};
 use crate::apply::{ObjectId, Sent};
 use crate::live::health::Health;
+use crate::status::Reason;
 use crate::status::{self, Verdict};
 
 /// An object corrected this many times within the window is being fought over by another
@@ -29,7 +30,7 @@ pub(super) async fn drift(
     ctx: &Context,
     status: &mut GitRepositoryStatus,
     now: &Time,
-) -> (Vec<(EventType, &'static str, String)>, Option<Duration>) {
+) -> (Vec<(EventType, Reason, String)>, Option<Duration>) {
     let mode = gr.spec.drift.as_ref().map(|d| d.mode).unwrap_or_default();
     let key = ObjectRef::from(gr);
     if mode == DriftMode::Disabled {
@@ -92,7 +93,7 @@ pub(super) async fn drift(
                     info!(object = %id, fields = %fields.join(", "), "drift corrected");
                     events.push((
                         EventType::Normal,
-                        "DriftCorrected",
+                        Reason::DriftCorrected,
                         format!("{id}: re-applied {}", fields.join(", ")),
                     ));
                 }
@@ -113,7 +114,7 @@ pub(super) async fn drift(
                     format!("{id}: {}", fields.join(", "))
                 }
             };
-            events.push((EventType::Warning, "DriftDetected", note));
+            events.push((EventType::Warning, Reason::DriftDetected, note));
         }
         if let (Some(wait), DriftMode::Correct) = (held, mode) {
             look_again = Some(look_again.map_or(wait, |w| w.min(wait)));
@@ -207,7 +208,7 @@ pub(super) fn set_drifted(
             status,
             status::DRIFTED,
             false,
-            "NoDrift",
+            Reason::NoDrift,
             "",
             generation,
             now,
@@ -230,7 +231,7 @@ pub(super) fn set_drifted(
             status,
             status::DRIFTED,
             true,
-            "DriftDetected",
+            Reason::DriftDetected,
             &message,
             generation,
             now,
@@ -290,7 +291,7 @@ pub(super) fn health(
             status,
             status::HEALTHY,
             true,
-            "Healthy",
+            Reason::Healthy,
             &message,
             generation,
             now,
@@ -304,13 +305,13 @@ pub(super) fn health(
         .map(|t| t.elapsed())
         .unwrap_or_default();
     let (reason, message, wait) = if !failed.is_empty() {
-        ("HealthCheckFailed", failed.join("; "), None)
+        (Reason::HealthCheckFailed, failed.join("; "), None)
     } else if since >= timeout {
         let message = format!("not healthy after {timeout:?}: {}", waiting.join("; "));
-        ("HealthCheckFailed", message, None)
+        (Reason::HealthCheckFailed, message, None)
     } else {
         let message = format!("waiting for {}", waiting.join("; "));
-        ("Progressing", message, Some(timeout - since))
+        (Reason::Progressing, message, Some(timeout - since))
     };
     status::set_condition(
         status,

@@ -9,18 +9,18 @@ use tracing::warn;
 
 use super::{Context, Error};
 use crate::api::{FIELD_MANAGER, GitRepository, GitRepositoryStatus};
-use crate::status::{self, Verdict};
+use crate::status::{self, Reason, Verdict};
 
 pub(super) async fn event(
     ctx: &Context,
     gr: &GitRepository,
     type_: EventType,
-    reason: &str,
+    reason: Reason,
     note: String,
 ) {
     let event = KubeEvent {
         type_,
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         note: Some(note.chars().take(1000).collect()),
         action: "Reconcile".into(),
         secondary: None,
@@ -93,7 +93,7 @@ pub(super) async fn publish(
             if !changed && !new_revision {
                 return;
             }
-            (EventType::Normal, "Applied", message)
+            (EventType::Normal, Reason::Applied, message)
         }
         Verdict::Progressing { .. } => return,
         Verdict::Retrying { reason, message } | Verdict::Stalled { reason, message } => {

@@ -19,6 +19,7 @@ use crate::api::{
 use crate::apply::{self, Action as Applied, ApplyOptions, Owner, Sent};
 use crate::render::{self, HelmOptions, Variables};
 use crate::source::{Auth, RemoteUrl, SourceError};
+use crate::status::Reason;
 use crate::status::Verdict;
 
 /// Source, render, apply and prune of the revision the ref names now, writing what happened into
@@ -34,11 +35,11 @@ pub(super) async fn stages(
     let namespace = gr.namespace().unwrap_or_default();
     parse_duration(&gr.spec.interval).ok_or_else(|| {
         Failure::stall(
-            "InvalidSpec",
+            Reason::InvalidSpec,
             format!("invalid interval {:?}", gr.spec.interval),
         )
     })?;
-    let timeout = timeout_of(gr).map_err(|m| Failure::stall("InvalidSpec", m))?;
+    let timeout = timeout_of(gr).map_err(|m| Failure::stall(Reason::InvalidSpec, m))?;
 
     // Source: ask the remote which commit the ref names.
     let url = RemoteUrl::parse(&gr.spec.url).map_err(|e| Failure::stall(e.reason(), e))?;
@@ -52,7 +53,9 @@ pub(super) async fn stages(
         .cache
         .resolve(&url, &auth, &gr.spec.git_ref(), timeout)
         .await;
-    if settled && applied_ok && matches!(&resolved, Err(e) if e.reason() == "AuthenticationFailed")
+    if settled
+        && applied_ok
+        && matches!(&resolved, Err(e) if e.reason() == Reason::AuthenticationFailed)
     {
         auth = load_auth(ctx, gr, &namespace, true).await?;
         resolved = ctx
@@ -60,10 +63,7 @@ pub(super) async fn stages(
             .resolve(&url, &auth, &gr.spec.git_ref(), timeout)
             .await;
     }
-    let resolved = resolved.map_err(|e| match e.reason() {
-        "InvalidSpec" | "InvalidSource" => Failure::stall(e.reason(), e),
-        reason => Failure::retry(reason, e),
-    })?;
+    let resolved = resolved.map_err(|e| Failure::of(e.reason(), e))?;
 
     // Variables are read on every check, so a changed ConfigMap or Secret is applied too.
     let variables = variables(ctx, gr, &namespace).await?;
@@ -87,7 +87,10 @@ pub(super) async fn stages(
 
     // Fetch (only when the commit is not cached yet) and check out.
     let work = tempfile::tempdir_in(&ctx.work_dir).map_err(|e| {
-        Failure::retry("FetchFailed", format!("creating a checkout directory: {e}"))
+        Failure::retry(
+            Reason::FetchFailed,
+            format!("creating a checkout directory: {e}"),
+        )
     })?;
     let fetch_started = Instant::now();
     let fetched = ctx
@@ -130,11 +133,11 @@ pub(super) async fn stages(
     .await
     .map_err(|_| {
         Failure::stall(
-            "BuildFailed",
+            Reason::BuildFailed,
             format!("rendering took longer than {timeout:?}"),
         )
     })?
-    .map_err(|e| Failure::stall("BuildFailed", format!("rendering failed: {e}")))?;
+    .map_err(|e| Failure::stall(Reason::BuildFailed, format!("rendering failed: {e}")))?;
     let manifests = rendered
         .map_err(|e| Failure::stall(e.reason(), format!("revision {}: {e}", resolved.revision)))?;
     drop(work);
@@ -142,7 +145,7 @@ pub(super) async fn stages(
     // Apply. An invalid maxPrune is refused before anything changes.
     if gr.spec.prune {
         apply::prune_blocked(1, 1, gr.spec.max_prune.as_ref())
-            .map_err(|m| Failure::stall("InvalidSpec", m))?;
+            .map_err(|m| Failure::stall(Reason::InvalidSpec, m))?;
     }
     let owner = Owner {
         namespace: namespace.clone(),
@@ -187,7 +190,7 @@ pub(super) async fn stages(
     };
     let client = ctx
         .client_for(gr)
-        .map_err(|m| Failure::retry("ApplyFailed", m))?;
+        .map_err(|m| Failure::retry(Reason::ApplyFailed, m))?;
     progressing(ctx, gr, status, &resolved.revision).await;
     let report = ctx.applier.apply(&client, &manifests, &opts).await;
     for kind in &report.kinds {
@@ -259,7 +262,7 @@ pub(super) async fn stages(
             });
             outcome.entries.extend(candidates);
             outcome.record(ctx, &key, status);
-            return Err(Failure::stall("PruneBlocked", message));
+            return Err(Failure::stall(Reason::PruneBlocked, message));
         }
         let pruned = ctx.applier.prune(&client, &candidates, &owner).await;
         info!(
@@ -274,7 +277,10 @@ pub(super) async fn stages(
         outcome.entries.extend(pruned.pending);
         if !pruned.errors.is_empty() {
             outcome.record(ctx, &key, status);
-            return Err(Failure::retry("PruneFailed", pruned.errors.join("; ")));
+            return Err(Failure::retry(
+                Reason::PruneFailed,
+                pruned.errors.join("; "),
+            ));
         }
     }
     let message = format!(
@@ -313,7 +319,7 @@ pub(super) async fn stages(
     }
     status.last_applied_revision = Some(resolved.revision.clone());
     Ok(Some(Verdict::Ready {
-        reason: "ReconciliationSucceeded",
+        reason: Reason::ReconciliationSucceeded,
         message,
     }))
 }
@@ -375,12 +381,12 @@ pub(super) async fn variables(
     }
     let client = ctx
         .client_for(gr)
-        .map_err(|m| Failure::retry("BuildFailed", m))?;
+        .map_err(|m| Failure::retry(Reason::BuildFailed, m))?;
     read_variables(&client, gr, namespace)
         .await
         .map_err(|e| match e.transient {
-            true => Failure::retry("BuildFailed", e.message),
-            false => Failure::stall("BuildFailed", e.message),
+            true => Failure::retry(Reason::BuildFailed, e.message),
+            false => Failure::stall(Reason::BuildFailed, e.message),
         })
 }
 
@@ -506,20 +512,20 @@ pub(super) async fn load_auth(
     // Secret its ServiceAccount may not read to a URL of its choosing.
     let client = ctx
         .client_for(gr)
-        .map_err(|m| Failure::retry("AuthenticationFailed", m))?;
+        .map_err(|m| Failure::retry(Reason::AuthenticationFailed, m))?;
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let secret = secrets
         .get_opt(&secret_ref.name)
         .await
         .map_err(|e| {
             Failure::retry(
-                "AuthenticationFailed",
+                Reason::AuthenticationFailed,
                 format!("reading secret {}: {e}", secret_ref.name),
             )
         })?
         .ok_or_else(|| {
             Failure::retry(
-                "AuthenticationFailed",
+                Reason::AuthenticationFailed,
                 format!("secret {}/{} not found", namespace, secret_ref.name),
             )
         })?;

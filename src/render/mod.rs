@@ -146,8 +146,8 @@ pub enum RenderError {
 
 impl RenderError {
     /// The Ready condition's reason for this error.
-    pub fn reason(&self) -> &'static str {
-        "BuildFailed"
+    pub fn reason(&self) -> crate::status::Reason {
+        crate::status::Reason::BuildFailed
     }
 }
 

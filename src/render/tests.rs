@@ -356,7 +356,7 @@ fn invalid_yaml_reports_file_and_line() {
             .starts_with("deploy/bad.yaml:10: invalid YAML: "),
         "{err}"
     );
-    assert_eq!(err.reason(), "BuildFailed");
+    assert_eq!(err.reason(), crate::status::Reason::BuildFailed);
 }
 
 #[test]

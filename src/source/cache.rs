@@ -26,11 +26,11 @@ pub enum CheckError {
 }
 
 impl CheckError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> crate::status::Reason {
         match self {
             CheckError::Source(e) => e.reason(),
             CheckError::Resolve(e) => e.reason(),
-            CheckError::Timeout { .. } => "FetchFailed",
+            CheckError::Timeout { .. } => crate::status::Reason::FetchFailed,
         }
     }
 }

@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use git2::{AutotagOption, FetchOptions, Oid, RemoteCallbacks, RemoteRedirect, Repository};
 
+use crate::status::Reason;
+
 pub use auth::Auth;
 pub use cache::{Cache, CheckError};
 pub use resolve::Resolved;
@@ -30,11 +32,13 @@ pub enum SourceError {
 
 impl SourceError {
     /// Stable PascalCase reason for conditions, events and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            SourceError::InvalidUrl(_) | SourceError::InvalidCredentials(_) => "InvalidSource",
-            SourceError::Authentication { .. } => "AuthenticationFailed",
-            SourceError::Fetch { .. } | SourceError::Cache { .. } => "FetchFailed",
+            SourceError::InvalidUrl(_) | SourceError::InvalidCredentials(_) => {
+                Reason::InvalidSource
+            }
+            SourceError::Authentication { .. } => Reason::AuthenticationFailed,
+            SourceError::Fetch { .. } | SourceError::Cache { .. } => Reason::FetchFailed,
         }
     }
 }

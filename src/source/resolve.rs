@@ -4,6 +4,7 @@
 use git2::Oid;
 
 use crate::api::GitRef;
+use crate::status::Reason;
 
 /// What to fetch for a ref, and the commit it resolves to when the remote advertises it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,10 +36,12 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            ResolveError::InvalidSemver { .. } | ResolveError::InvalidCommit(_) => "InvalidSpec",
-            _ => "RefNotFound",
+            ResolveError::InvalidSemver { .. } | ResolveError::InvalidCommit(_) => {
+                Reason::InvalidSpec
+            }
+            _ => Reason::RefNotFound,
         }
     }
 }
@@ -252,6 +255,6 @@ mod tests {
             &git_ref(|r| r.name = Some("refs/pull/8/head".into())),
             &refs(),
         );
-        assert_eq!(err.unwrap_err().reason(), "RefNotFound");
+        assert_eq!(err.unwrap_err().reason(), Reason::RefNotFound);
     }
 }

@@ -69,11 +69,11 @@ fn http_with_basic_auth() {
     assert_eq!(fetched.to_string(), head);
 
     let err = fetch_main(&repo.auth_url(), &basic("capstan", "wrong-password")).unwrap_err();
-    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+    assert_eq!(err.reason().as_str(), "AuthenticationFailed", "{err}");
     assert!(!err.to_string().contains("wrong-password"), "{err}");
 
     let err = fetch_main(&repo.auth_url(), &Auth::default()).unwrap_err();
-    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+    assert_eq!(err.reason().as_str(), "AuthenticationFailed", "{err}");
 }
 
 #[test]
@@ -90,10 +90,10 @@ fn http_with_a_bearer_token() {
 
     for auth in [token("wrong-t0ken"), Auth::default()] {
         let err = ls_remote(&repo.token_url(), &auth).unwrap_err();
-        assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+        assert_eq!(err.reason().as_str(), "AuthenticationFailed", "{err}");
         assert!(!err.to_string().contains("wrong-t0ken"), "{err}");
         let err = fetch_main(&repo.token_url(), &auth).unwrap_err();
-        assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+        assert_eq!(err.reason().as_str(), "AuthenticationFailed", "{err}");
     }
 }
 
@@ -182,7 +182,7 @@ fn ssh_with_known_hosts() {
     );
     for known_hosts in [wrong.as_str(), ""] {
         let err = fetch_main(&repo.ssh_url(), &ssh(known_hosts)).unwrap_err();
-        assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+        assert_eq!(err.reason().as_str(), "AuthenticationFailed", "{err}");
         assert!(err.to_string().contains("host key"), "{err}");
     }
 }
@@ -228,7 +228,7 @@ fn ssh_with_a_passphrase_protected_key() {
     let fetched = fetch_main(&repo.ssh_url(), &auth("open sesame")).unwrap();
     assert_eq!(fetched.to_string(), repo.head());
     let err = fetch_main(&repo.ssh_url(), &auth("wrong")).unwrap_err();
-    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+    assert_eq!(err.reason().as_str(), "AuthenticationFailed", "{err}");
 }
 
 #[test]
@@ -278,7 +278,7 @@ fn https_with_a_private_ca() {
 
     // Without ca.crt the system's roots decide, and they do not know this CA.
     let err = fetch_main(&repo.https_url(), &Auth::default()).unwrap_err();
-    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+    assert_eq!(err.reason().as_str(), "AuthenticationFailed", "{err}");
     assert!(err.to_string().contains("ca.crt"), "{err}");
 
     // Another CA is no better.
@@ -306,9 +306,9 @@ fn https_with_a_private_ca() {
     )])
     .unwrap();
     let err = fetch_main(&repo.https_url(), &other).unwrap_err();
-    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+    assert_eq!(err.reason().as_str(), "AuthenticationFailed", "{err}");
 
     // A ca.crt that is not a certificate is refused up front.
     let err = secret(&[("ca.crt", b"not a certificate")]).unwrap_err();
-    assert_eq!(err.reason(), "InvalidSource", "{err}");
+    assert_eq!(err.reason().as_str(), "InvalidSource", "{err}");
 }

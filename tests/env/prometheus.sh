@@ -19,6 +19,8 @@ Usage:
       Start Prometheus on a free 127.0.0.1 port, state in DIR, scraping HOST:PORT/metrics every
       second (job "capstan"). Prints 'export PROMETHEUS_URL=http://127.0.0.1:PORT' (also in
       DIR/env). --watch-pid PID: stop once PID has exited.
+  $PROG up DIR --config FILE [--watch-pid PID]
+      The same with the caller's prometheus.yml (e.g. kubernetes_sd_configs for the test node).
   $PROG down DIR
       Stop what 'up' started in DIR.
 
@@ -47,24 +49,29 @@ cmd_install() {
 }
 
 cmd_up() {
-    local dir=${1:-} target="" watch_pid=""
+    local dir=${1:-} target="" watch_pid="" config=""
     [[ -n $dir ]] || usage_error "up needs DIR"
     shift
     while (($#)); do
         case $1 in
         --target) target=${2:?}; shift 2 ;;
+        --config) config=${2:?}; shift 2 ;;
         --watch-pid) watch_pid=${2:?}; shift 2 ;;
         *) usage_error "unknown option '$1'" ;;
         esac
     done
-    [[ -n $target ]] || usage_error "up needs --target HOST:PORT"
+    [[ -n $target || -n $config ]] || usage_error "up needs --target HOST:PORT or --config FILE"
+    [[ -z $config || -f $config ]] || die "--config $config: no such file"
     cmd_install
     mkdir -p "$dir"
     dir=$(abs_dir "$dir")
     check_path_chars "$dir"
     [[ -z $(recorded_pids "$dir") ]] || die "Prometheus for $dir is already running; run '$PROG down $dir' first"
     rm -f "$dir/pids" "$dir/reaper.pid" "$dir/env"
-    cat >"$dir/prometheus.yml" <<EOF2
+    if [[ -n $config ]]; then
+        cp "$config" "$dir/prometheus.yml.tmp" && mv -f "$dir/prometheus.yml.tmp" "$dir/prometheus.yml"
+    else
+        cat >"$dir/prometheus.yml" <<EOF2
 global:
   scrape_interval: 1s
   evaluation_interval: 1s
@@ -73,6 +80,7 @@ scrape_configs:
     static_configs:
       - targets: ["$target"]
 EOF2
+    fi
     local port pid deadline
     port=$(free_port)
     /usr/bin/prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \

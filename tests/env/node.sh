@@ -312,6 +312,33 @@ restore_host() {
     return 0
 }
 
+# What a node leaves on the host if teardown missed it, one line each (nothing when clean).
+leftovers() {
+    local f cmd pid
+    for f in /proc/[0-9]*/cmdline; do
+        cmd=$(tr '\0' ' ' <"$f" 2>/dev/null) || continue
+        pid=${f#/proc/}
+        pid=${pid%/cmdline}
+        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
+        [[ " $cmd " == *" $DIR/"* ]] && echo "process $pid: $cmd"
+    done
+    awk -v d="$DIR/" 'index($5, d) == 1 { print "mount " $5 }' /proc/self/mountinfo
+    ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
+    ip addr show dev lo | grep -qF " $NODE_IP/32 " && echo "address $NODE_IP on lo"
+    local fam
+    for fam in ip ip6 inet; do
+        nft list table "$fam" kube-proxy >/dev/null 2>&1 && echo "nftables table $fam kube-proxy"
+    done
+    { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | awk '/^:KUBE-/ { print "iptables chain " substr($1, 2) }' | sort -u
+    for f in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+        [[ -d $f ]] && echo "cgroup $f"
+    done
+    for f in /run/netns/cni-*; do
+        [[ -e $f ]] && ! grep -qxF "netns=$f" "$DIR/host-state" 2>/dev/null && echo "netns $f"
+    done
+    return 0
+}
+
 # ---------------------------------------------------------------- up
 
 UP_DONE=0
@@ -631,7 +658,10 @@ cmd_down() {
     fi
     [[ -f $DIR/host-state ]] || { log "nothing was started in $DIR"; return 0; }
     teardown
-    log "node stopped and host restored ($DIR)"
+    local left
+    left=$(leftovers)
+    [[ -z $left ]] || { log "warning: left behind after down:"; printf '  %s\n' "$left" >&2; return 1; }
+    log "node stopped and host restored ($DIR): no process, mount, bridge, address, netfilter rule or cgroup left"
 }
 
 # The reaper of a node brought up with --watch-pid: tear down once every watcher has exited.

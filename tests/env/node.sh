@@ -14,7 +14,8 @@ SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/${BASH_SOURCE[0]##*/}"
 source "${SELF%/*}/lib.sh"
 
 CONTROLPLANE=${SELF%/*}/controlplane.sh
-TOOLS_MOD=${SELF%/*}/tools
+# The control plane's pins, plus the modules only the node's binaries need (same k8s.io/kubernetes).
+TOOLS_MOD=${SELF%/*}/node-tools
 CACHE=${CAPSTAN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/capstan}
 TIMEOUT=${NODE_TIMEOUT:-60}
 
@@ -41,7 +42,8 @@ Usage:
       Debian's packages when missing (needs root).
   $PROG build
       Build (once) kubelet, kube-scheduler, kube-proxy and the pause image from the Go modules
-      pinned in tests/env/tools; print the directory holding them. Cached like the control plane.
+      pinned in tests/env/node-tools (tests/env/tools plus what only the node needs); print the
+      directory holding them. Cached like the control plane, keyed by the pins.
   $PROG up DIR [--watch-pid PID]
       Start a control plane (controlplane.sh up DIR/controlplane --node $NODE_IP), containerd,
       kubelet, kube-scheduler and kube-proxy; wait for node $NODE_NAME to be Ready. Prints shell
@@ -98,6 +100,7 @@ cmd_install() {
 go_pin() { awk -v m="$1" '$1 == m && NF >= 2 { print $2; exit }' "$TOOLS_MOD/go.mod"; }
 
 K8S_VERSION=$(go_pin k8s.io/kubernetes)
+CP_K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" && NF >= 2 { print $2; exit }' "${SELF%/*}/tools/go.mod")
 # The same stamp and cache key as controlplane.sh, so the node's binaries match the control plane's.
 LDFLAGS="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -132,6 +135,8 @@ cmd_build() {
         echo "$bin"
         return
     fi
+    [[ $K8S_VERSION == "$CP_K8S_VERSION" ]] ||
+        die "tests/env/node-tools pins k8s.io/kubernetes $K8S_VERSION but tests/env/tools pins $CP_K8S_VERSION; they must match"
     command -v go >/dev/null 2>&1 || die "go is not installed; it builds the kubelet from Go modules"
     command -v gcc >/dev/null 2>&1 || die "gcc is not installed; it compiles the pause image"
     mkdir -p "$CACHE"

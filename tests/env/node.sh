@@ -177,7 +177,8 @@ LAST_PID=
 start() {
     local logfile=$1
     shift
-    "$@" </dev/null >>"$logfile" 2>&1 &
+    # 8>&-: the machine-wide lock must not outlive `up` in the servers it starts.
+    "$@" </dev/null >>"$logfile" 2>&1 8>&- &
     echo "$!" >>"$DIR/pids"
     LAST_PID=$!
 }
@@ -229,6 +230,7 @@ save_host_state() {
         for p in /run/netns/cni-*; do
             [[ -e $p ]] && echo "netns=$p"
         done
+        nft list tables 2>/dev/null | sed 's/^/nft=/'
     } >"$f.tmp"
     mv -f "$f.tmp" "$f"
 }
@@ -270,6 +272,13 @@ remove_kube_chains() {
     for fam in ip ip6 inet; do
         nft list table "$fam" kube-proxy >/dev/null 2>&1 && nft delete table "$fam" kube-proxy
     done
+    # The tables iptables-nft created for those chains (filter, nat, mangle), if the host had none.
+    local t name
+    while read -r t fam name; do
+        [[ $t == table ]] || continue
+        grep -qxF "nft=table $fam $name" "$DIR/host-state" 2>/dev/null && continue
+        nft delete table "$fam" "$name" 2>/dev/null || log "warning: could not delete nftables table $fam $name"
+    done < <(nft list tables 2>/dev/null)
     return 0
 }
 
@@ -321,7 +330,7 @@ restore_host() {
 leftovers() {
     local f cmd pid
     for f in /proc/[0-9]*/cmdline; do
-        cmd=$(tr '\0' ' ' <"$f" 2>/dev/null) || continue
+        cmd=$(tr '\0' ' ' 2>/dev/null <"$f") || continue
         pid=${f#/proc/}
         pid=${pid%/cmdline}
         [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
@@ -331,8 +340,8 @@ leftovers() {
     ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
     ip addr show dev lo | grep -qF " $NODE_IP/32 " && echo "address $NODE_IP on lo"
     local fam
-    for fam in ip ip6 inet; do
-        nft list table "$fam" kube-proxy >/dev/null 2>&1 && echo "nftables table $fam kube-proxy"
+    nft list tables 2>/dev/null | while read -r t fam name; do
+        grep -qxF "nft=table $fam $name" "$DIR/host-state" 2>/dev/null || echo "nftables table $fam $name"
     done
     { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | awk '/^:KUBE-/ { print "iptables chain " substr($1, 2) }' | sort -u
     for f in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
@@ -505,7 +514,7 @@ node_ready() {
 }
 
 start_node_reaper() {
-    setsid nohup bash "$SELF" reap "$DIR" </dev/null >>"$DIR/reaper.log" 2>&1 &
+    setsid nohup bash "$SELF" reap "$DIR" </dev/null >>"$DIR/reaper.log" 2>&1 8>&- &
     echo "$!" >"$DIR/reaper.pid"
 }
 
@@ -561,7 +570,7 @@ cmd_up() {
     setup_host_network
 
     local cpenv
-    cpenv=$("$CONTROLPLANE" up "$DIR/controlplane" --node "$NODE_IP") ||
+    cpenv=$("$CONTROLPLANE" up "$DIR/controlplane" --node "$NODE_IP" 8>&-) ||
         die "the control plane did not start (logs: $DIR/controlplane/*.log)"
     local api_server
     api_server=$(awk '$1 == "server:" { print $2; exit }' "$DIR/controlplane/kubeconfig")
@@ -611,6 +620,7 @@ cmd_up() {
     [[ -z $watch_pid ]] || start_node_reaper
     UP_DONE=1
     trap - EXIT INT TERM
+    flock -u 8
     log "node $NODE_NAME Ready at $NODE_IP (state in $DIR)"
     cat "$DIR/env"
 }
@@ -631,7 +641,7 @@ teardown() {
     # The shims outlive containerd (they daemonize); the containers are their children.
     local f cmd
     for f in /proc/[0-9]*/cmdline; do
-        cmd=$(tr '\0' ' ' <"$f" 2>/dev/null) || continue
+        cmd=$(tr '\0' ' ' 2>/dev/null <"$f") || continue
         [[ $cmd == *containerd-shim*" $sock "* ]] || continue
         pid=${f#/proc/}
         shims+=("${pid%/cmdline}")
@@ -639,7 +649,7 @@ teardown() {
     ((${#shims[@]} == 0)) || stop_pids "${shims[@]}"
     pid=$(head -n 1 "$DIR/pids" 2>/dev/null || true)
     if [[ -n $pid ]] && is_ours "$pid" "$DIR"; then stop_pids "$pid"; fi
-    [[ -d $DIR/controlplane ]] && "$CONTROLPLANE" down "$DIR/controlplane" >/dev/null 2>&1
+    [[ -d $DIR/controlplane ]] && "$CONTROLPLANE" down "$DIR/controlplane" >/dev/null 2>&1 8>&-
     restore_host
     rm -f "$DIR/env" "$DIR/watchers"
     : >"$DIR/pids"

@@ -89,6 +89,15 @@ pub fn node() -> &'static Node {
         let node = Node {
             vars: up("node.sh", &dir, &[]),
         };
+        // Not kubectl(): that asks for node(), which is being initialised here.
+        let kubectl = |args: &[&str]| {
+            run(
+                Command::new(Path::new(node.var("CAPSTAN_KUBE_BIN")).join("kubectl"))
+                    .args(args)
+                    .env("KUBECONFIG", node.var("KUBECONFIG"))
+                    .current_dir(repo_root()),
+            )
+        };
         kubectl(&["apply", "--server-side", "-f", "crds/"]);
         kubectl(&[
             "wait",
@@ -456,16 +465,6 @@ impl Repo {
         git(dir, &["push", "-q", "origin", "main"]);
         git(dir, &["rev-parse", "HEAD"]).trim().to_string()
     }
-}
-
-/// Counts the audit log's requests matching every one of `needles` (verb, resource, name, ...).
-pub fn audit_count(needles: &[&str]) -> usize {
-    let path = node().var("CAPSTAN_AUDIT_LOG");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .count()
 }
 
 /// The audit log's size now: pass it to `audit_since` to read only what came after.

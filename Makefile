@@ -46,6 +46,7 @@ tools:
 	@$(ENV)/rendertools.sh build >/dev/null
 	@$(ENV)/gitserver.sh install
 	@$(ENV)/prometheus.sh install
+	@$(ENV)/prometheus.sh build >/dev/null
 
 ## image: the controller image from the Dockerfile, built here without network (buildah); prints
 ## its name and size

@@ -234,7 +234,7 @@ pub fn list_json(ns: &str, kind: &str, selector: &str) -> Vec<Value> {
 pub fn helm_bin() -> &'static Path {
     static HELM: OnceLock<PathBuf> = OnceLock::new();
     HELM.get_or_init(|| {
-        let dir = run(&mut Command::new(script("rendertools.sh")).arg("build"));
+        let dir = run(Command::new(script("rendertools.sh")).arg("build"));
         PathBuf::from(dir.trim()).join("helm")
     })
 }

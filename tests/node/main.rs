@@ -182,7 +182,7 @@ fn helm_uninstall_leaves_crds_and_objects_and_reinstall_adopts_them() {
     helm(&["uninstall", release, "--namespace", &ns]);
 }
 
-/// A real Prometheus finds the Pod as a cluster's would: kubernetes_sd_configs against the API
+/// A real Prometheus (built with Kubernetes discovery) finds the Pod as a cluster's would: kubernetes_sd_configs against the API
 /// server, the chart's metrics Service selected by its labels and port name, then scrapes the
 /// Pod over the Pod network and answers a PromQL query on `capstan_ready`.
 #[test]
@@ -228,10 +228,17 @@ scrape_configs:
         ),
     )
     .unwrap();
+    // Debian's Prometheus is built without Kubernetes discovery; this one is built from its Go module.
+    let prometheus_bin = run(std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/env/prometheus.sh"
+    ))
+    .arg("build"));
     let out = run(std::process::Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/env/prometheus.sh"
     ))
+    .env("PROMETHEUS_BIN", prometheus_bin.trim())
     .arg("up")
     .arg(&dir)
     .arg("--config")

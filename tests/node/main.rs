@@ -525,3 +525,33 @@ rules:
     );
     helm(&["uninstall", release, "--namespace", &ns]);
 }
+
+/// One node per machine: `node.sh up` of another directory while the node runs is refused, and
+/// the error names the running node's directory and what to run; the running node is untouched.
+#[test]
+fn a_second_node_is_refused_with_the_running_ones_directory() {
+    let node = node();
+    let other = tempfile::tempdir().unwrap();
+    let output =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/node.sh"))
+            .arg("up")
+            .arg(other.path())
+            .output()
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a second node started:\n{stderr}");
+    let running = node.dir().to_str().unwrap();
+    assert!(
+        stderr.contains("one node per machine")
+            && stderr.contains(&format!("node.sh down {running}")),
+        "unclear error: {stderr}"
+    );
+    let ready = kubectl(&[
+        "get",
+        "node",
+        node.var("CAPSTAN_NODE_NAME"),
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    assert_eq!(ready, "True");
+}

@@ -19,10 +19,12 @@ IMAGE=${CAPSTAN_IMAGE:-localhost/capstan:dev}
 usage() {
     cat <<EOF
 Usage:
-  $PROG build [--output ARCHIVE]
+  $PROG build [--output ARCHIVE] [--binary CAPSTAN]
       Build $IMAGE (CAPSTAN_IMAGE overrides the name) from $REPO/Dockerfile and
       write it as a docker-archive to ARCHIVE (default $TARGET/image/capstan-image.tar). Prints
       the image name, the archive path and the image size. Logs: $TARGET/image/build.log.
+      The capstan binary is a release build (cargo build --release) unless --binary gives one
+      (the node tests pass the debug build cargo test already made).
 EOF
 }
 
@@ -61,10 +63,11 @@ make_minimal_root() {
 }
 
 cmd_build() {
-    local out=''
+    local out='' binary=''
     while (($#)); do
         case $1 in
             --output) (($# >= 2)) || usage_error "--output needs a path"; out=$2; shift 2 ;;
+            --binary) (($# >= 2)) || usage_error "--binary needs a path"; binary=$2; shift 2 ;;
             *) usage_error "build: unknown argument '$1'" ;;
         esac
     done
@@ -77,16 +80,20 @@ cmd_build() {
     local buildlog=$work/build.log
     : >"$buildlog"
 
-    log "building capstan (release) with cargo"
-    (cd "$REPO" && cargo build --release --locked --bin capstan) >>"$buildlog" 2>&1 ||
-        { log_tail "$buildlog"; die "cargo build --release failed (log: $buildlog)"; }
+    if [[ -z $binary ]]; then
+        log "building capstan (release) with cargo"
+        (cd "$REPO" && cargo build --release --locked --bin capstan) >>"$buildlog" 2>&1 ||
+            { log_tail "$buildlog"; die "cargo build --release failed (log: $buildlog)"; }
+        binary=$TARGET/release/capstan
+    fi
+    [[ -x $binary ]] || die "$binary is not an executable capstan binary"
     local tools
     tools=$("${SELF%/*}/rendertools.sh" build) || die "building kustomize and helm failed"
 
     local ctx=$work/context
     rm -rf "$ctx/bin"
     mkdir -p "$ctx/bin"
-    cp "$TARGET/release/capstan" "$ctx/bin/capstan"
+    cp "$binary" "$ctx/bin/capstan"
     strip "$ctx/bin/capstan"
     cp "$tools/kustomize" "$tools/helm" "$ctx/bin/"
     make_minimal_root "$ctx/rootfs" "$ctx/bin/capstan" "$ctx/bin/kustomize" "$ctx/bin/helm"

@@ -63,7 +63,8 @@ crds:
 	cargo run --quiet -- crd --output-dir crds
 	cargo run --quiet -- crd --output-dir deploy/helm/capstan/crds
 
-## demo: a local control plane and git server, with the GitRepository CRD installed
+## demo: a local node, the operator's image installed with helm, a git server, and a GitRepository
+## whose Deployment runs (root; `examples/demo.sh down` stops it and restores the host)
 demo:
 	examples/demo.sh
 

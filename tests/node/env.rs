@@ -84,7 +84,8 @@ impl Node {
 pub fn node() -> &'static Node {
     static NODE: OnceLock<Node> = OnceLock::new();
     NODE.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capstan-node");
+        // Not "capstan-<pid>-...": tests/integration removes those directories once their pid is gone.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node");
         std::fs::create_dir_all(&dir).unwrap();
         let node = Node {
             vars: up("node.sh", &dir, &[]),

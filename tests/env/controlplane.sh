@@ -256,6 +256,7 @@ EOF
     local -a node_args=(--advertise-address 127.0.0.1 --endpoint-reconciler-type none --authorization-mode RBAC)
     if [[ -n $node_ip ]]; then
         api_host=$node_ip
+        # shellcheck disable=SC2054 # Node,RBAC is one value
         node_args=(--advertise-address "$node_ip" --authorization-mode Node,RBAC
             --kubelet-preferred-address-types InternalIP
             --kubelet-client-certificate "$DIR/pki/kubelet-client.crt" --kubelet-client-key "$DIR/pki/kubelet-client.key")

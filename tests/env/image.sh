@@ -12,7 +12,6 @@ SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/${BASH_SOURCE[0]##*/}"
 source "${SELF%/*}/lib.sh"
 
 REPO=$(cd "${SELF%/*}/../.." && pwd -P)
-CACHE=${CAPSTAN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/capstan}
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 IMAGE=${CAPSTAN_IMAGE:-localhost/capstan:dev}
 
@@ -91,7 +90,7 @@ cmd_build() {
     tools=$("${SELF%/*}/rendertools.sh" build) || die "building kustomize and helm failed"
 
     local ctx=$work/context
-    rm -rf "$ctx/bin"
+    rm -rf "${ctx:?}/bin"
     mkdir -p "$ctx/bin"
     cp "$binary" "$ctx/bin/capstan"
     strip "$ctx/bin/capstan"

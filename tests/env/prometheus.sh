@@ -126,7 +126,8 @@ EOF2
     fi
     local port pid deadline
     port=$(free_port)
-    "$PROMETHEUS" --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+    # "--flag VALUE", not "--flag=VALUE": `down` recognises its processes by " DIR/" in their command line.
+    "$PROMETHEUS" --config.file "$dir/prometheus.yml" --storage.tsdb.path "$dir/data" \
         --web.listen-address="127.0.0.1:$port" >"$dir/prometheus.log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >>"$dir/pids"

@@ -1,5 +1,14 @@
 # The Capstan controller image: the operator plus the pinned kustomize and helm it renders with.
-# Build from the repository root: docker build -t capstan .
+# One Dockerfile, two routes to the same final stage:
+#   * with a registry, from the repository root:  docker build -t capstan .
+#     (everything is built from source in the stages below)
+#   * without any network (the test machines): `make image` (tests/env/image.sh) runs
+#       buildah bud --pull=never --network none \
+#         --build-arg BINARIES=prebuilt --build-arg BASE=minimal-root -f Dockerfile CONTEXT
+#     where CONTEXT holds bin/ (capstan, kustomize, helm built on the host) and rootfs/ (only the
+#     libraries and CA certificates those binaries need).
+ARG BINARIES=from-source
+ARG BASE=debian-slim
 
 # kustomize and helm, from the Go modules pinned in tests/env/render-tools, by the same script the
 # tests use (so the image renders exactly as the tests did).
@@ -15,13 +24,31 @@ COPY Cargo.toml Cargo.lock ./
 COPY src src
 RUN cargo build --release --locked --bin capstan && strip target/release/capstan
 
+FROM scratch AS from-source
+COPY --from=build /src/target/release/capstan /out/capstan
+COPY --from=tools /out/kustomize /out/helm /out/
+
+FROM scratch AS prebuilt
+COPY bin/capstan bin/kustomize bin/helm /out/
+
 # Only what the controller needs at run time: its libraries (OpenSSL, zlib) and CA certificates.
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim AS debian-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/capstan /usr/local/bin/capstan
-COPY --from=tools /out/kustomize /out/helm /usr/local/bin/
+
+FROM scratch AS minimal-root
+COPY rootfs/ /
+
+FROM ${BINARIES} AS binaries
+
+# The final stage, the same on both routes. The chart runs it as 65532 with a read-only root
+# filesystem; /tmp and /var/cache/capstan are its writable volumes.
+FROM ${BASE}
+COPY --from=binaries /out/capstan /out/kustomize /out/helm /usr/local/bin/
+# The tools are found here whatever PATH the tools are run with (Capstan runs them with none).
+ENV CAPSTAN_KUSTOMIZE_PATH=/usr/local/bin/kustomize \
+    CAPSTAN_HELM_PATH=/usr/local/bin/helm
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/capstan"]
 CMD ["controller"]

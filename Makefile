@@ -6,9 +6,10 @@ ENV := tests/env
 # The control plane that `make up` / `make demo` keep running for people (tests start their own).
 DEV_DIR ?= $(HOME)/.cache/capstan/dev
 
-.PHONY: test lint unit crds demo up down env tools bench fuzz fuzz-tools
+.PHONY: test lint unit crds demo up down env tools image bench fuzz fuzz-tools
 
-## test: formatting, lints, unit tests and integration tests against a real control plane
+## test: formatting, lints, unit tests, integration tests against a real control plane, and the
+## node tests (tests/node: the image, the chart installed with helm, the operator as a Pod; root)
 test: tools
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
@@ -36,12 +37,21 @@ fuzz-tools:
 	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "the nightly toolchain is needed for fuzzing (rustup toolchain install nightly)"; exit 1; }
 	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
 
-## tools: build (once) the pinned control plane and render tools; install git server and Prometheus packages
+## tools: build (once) the pinned control plane, node and render tools; install the git server,
+## Prometheus and node packages (containerd, runc, CNI plugins, buildah)
 tools:
 	@$(ENV)/controlplane.sh build >/dev/null
+	@$(ENV)/node.sh install
+	@$(ENV)/node.sh build >/dev/null
 	@$(ENV)/rendertools.sh build >/dev/null
 	@$(ENV)/gitserver.sh install
 	@$(ENV)/prometheus.sh install
+	@$(ENV)/prometheus.sh build >/dev/null
+
+## image: the controller image from the Dockerfile, built here without network (buildah); prints
+## its name and size
+image:
+	@$(ENV)/image.sh build
 
 ## bench: the benchmark scenarios (all, or SCENARIOS="cold steady latency drift scale fetch");
 ## a full run rewrites docs/benchmarks.md
@@ -53,7 +63,8 @@ crds:
 	cargo run --quiet -- crd --output-dir crds
 	cargo run --quiet -- crd --output-dir deploy/helm/capstan/crds
 
-## demo: a local control plane and git server, with the GitRepository CRD installed
+## demo: a local node, the operator's image installed with helm, a git server, and a GitRepository
+## whose Deployment runs (root; `examples/demo.sh down` stops it and restores the host)
 demo:
 	examples/demo.sh
 

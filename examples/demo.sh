@@ -1,76 +1,92 @@
 #!/usr/bin/env bash
-# The Capstan demo: a local control plane, a local git server holding examples/manifests, the
-# CRD, the controller, and a GitRepository that syncs the repository. Safe to run again.
+# The Capstan demo, as a user would see it: a local node (control plane, containerd, kubelet), the
+# operator's image built from the Dockerfile and installed with `helm install`, a local git server
+# holding examples/manifests, and a GitRepository (wait: true) whose Deployment really runs (a
+# busybox httpd image built here). Safe to run again. Needs root (the node).
 #   examples/demo.sh        start (or refresh) the demo and show what was synced
-#   examples/demo.sh down   stop everything the demo started
+#   examples/demo.sh down   stop everything the demo started and restore the host
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${CAPSTAN_DEMO_DIR:-$HOME/.cache/capstan/demo}
 ENV=tests/env
-
-stop_controller() {
-    if [[ -f $DEMO_DIR/controller.pid ]]; then
-        kill "$(cat "$DEMO_DIR/controller.pid")" 2>/dev/null || true
-        rm -f "$DEMO_DIR/controller.pid"
-    fi
-}
+WEB_IMAGE=localhost/capstan-demo-web:1
 
 if [[ ${1:-} == down ]]; then
-    stop_controller
     $ENV/gitserver.sh down "$DEMO_DIR/git"
-    $ENV/controlplane.sh down "$DEMO_DIR/cp"
+    $ENV/node.sh down "$DEMO_DIR/node"
     exit 0
 fi
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-step "Control plane (etcd + kube-apiserver, built from Go modules on first run)"
+step "Node: control plane, containerd, kubelet, scheduler, kube-proxy (built from Go modules on first run)"
+mkdir -p "$DEMO_DIR"
 # shellcheck source=/dev/null
-if ! $ENV/controlplane.sh env "$DEMO_DIR/cp" >/dev/null 2>&1 || ! (source "$DEMO_DIR/cp/env" && kubectl get --raw /readyz >/dev/null 2>&1); then
-    $ENV/controlplane.sh down "$DEMO_DIR/cp" >/dev/null 2>&1 || true
-    $ENV/controlplane.sh up "$DEMO_DIR/cp" >/dev/null
+if ! $ENV/node.sh env "$DEMO_DIR/node" >/dev/null 2>&1 || ! (source "$DEMO_DIR/node/env" && kubectl get --raw /readyz >/dev/null 2>&1); then
+    $ENV/node.sh down "$DEMO_DIR/node" >/dev/null 2>&1 || true
+    $ENV/node.sh up "$DEMO_DIR/node" >/dev/null
 fi
 # shellcheck source=/dev/null
-source "$DEMO_DIR/cp/env"
+source "$DEMO_DIR/node/env"
+kubectl get nodes
 
-step "Git server (lighttpd + git http-backend) with examples/manifests"
+step "Images: the operator from the Dockerfile (buildah, no network), and the demo's web server"
+cargo build --quiet --bin capstan
+CAPSTAN_IMAGE=localhost/capstan:demo $ENV/image.sh build --binary "${CARGO_TARGET_DIR:-target}/debug/capstan" \
+    --output "$DEMO_DIR/capstan-image.tar"
+$ENV/node.sh import "$DEMO_DIR/node" "$DEMO_DIR/capstan-image.tar" 2>/dev/null
+# A one-layer image: Debian's static busybox serving one page (no registry, no image builder).
+command -v busybox >/dev/null 2>&1 && busybox --list 2>/dev/null | grep -qx httpd ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends busybox-static >&2
+web=$DEMO_DIR/web
+rm -rf "$web" && mkdir -p "$web/root/bin" "$web/root/www"
+cp "$(command -v busybox)" "$web/root/bin/busybox"
+echo '<h1>Synced by Capstan</h1>' >"$web/root/www/index.html"
+tar --owner=0 --group=0 --numeric-owner -C "$web/root" -cf "$web/layer.tar" .
+printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/busybox","httpd","-f","-p","9898","-h","/www"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$(sha256sum "$web/layer.tar" | cut -d' ' -f1)" >"$web/config.json"
+printf '[{"Config":"config.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$WEB_IMAGE" >"$web/manifest.json"
+tar -C "$web" -cf "$web/image.tar" manifest.json config.json layer.tar
+$ENV/node.sh import "$DEMO_DIR/node" "$web/image.tar" 2>/dev/null
+echo "images: localhost/capstan:demo, $WEB_IMAGE"
+
+step "Git server (lighttpd + git http-backend) with examples/manifests, reachable from Pods"
 $ENV/gitserver.sh down "$DEMO_DIR/git" >/dev/null 2>&1 || true
 rm -rf "$DEMO_DIR/git/repos/podinfo.git"
-$ENV/gitserver.sh up "$DEMO_DIR/git" >/dev/null
+GITSERVER_POD_ADDRESS=$CAPSTAN_NODE_IP $ENV/gitserver.sh up "$DEMO_DIR/git" >/dev/null
 # shellcheck source=/dev/null
 source "$DEMO_DIR/git/env"
 $ENV/gitserver.sh create-repo "$DEMO_DIR/git" podinfo examples/manifests >/dev/null
-echo "repository: $GIT_HTTP_URL/podinfo.git"
+echo "repository: $GIT_HTTP_URL/podinfo.git (Pods fetch $GIT_HTTP_POD_URL/podinfo.git)"
 
-step "GitRepository CRD"
-kubectl apply --server-side -f crds/
-kubectl wait --for=condition=Established --timeout=60s crd/gitrepositories.capstan.dev
+step "helm install capstan (deploy/helm/capstan)"
+helm=$($ENV/rendertools.sh build)/helm
+installed=0
+"$helm" status capstan --namespace capstan-system >/dev/null 2>&1 && installed=1
+"$helm" upgrade --install capstan deploy/helm/capstan --namespace capstan-system --create-namespace \
+    --set image.repository=localhost/capstan --set image.tag=demo --set image.pullPolicy=Never
+# Again: the image under the same tag may be new.
+((installed == 0)) || kubectl rollout restart deployment/capstan -n capstan-system >/dev/null
+kubectl rollout status deployment/capstan -n capstan-system --timeout=180s
 
-step "Controller (with kustomize and helm built from Go modules on first run)"
-cargo build --quiet --bin capstan
-tools=$($ENV/rendertools.sh build)
-stop_controller
-# One process: no standby to elect a leader among.
-CAPSTAN_KUSTOMIZE_PATH=$tools/kustomize CAPSTAN_HELM_PATH=$tools/helm \
-    target/debug/capstan controller --leader-elect=false --cache-dir "$DEMO_DIR/cache" \
-    >"$DEMO_DIR/controller.log" 2>&1 &
-echo $! >"$DEMO_DIR/controller.pid"
-echo "capstan controller running (pid $!, log $DEMO_DIR/controller.log)"
-
-step "GitRepository podinfo"
-sed "s|http://git.example.com/podinfo.git|$GIT_HTTP_URL/podinfo.git|" examples/gitrepository.yaml | kubectl apply -f -
-kubectl wait --for=condition=Ready --timeout=120s gitrepository.capstan.dev/podinfo
+step "GitRepository podinfo (wait: true: Ready once its Pods are)"
+sed "s|http://git.example.com/podinfo.git|$GIT_HTTP_POD_URL/podinfo.git|" examples/gitrepository.yaml | kubectl apply -f -
+kubectl wait --for=condition=Ready --timeout=180s gitrepository.capstan.dev/podinfo
 
 step "What Capstan synced"
 kubectl get gitrepositories.capstan.dev -A
 echo
-kubectl get namespace,configmap,serviceaccount,deployment,service -n podinfo -l capstan.dev/name=podinfo
+kubectl get pods,deployment,service -n podinfo -o wide
+echo
+echo "the Service answers: $(curl -sf --max-time 5 "http://$(kubectl get service podinfo -n podinfo -o 'jsonpath={.spec.clusterIP}')/")"
 
 cat <<EOF
 
 The demo keeps running. Try it:
-  source $DEMO_DIR/cp/env
+  source $DEMO_DIR/node/env
+  kubectl get pods -A                                 # the operator and the demo's Pods
   kubectl describe gitrepository.capstan.dev podinfo
-  git clone $GIT_HTTP_URL/podinfo.git /tmp/podinfo   # edit, commit, push: Capstan applies it
+  git clone $GIT_HTTP_URL/podinfo.git /tmp/podinfo    # edit, commit, push: Capstan applies it
+  target/debug/capstan get                            # GitRepositories, as Capstan sees them
 Stop it with: examples/demo.sh down
 EOF

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane on loopback for Capstan's tests and demo: etcd, kube-apiserver
 # (RBAC, ServiceAccount tokens, an audit log) and kube-controller-manager (namespace deletion,
-# garbage collection, default ServiceAccounts). No kubelet and no scheduler: nothing runs Pods.
+# garbage collection, default ServiceAccounts). No kubelet and no scheduler: nothing runs Pods,
+# unless tests/env/node.sh starts it with --node and adds them.
 # The binaries are built from Go modules pinned in tests/env/tools and cached outside the
 # repository, keyed by the pins, so only the first run pays for the build.
 # Run `tests/env/controlplane.sh help` for the interface.
@@ -23,10 +24,14 @@ Usage:
       Build (once) kube-apiserver, kube-controller-manager, kubectl and etcd from the Go modules
       pinned in tests/env/tools; print the directory holding them. Cached under \$CAPSTAN_CACHE
       (default ~/.cache/capstan), keyed by the pins.
-  $PROG up DIR [--watch-pid PID]
+  $PROG up DIR [--watch-pid PID] [--node IP]
       Start etcd, kube-apiserver and kube-controller-manager on free 127.0.0.1 ports with state in
       DIR. Prints shell 'export' lines (also written to DIR/env): KUBECONFIG, PATH with kubectl,
       CAPSTAN_KUBE_BIN, CAPSTAN_AUDIT_LOG. --watch-pid PID: tear down once PID has exited.
+      --node IP: for a node (tests/env/node.sh): the API server listens on and advertises IP (an
+      address already on this machine), its certificate names IP and 10.96.0.1, the Node
+      authorizer is on, it reaches kubelets by InternalIP, and the controller manager also runs
+      the controllers Pods and Deployments need.
   $PROG down DIR
       Stop what 'up' started in DIR. Leaves DIR in place.
   $PROG env DIR
@@ -106,7 +111,10 @@ up_cleanup() {
 # A CA, a serving certificate for 127.0.0.1, an admin client certificate (system:masters) and
 # the ServiceAccount token signing key.
 make_pki() {
-    local pki=$1
+    local pki=$1 node_ip=${2:-}
+    local sans="IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
+    # Pods reach the API server through the kubernetes Service (10.96.0.1) or the node IP.
+    [[ -z $node_ip ]] || sans+=",IP:$node_ip,IP:10.96.0.1,DNS:kubernetes.default,DNS:kubernetes"
     mkdir -p "$pki"
     (
         cd "$pki"
@@ -121,23 +129,25 @@ make_pki() {
             openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
                 -extfile "$1.ext" -out "$1.crt" 2>/dev/null
         }
-        sign apiserver /CN=kube-apiserver "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc
+        sign apiserver /CN=kube-apiserver "subjectAltName=$sans
 extendedKeyUsage=serverAuth"
         sign admin "/O=system:masters/CN=capstan-admin" "extendedKeyUsage=clientAuth"
+        # The API server's identity towards kubelets (logs, exec, port-forward).
+        [[ -z $node_ip ]] || sign kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
         openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
         openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
     ) || die "generating certificates with openssl failed"
 }
 
 write_kubeconfig() {
-    local dir=$1 port=$2
+    local dir=$1 port=$2 host=${3:-127.0.0.1}
     cat >"$dir/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: capstan-test
   cluster:
-    server: https://127.0.0.1:$port
+    server: https://$host:$port
     certificate-authority: $dir/pki/ca.crt
 users:
 - name: capstan-admin
@@ -181,10 +191,11 @@ wait_ready() {
 }
 
 cmd_up() {
-    local dir_arg='' watch_pid=
+    local dir_arg='' watch_pid='' node_ip=''
     while (($#)); do
         case $1 in
             --watch-pid) (($# >= 2)) || usage_error "--watch-pid needs a PID"; watch_pid=$2; shift 2 ;;
+            --node) (($# >= 2)) || usage_error "--node needs an IP"; node_ip=$2; shift 2 ;;
             -*) usage_error "up: unknown option '$1'" ;;
             *) [[ -z $dir_arg ]] || usage_error "up: unexpected argument '$1'"; dir_arg=$1; shift ;;
         esac
@@ -196,6 +207,11 @@ cmd_up() {
     for tool in openssl curl flock; do
         command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
     done
+    if [[ -n $node_ip ]]; then
+        [[ $node_ip =~ ^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$ ]] || usage_error "--node: '$node_ip' is not an IPv4 address"
+        ip -o addr show 2>/dev/null | grep -qF " $node_ip/" ||
+            die "--node $node_ip: no interface of this machine has that address (node.sh puts it on lo)"
+    fi
 
     local bin
     bin=$(cmd_build)
@@ -210,7 +226,7 @@ cmd_up() {
     trap 'exit 143' TERM
     rm -rf "$DIR/etcd" "$DIR/pki" "$DIR/env" "$DIR/pids" "$DIR/reaper.pid"
     : >"$DIR/pids"
-    make_pki "$DIR/pki"
+    make_pki "$DIR/pki" "$node_ip"
 
     local etcd_port peer_port api_port
     etcd_port=$(free_port)
@@ -234,13 +250,22 @@ rules:
 - level: Metadata
 EOF
     : >"$DIR/audit.log"
+    # Without a node: loopback only, and no endpoints for the kubernetes Service (nothing could use
+    # them). With one: Pods reach the API server on the node IP through that Service.
+    local api_host=127.0.0.1
+    local -a node_args=(--advertise-address 127.0.0.1 --endpoint-reconciler-type none --authorization-mode RBAC)
+    if [[ -n $node_ip ]]; then
+        api_host=$node_ip
+        # shellcheck disable=SC2054 # Node,RBAC is one value
+        node_args=(--advertise-address "$node_ip" --authorization-mode Node,RBAC
+            --kubelet-preferred-address-types InternalIP
+            --kubelet-client-certificate "$DIR/pki/kubelet-client.crt" --kubelet-client-key "$DIR/pki/kubelet-client.key")
+    fi
     start "$DIR/kube-apiserver.log" "$bin/kube-apiserver" \
         --etcd-servers "http://127.0.0.1:$etcd_port" \
-        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-        --endpoint-reconciler-type none \
+        --bind-address "$api_host" --secure-port "$api_port" "${node_args[@]}" \
         --tls-cert-file "$DIR/pki/apiserver.crt" --tls-private-key-file "$DIR/pki/apiserver.key" \
         --client-ca-file "$DIR/pki/ca.crt" \
-        --authorization-mode RBAC \
         --service-account-issuer https://kubernetes.default.svc \
         --service-account-key-file "$DIR/pki/sa.pub" --service-account-signing-key-file "$DIR/pki/sa.key" \
         --service-cluster-ip-range 10.96.0.0/16 \
@@ -249,13 +274,17 @@ EOF
         --allow-privileged=true
     wait_ready kube-apiserver "$LAST_PID" "$DIR/kube-apiserver.log" \
         curl -sf --cacert "$DIR/pki/ca.crt" --cert "$DIR/pki/admin.crt" --key "$DIR/pki/admin.key" \
-        "https://127.0.0.1:$api_port/readyz"
+        "https://$api_host:$api_port/readyz"
 
-    write_kubeconfig "$DIR" "$api_port"
+    write_kubeconfig "$DIR" "$api_port" "$api_host"
     # Only the controllers a cluster without nodes needs: namespaces finish deleting, owner
-    # references cascade, and every namespace gets its default ServiceAccount.
+    # references cascade, and every namespace gets its default ServiceAccount. A node adds what
+    # Pods need: Deployments get Pods, Services endpoints, the not-ready taint is lifted, and
+    # ServiceAccount tokens find kube-root-ca.crt.
+    local controllers=namespace,garbagecollector,serviceaccount
+    [[ -z $node_ip ]] || controllers+=,deployment,replicaset,endpointslice,nodelifecycle,root-ca-cert-publisher,podgc
     start "$DIR/kube-controller-manager.log" "$bin/kube-controller-manager" \
-        --kubeconfig "$DIR/kubeconfig" --controllers namespace,garbagecollector,serviceaccount \
+        --kubeconfig "$DIR/kubeconfig" --controllers "$controllers" \
         --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
         --service-account-private-key-file "$DIR/pki/sa.key" --root-ca-file "$DIR/pki/ca.crt"
     wait_ready kube-controller-manager "$LAST_PID" "$DIR/kube-controller-manager.log" \
@@ -275,7 +304,7 @@ EOF
     fi
     UP_DONE=1
     trap - EXIT INT TERM
-    log "control plane up: https://127.0.0.1:$api_port (state in $DIR)"
+    log "control plane up: https://$api_host:$api_port (state in $DIR)"
     cat "$DIR/env"
 }
 

@@ -62,8 +62,13 @@ Exported by 'up' (DIR is made absolute):
   GIT_SSH_KEY=DIR/id_ed25519  GIT_SSH_KNOWN_HOSTS=DIR/known_hosts
   GIT_REPO_ROOT=DIR/repos  GIT_SERVER_DIR=DIR
 
+  GIT_HTTP_POD_URL=http://ADDR:PORT/git         only with GITSERVER_POD_ADDRESS=ADDR: the same
+                                                 anonymous repositories on ADDR too (the node's IP,
+                                                 which Pods reach; see tests/env/node.sh)
+
 Logs: DIR/lighttpd-error.log, DIR/lighttpd-access.log, DIR/sshd.log, DIR/reaper.log.
-Environment: GITSERVER_TIMEOUT (seconds per server to come up, default 15).
+Environment: GITSERVER_TIMEOUT (seconds per server to come up, default 15),
+GITSERVER_POD_ADDRESS (an address of this machine to serve plain HTTP on as well).
 EOF
 }
 
@@ -149,6 +154,10 @@ server.bind = "127.0.0.1"
 server.port = $port
 # Another host to a client: everything /moved/ on 127.0.0.1 redirects to /git/ here.
 \$SERVER["socket"] == "127.0.0.2:$port" { }
+$(if [[ -n ${GITSERVER_POD_ADDRESS:-} ]]; then
+        echo "# Pods on the test node reach this address (GITSERVER_POD_ADDRESS)."
+        echo "\$SERVER[\"socket\"] == \"$GITSERVER_POD_ADDRESS:$port\" { }"
+    fi)
 # The same repositories over HTTPS, with a certificate from the private CA in $dir/tls/ca.crt.
 \$SERVER["socket"] == "127.0.0.1:$tls_port" {
     ssl.engine = "enable"
@@ -463,6 +472,7 @@ $out"
             "GIT_HTTP_TOKEN_URL=http://127.0.0.1:$http_port/token" \
             "GIT_HTTP_TOKEN=$token" \
             "GIT_HTTP_MOVED_URL=http://127.0.0.1:$http_port/moved" \
+            ${GITSERVER_POD_ADDRESS:+"GIT_HTTP_POD_URL=http://$GITSERVER_POD_ADDRESS:$http_port/git"} \
             "GIT_HTTPS_URL=https://127.0.0.1:$https_port/git" \
             "GIT_HTTPS_CA=$dir/tls/ca.crt" \
             "GIT_SSH_URL=ssh://$user@127.0.0.1:$ssh_port" \

@@ -9,6 +9,10 @@ SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/${BASH_SOURCE[0]##*/}"
 source "${SELF%/*}/lib.sh"
 
 TIMEOUT=${PROMETHEUS_TIMEOUT:-30}
+CACHE=${CAPSTAN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/capstan}
+TOOLS_MOD=${SELF%/*}/prometheus-tools
+# Debian's package; PROMETHEUS_BIN overrides it (e.g. with the one `build` makes).
+PROMETHEUS=${PROMETHEUS_BIN:-/usr/bin/prometheus}
 
 usage() {
     cat <<EOF2
@@ -19,6 +23,12 @@ Usage:
       Start Prometheus on a free 127.0.0.1 port, state in DIR, scraping HOST:PORT/metrics every
       second (job "capstan"). Prints 'export PROMETHEUS_URL=http://127.0.0.1:PORT' (also in
       DIR/env). --watch-pid PID: stop once PID has exited.
+  $PROG up DIR --config FILE [--watch-pid PID]
+      The same with the caller's prometheus.yml (e.g. kubernetes_sd_configs for the test node).
+  $PROG build
+      Build (once) Prometheus with Kubernetes service discovery, which Debian's package lacks, from
+      the Go module pinned in tests/env/prometheus-tools (only that discovery is compiled in);
+      print its path. Run 'up' with PROMETHEUS_BIN=that path. Cached like the control plane.
   $PROG down DIR
       Stop what 'up' started in DIR.
 
@@ -46,25 +56,65 @@ cmd_install() {
     [[ -x /usr/bin/prometheus ]] || die "/usr/bin/prometheus still missing after installing the package"
 }
 
+go_pin() { awk -v m="$1" '$1 == m && NF >= 2 { print $2; exit }' "$TOOLS_MOD/go.mod"; }
+
+cmd_build() {
+    local version key bin tags=remove_all_sd,enable_kubernetes_sd
+    version=$(go_pin github.com/prometheus/prometheus)
+    [[ -n $version ]] || die "$TOOLS_MOD/go.mod pins no github.com/prometheus/prometheus"
+    key=$(cat "$TOOLS_MOD/go.mod" "$TOOLS_MOD/go.sum" <(echo "$tags") | sha256sum | cut -c1-12)
+    bin="$CACHE/prometheus-$key/bin"
+    if [[ -x $bin/prometheus ]]; then
+        echo "$bin/prometheus"
+        return
+    fi
+    command -v go >/dev/null 2>&1 || die "go is not installed; it builds Prometheus from Go modules"
+    mkdir -p "$CACHE"
+    exec 9>"$CACHE/build.lock"
+    flock 9
+    if [[ ! -x $bin/prometheus ]]; then
+        local tmp
+        tmp=$(mktemp -d "$CACHE/build.XXXXXX")
+        log "building Prometheus ($version) with Kubernetes service discovery from Go modules (first run only; a few minutes)"
+        (
+            cd "$TOOLS_MOD"
+            export GOFLAGS=-mod=readonly GOSUMDB=off
+            go build -trimpath -tags "$tags" -ldflags='-s -w' -o "$tmp/prometheus" \
+                github.com/prometheus/prometheus/cmd/prometheus
+        ) >&2 || { rm -rf "$tmp"; die "building Prometheus from Go modules failed (see above)"; }
+        mkdir -p "${bin%/*}"
+        rm -rf "$bin"
+        mv "$tmp" "$bin"
+    fi
+    flock -u 9
+    echo "$bin/prometheus"
+}
+
 cmd_up() {
-    local dir=${1:-} target="" watch_pid=""
+    local dir=${1:-} target="" watch_pid="" config=""
     [[ -n $dir ]] || usage_error "up needs DIR"
     shift
     while (($#)); do
         case $1 in
         --target) target=${2:?}; shift 2 ;;
+        --config) config=${2:?}; shift 2 ;;
         --watch-pid) watch_pid=${2:?}; shift 2 ;;
         *) usage_error "unknown option '$1'" ;;
         esac
     done
-    [[ -n $target ]] || usage_error "up needs --target HOST:PORT"
-    cmd_install
+    [[ -n $target || -n $config ]] || usage_error "up needs --target HOST:PORT or --config FILE"
+    [[ -z $config || -f $config ]] || die "--config $config: no such file"
+    [[ -n ${PROMETHEUS_BIN:-} ]] || cmd_install
+    [[ -x $PROMETHEUS ]] || die "$PROMETHEUS is not an executable Prometheus"
     mkdir -p "$dir"
     dir=$(abs_dir "$dir")
     check_path_chars "$dir"
     [[ -z $(recorded_pids "$dir") ]] || die "Prometheus for $dir is already running; run '$PROG down $dir' first"
     rm -f "$dir/pids" "$dir/reaper.pid" "$dir/env"
-    cat >"$dir/prometheus.yml" <<EOF2
+    if [[ -n $config ]]; then
+        cp "$config" "$dir/prometheus.yml.tmp" && mv -f "$dir/prometheus.yml.tmp" "$dir/prometheus.yml"
+    else
+        cat >"$dir/prometheus.yml" <<EOF2
 global:
   scrape_interval: 1s
   evaluation_interval: 1s
@@ -73,9 +123,11 @@ scrape_configs:
     static_configs:
       - targets: ["$target"]
 EOF2
+    fi
     local port pid deadline
     port=$(free_port)
-    /usr/bin/prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+    # "--flag VALUE", not "--flag=VALUE": `down` recognises its processes by " DIR/" in their command line.
+    "$PROMETHEUS" --config.file "$dir/prometheus.yml" --storage.tsdb.path "$dir/data" \
         --web.listen-address="127.0.0.1:$port" >"$dir/prometheus.log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >>"$dir/pids"
@@ -94,6 +146,7 @@ EOF2
 
 case ${1:-help} in
 install) cmd_install ;;
+build) cmd_build ;;
 up) shift; cmd_up "$@" ;;
 down) down_recorded "${2:?down needs DIR}" "Prometheus" ;;
 help | -h | --help) usage ;;

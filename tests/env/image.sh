@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The controller image from the project's Dockerfile, built without any network: buildah (from
+# Debian) with --pull=never --network none, from binaries built on this machine (capstan in
+# release mode, kustomize and helm by rendertools.sh) and a base made here from only the files
+# those binaries need. The Dockerfile's final stage is the same one a registry build uses.
+# Run `tests/env/image.sh help` for the interface. Needs root (buildah's storage).
+set -euo pipefail
+
+PROG=${0##*/}
+SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/${BASH_SOURCE[0]##*/}"
+# shellcheck source=lib.sh
+source "${SELF%/*}/lib.sh"
+
+REPO=$(cd "${SELF%/*}/../.." && pwd -P)
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+IMAGE=${CAPSTAN_IMAGE:-localhost/capstan:dev}
+
+usage() {
+    cat <<EOF
+Usage:
+  $PROG build [--output ARCHIVE] [--binary CAPSTAN]
+      Build $IMAGE (CAPSTAN_IMAGE overrides the name) from $REPO/Dockerfile and
+      write it as a docker-archive to ARCHIVE (default $TARGET/image/capstan-image.tar). Prints
+      the image name, the archive path and the image size. Logs: $TARGET/image/build.log.
+      The capstan binary is a release build (cargo build --release) unless --binary gives one
+      (the node tests pass the debug build cargo test already made).
+EOF
+}
+
+# The shared libraries each binary loads (ldd's resolved paths), plus the dynamic loader.
+needed_libs() {
+    local f
+    for f in "$@"; do
+        ldd "$f" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'
+    done | sort -u
+}
+
+# A root filesystem holding only what the binaries need at run time: their libraries, CA
+# certificates where OpenSSL looks for them, and passwd/group entries for the user 65532.
+make_minimal_root() {
+    local root=$1
+    shift
+    rm -rf "$root"
+    mkdir -p "$root/etc/ssl/certs" "$root/usr/lib/ssl" "$root/tmp" "$root/var/cache" "$root/home/nonroot"
+    chmod 1777 "$root/tmp"
+    local lib real
+    while read -r lib; do
+        [[ -n $lib ]] || continue
+        real=$(readlink -f "$lib")
+        mkdir -p "$root${lib%/*}" "$root${real%/*}"
+        cp -a "$real" "$root$real"
+        [[ $lib == "$real" ]] || ln -sf "$real" "$root$lib"
+    done < <(needed_libs "$@")
+    [[ -f /etc/ssl/certs/ca-certificates.crt ]] || die "/etc/ssl/certs/ca-certificates.crt missing (install Debian's ca-certificates)"
+    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+    ln -s /etc/ssl/certs "$root/usr/lib/ssl/certs"
+    ln -s /etc/ssl/certs/ca-certificates.crt "$root/usr/lib/ssl/cert.pem"
+    printf 'root:x:0:0:root:/root:/usr/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/usr/sbin/nologin\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
+    printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
+    chown 65532:65532 "$root/home/nonroot"
+}
+
+cmd_build() {
+    local out='' binary=''
+    while (($#)); do
+        case $1 in
+            --output) (($# >= 2)) || usage_error "--output needs a path"; out=$2; shift 2 ;;
+            --binary) (($# >= 2)) || usage_error "--binary needs a path"; binary=$2; shift 2 ;;
+            *) usage_error "build: unknown argument '$1'" ;;
+        esac
+    done
+    [[ $(id -u) == 0 ]] || die "building the image with buildah needs root here"
+    command -v buildah >/dev/null 2>&1 || "${SELF%/*}/node.sh" install
+    command -v buildah >/dev/null 2>&1 || die "buildah is not installed (Debian package buildah)"
+    local work=$TARGET/image
+    out=${out:-$work/capstan-image.tar}
+    mkdir -p "$work"
+    local buildlog=$work/build.log
+    : >"$buildlog"
+
+    if [[ -z $binary ]]; then
+        log "building capstan (release) with cargo"
+        (cd "$REPO" && cargo build --release --locked --bin capstan) >>"$buildlog" 2>&1 ||
+            { log_tail "$buildlog"; die "cargo build --release failed (log: $buildlog)"; }
+        binary=$TARGET/release/capstan
+    fi
+    [[ -x $binary ]] || die "$binary is not an executable capstan binary"
+    local tools
+    tools=$("${SELF%/*}/rendertools.sh" build) || die "building kustomize and helm failed"
+
+    local ctx=$work/context
+    rm -rf "${ctx:?}/bin"
+    mkdir -p "$ctx/bin"
+    cp "$binary" "$ctx/bin/capstan"
+    strip "$ctx/bin/capstan"
+    cp "$tools/kustomize" "$tools/helm" "$ctx/bin/"
+    make_minimal_root "$ctx/rootfs" "$ctx/bin/capstan" "$ctx/bin/kustomize" "$ctx/bin/helm"
+
+    log "building $IMAGE from $REPO/Dockerfile with buildah (no network)"
+    buildah bud --pull=never --network none --layers=false \
+        --build-arg BINARIES=prebuilt --build-arg BASE=minimal-root \
+        -f "$REPO/Dockerfile" -t "$IMAGE" "$ctx" >>"$buildlog" 2>&1 ||
+        { log_tail "$buildlog"; die "the image build failed (buildah bud; log: $buildlog)"; }
+    rm -f "$out"
+    buildah push --quiet "$IMAGE" "docker-archive:$out:$IMAGE" >>"$buildlog" 2>&1 ||
+        { log_tail "$buildlog"; die "writing the image archive $out failed (log: $buildlog)"; }
+    local size
+    size=$(buildah images --format '{{.Size}}' "$IMAGE" 2>/dev/null | head -n 1)
+    echo "image: $IMAGE"
+    echo "archive: $out ($(du -h "$out" | cut -f1))"
+    echo "size: ${size:-unknown}"
+}
+
+case ${1:-help} in
+    build) shift; cmd_build "$@" ;;
+    help | -h | --help) usage ;;
+    *) usage_error "unknown command '$1'" ;;
+esac

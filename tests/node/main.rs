@@ -1,0 +1,557 @@
+//! End-to-end tests on a real node (tests/env/node.sh): the controller image built from the
+//! Dockerfile, the chart installed with `helm install`, the operator running as a Pod. Only what a
+//! Pod shows is tested here; the logic is tested by the process-based tests in tests/integration.
+//! Each test has its own namespace and its own release, which watches only that namespace.
+//!
+//! Needs root (containerd, the kubelet, the pod network): `cargo test --test node`.
+
+mod env;
+
+use std::time::Duration;
+
+use env::*;
+
+const KUSTOMIZATION: &str = "apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+generatorOptions:
+  disableNameSuffixHash: true
+configMapGenerator:
+  - name: from-kustomize
+    literals:
+      - greeting=hello from kustomize
+";
+
+const CHART_YAML: &str = "apiVersion: v2
+name: greeting
+version: 0.1.0
+";
+
+const CHART_TEMPLATE: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: from-helm
+data:
+  greeting: {{ .Values.greeting | quote }}
+";
+
+fn plain(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
+    )
+}
+
+fn configmap_value(ns: &str, name: &str, key: &str) -> Option<String> {
+    get_json(ns, "configmap", name)?["data"][key]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn uid(ns: &str, kind: &str, name: &str) -> String {
+    get_json(ns, kind, name).unwrap_or_else(|| panic!("{kind} {ns}/{name} is missing"))["metadata"]
+        ["uid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The chart as a platform engineer installs it: the Pod turns Ready by its own probes, with the
+/// chart's security context (non-root, read-only root filesystem), and syncs plain YAML, a
+/// kustomize directory and a Helm chart from a git server over the Pod network. kustomize and
+/// helm run inside the image with the PATH Capstan gives them (none) and the chart's TMPDIR.
+#[test]
+fn helm_install_runs_ready_and_syncs_plain_kustomize_and_helm() {
+    let ns = namespace("node-install");
+    let release = "capstan";
+    helm_install(release, &ns, &[]);
+    let pods = wait_ready_pods(&ns, release, 1);
+    let pod = &pods[0];
+    let spec = &pod["spec"];
+    let container = &spec["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}")
+    );
+    assert_eq!(spec["securityContext"]["runAsUser"], 65532);
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    let repo = Repo::new(
+        "node-install",
+        &[
+            ("plain/config.yaml", &plain("from-plain", "one")),
+            ("kustomize/kustomization.yaml", KUSTOMIZATION),
+            ("chart/Chart.yaml", CHART_YAML),
+            ("chart/values.yaml", "greeting: hello from helm\n"),
+            ("chart/templates/configmap.yaml", CHART_TEMPLATE),
+        ],
+    );
+    for (name, path) in [
+        ("plain", "./plain"),
+        ("kustomize", "./kustomize"),
+        ("chart", "./chart"),
+    ] {
+        kubectl_apply(&gitrepository(&ns, name, &repo.pod_url(), path));
+    }
+    let sha = repo.commit("nothing new", &[]);
+    for name in ["plain", "kustomize", "chart"] {
+        wait_synced(&ns, name, &sha, release);
+    }
+    assert_eq!(
+        configmap_value(&ns, "from-plain", "value").as_deref(),
+        Some("one")
+    );
+    assert_eq!(
+        configmap_value(&ns, "from-kustomize", "greeting").as_deref(),
+        Some("hello from kustomize")
+    );
+    assert_eq!(
+        configmap_value(&ns, "from-helm", "greeting").as_deref(),
+        Some("hello from helm")
+    );
+
+    // A new commit reaches the cluster through the same Pod.
+    let sha = repo.commit("two", &[("plain/config.yaml", &plain("from-plain", "two"))]);
+    wait_synced(&ns, "plain", &sha, release);
+    assert_eq!(
+        configmap_value(&ns, "from-plain", "value").as_deref(),
+        Some("two")
+    );
+    // Still the first container: nothing above crashed it or failed its liveness probe.
+    let pods = wait_ready_pods(&ns, release, 1);
+    assert_eq!(pods[0]["metadata"]["uid"], pod["metadata"]["uid"]);
+    assert_eq!(pods[0]["status"]["containerStatuses"][0]["restartCount"], 0);
+    helm(&["uninstall", release, "--namespace", &ns]);
+}
+
+/// `helm uninstall` stops the operator and leaves the CRDs (Helm's convention for `crds/`) and
+/// everything it applied; a reinstall adopts them without re-creating any.
+#[test]
+fn helm_uninstall_leaves_crds_and_objects_and_reinstall_adopts_them() {
+    let ns = namespace("node-uninstall");
+    let release = "capstan-u";
+    helm_install(release, &ns, &[]);
+    wait_ready_pods(&ns, release, 1);
+    let repo = Repo::new("node-uninstall", &[("config.yaml", &plain("kept", "one"))]);
+    kubectl_apply(&gitrepository(&ns, "kept", &repo.pod_url(), "./"));
+    let sha = repo.commit("sync", &[]);
+    wait_synced(&ns, "kept", &sha, release);
+    let before = uid(&ns, "configmap", "kept");
+
+    helm(&["uninstall", release, "--namespace", &ns, "--wait"]);
+    wait_for(
+        "the operator's Pods to be gone after helm uninstall",
+        Duration::from_secs(120),
+        || operator_pods(&ns, release).is_empty().then_some(()),
+        || diagnose(&ns, release),
+    );
+    assert!(
+        kubectl_try(&["get", "crd", "gitrepositories.capstan.dev"]).is_some(),
+        "helm uninstall removed the GitRepository CRD"
+    );
+    assert_eq!(uid(&ns, "configmap", "kept"), before);
+    assert!(get_json(&ns, "gitrepository", "kept").is_some());
+    // With no operator, a new commit is not applied.
+    let sha2 = repo.commit(
+        "while uninstalled",
+        &[("config.yaml", &plain("kept", "two"))],
+    );
+    std::thread::sleep(Duration::from_secs(8)); // two intervals: nothing may happen
+    assert_eq!(
+        configmap_value(&ns, "kept", "value").as_deref(),
+        Some("one")
+    );
+
+    helm_install(release, &ns, &[]);
+    wait_ready_pods(&ns, release, 1);
+    wait_synced(&ns, "kept", &sha2, release);
+    assert_eq!(
+        configmap_value(&ns, "kept", "value").as_deref(),
+        Some("two")
+    );
+    assert_eq!(
+        uid(&ns, "configmap", "kept"),
+        before,
+        "the reinstalled operator re-created an object git still declares"
+    );
+    helm(&["uninstall", release, "--namespace", &ns]);
+}
+
+/// A real Prometheus (built with Kubernetes discovery) finds the Pod as a cluster's would: kubernetes_sd_configs against the API
+/// server, the chart's metrics Service selected by its labels and port name, then scrapes the
+/// Pod over the Pod network and answers a PromQL query on `capstan_ready`.
+#[test]
+fn prometheus_discovers_the_pod_through_the_api_server_and_answers_capstan_ready() {
+    let ns = namespace("node-metrics");
+    let release = "capstan-m";
+    helm_install(release, &ns, &[]);
+    let pods = wait_ready_pods(&ns, release, 1);
+    let pod_name = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let repo = Repo::new("node-metrics", &[("config.yaml", &plain("watched", "one"))]);
+    kubectl_apply(&gitrepository(&ns, "watched", &repo.pod_url(), "./"));
+    let sha = repo.commit("sync", &[]);
+    wait_synced(&ns, "watched", &sha, release);
+
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("capstan-{}-prometheus", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("scrape.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: capstan
+    kubernetes_sd_configs:
+      - role: endpointslice
+        kubeconfig_file: {kubeconfig}
+        namespaces:
+          names: [{ns}]
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_service_label_app_kubernetes_io_name]
+        regex: capstan
+        action: keep
+      - source_labels: [__meta_kubernetes_endpointslice_port_name]
+        regex: metrics
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+",
+            kubeconfig = node().var("KUBECONFIG"),
+        ),
+    )
+    .unwrap();
+    // Debian's Prometheus is built without Kubernetes discovery; this one is built from its Go module.
+    let prometheus_bin = run(std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/env/prometheus.sh"
+    ))
+    .arg("build"));
+    let out = run(std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/env/prometheus.sh"
+    ))
+    .env("PROMETHEUS_BIN", prometheus_bin.trim())
+    .arg("up")
+    .arg(&dir)
+    .arg("--config")
+    .arg(&config)
+    .arg("--watch-pid")
+    .arg(std::process::id().to_string()));
+    let url = out
+        .lines()
+        .find_map(|l| l.strip_prefix("export PROMETHEUS_URL='"))
+        .and_then(|l| l.strip_suffix('\''))
+        .expect("prometheus.sh printed PROMETHEUS_URL")
+        .to_string();
+    let query = |q: &str| -> serde_json::Value {
+        let out = run(std::process::Command::new("curl")
+            .args(["-sf", "-G", &format!("{url}/api/v1/query")])
+            .args(["--data-urlencode", &format!("query={q}")]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let result = wait_for(
+        "Prometheus to answer capstan_ready for the GitRepository, scraped from the Pod",
+        Duration::from_secs(120),
+        || {
+            let r = query(&format!(
+                "capstan_ready{{job=\"capstan\",namespace=\"{ns}\",name=\"watched\"}}"
+            ));
+            let first = r["data"]["result"].as_array()?.first()?.clone();
+            (first["value"][1] == "1").then_some(first)
+        },
+        || {
+            let targets =
+                run(std::process::Command::new("curl")
+                    .args(["-s", &format!("{url}/api/v1/targets")]));
+            format!("targets: {targets}\n{}", diagnose(&ns, release))
+        },
+    );
+    assert_eq!(result["metric"]["pod"], pod_name.as_str());
+    let _ = run(std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/env/prometheus.sh"
+    ))
+    .arg("down")
+    .arg(&dir));
+    helm(&["uninstall", release, "--namespace", &ns]);
+}
+
+/// Writes of one object (by resource and name, in `ns`) among audit events, dry runs excluded.
+fn writes_of<'a>(
+    events: &'a [serde_json::Value],
+    ns: &str,
+    resource: &str,
+    name: &str,
+) -> Vec<&'a serde_json::Value> {
+    events
+        .iter()
+        .filter(|e| {
+            is_write(e)
+                && e["objectRef"]["resource"] == resource
+                && e["objectRef"]["namespace"] == ns
+                && e["objectRef"]["name"] == name
+                && e["responseStatus"]["code"]
+                    .as_i64()
+                    .is_some_and(|c| c < 300)
+        })
+        .collect()
+}
+
+/// `helm upgrade` to a new image tag rolls the Pod. A commit pushed during the rollout is applied
+/// exactly once; nothing git still declares is pruned or re-created; every GitRepository keeps
+/// its status.
+#[test]
+fn helm_upgrade_to_a_new_tag_rolls_the_pod_without_losing_or_repeating_work() {
+    let ns = namespace("node-upgrade");
+    let release = "capstan-up";
+    helm_install(release, &ns, &[]);
+    let old = wait_ready_pods(&ns, release, 1);
+    let repo = Repo::new(
+        "node-upgrade",
+        &[
+            ("stable.yaml", &plain("stable", "same")),
+            ("changing.yaml", &plain("changing", "one")),
+        ],
+    );
+    kubectl_apply(&gitrepository(&ns, "rolled", &repo.pod_url(), "./"));
+    let sha = repo.commit("sync", &[]);
+    wait_synced(&ns, "rolled", &sha, release);
+    let stable = uid(&ns, "configmap", "stable");
+    let changing = uid(&ns, "configmap", "changing");
+
+    let tag = tag_image("dev-upgrade");
+    let mark = audit_mark();
+    helm(&[
+        "upgrade",
+        release,
+        CHART,
+        "--namespace",
+        &ns,
+        "--reuse-values",
+        "--set",
+        &format!("image.tag={}", tag.rsplit(':').next().unwrap()),
+    ]);
+    let sha2 = repo.commit(
+        "during the rollout",
+        &[("changing.yaml", &plain("changing", "two"))],
+    );
+    let new = wait_for(
+        "the rollout to replace the Pod with one running the new tag",
+        Duration::from_secs(180),
+        || {
+            let pods = operator_pods(&ns, release);
+            (pods.len() == 1
+                && pod_ready(&pods[0])
+                && pods[0]["spec"]["containers"][0]["image"] == tag.as_str()
+                && pods[0]["metadata"]["uid"] != old[0]["metadata"]["uid"])
+                .then_some(pods)
+        },
+        || diagnose(&ns, release),
+    );
+    wait_synced(&ns, "rolled", &sha2, release);
+    assert_eq!(
+        configmap_value(&ns, "changing", "value").as_deref(),
+        Some("two")
+    );
+    assert_eq!(
+        uid(&ns, "configmap", "stable"),
+        stable,
+        "stable was re-created"
+    );
+    assert_eq!(
+        uid(&ns, "configmap", "changing"),
+        changing,
+        "changing was re-created"
+    );
+    // Let the new Pod run a few more intervals: it must not apply the commit again.
+    std::thread::sleep(Duration::from_secs(12));
+    let events = audit_since(mark);
+    let applied: Vec<_> = writes_of(&events, &ns, "configmaps", "changing")
+        .into_iter()
+        .map(|e| audit_pod(e).unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(
+        applied.len(),
+        1,
+        "the commit pushed during the rollout was applied {} times (by {applied:?})",
+        applied.len()
+    );
+    let deletes: Vec<_> = events
+        .iter()
+        .filter(|e| e["verb"] == "delete" && e["objectRef"]["namespace"] == ns.as_str())
+        .filter(|e| e["objectRef"]["resource"] == "configmaps")
+        .collect();
+    assert!(
+        deletes.is_empty(),
+        "configmaps deleted during the rollout: {deletes:?}"
+    );
+    let gr = get_json(&ns, "gitrepository", "rolled").unwrap();
+    assert!(gr["status"]["conditions"].is_array(), "no status: {gr}");
+    let _ = new;
+    helm(&["uninstall", release, "--namespace", &ns]);
+}
+
+/// Two replicas: one holds the Lease and works, the other writes nothing. Deleting the leader's
+/// Pod hands over, and the next commit is applied by the new leader.
+#[test]
+fn two_replicas_one_leader_and_hand_over_when_its_pod_is_deleted() {
+    let ns = namespace("node-leader");
+    let release = "capstan-l";
+    helm_install(release, &ns, &["replicas=2"]);
+    let pods = wait_ready_pods(&ns, release, 2);
+    let names: Vec<String> = pods
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let repo = Repo::new("node-leader", &[("config.yaml", &plain("led", "one"))]);
+    let mark = audit_mark();
+    kubectl_apply(&gitrepository(&ns, "led", &repo.pod_url(), "./"));
+    let sha = repo.commit("sync", &[]);
+    wait_synced(&ns, "led", &sha, release);
+    let holder = |ns: &str| -> Option<String> {
+        let lease = get_json(ns, "lease", "capstan")?;
+        let id = lease["spec"]["holderIdentity"].as_str()?;
+        Some(id.split('_').next().unwrap().to_string())
+    };
+    let leader = wait_for(
+        "a Pod of the release to hold the Lease",
+        Duration::from_secs(60),
+        || holder(&ns).filter(|h| names.contains(h)),
+        || diagnose(&ns, release),
+    );
+    let standby = names.iter().find(|n| **n != leader).unwrap().clone();
+    let events = audit_since(mark);
+    let standby_writes: Vec<_> = events
+        .iter()
+        .filter(|e| is_write(e) && audit_pod(e) == Some(standby.as_str()))
+        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
+        .collect();
+    assert!(
+        standby_writes.is_empty(),
+        "the standby {standby} wrote: {standby_writes:?}"
+    );
+    let leader_applies = writes_of(&events, &ns, "configmaps", "led");
+    assert!(
+        !leader_applies.is_empty() && leader_applies.iter().all(|e| audit_pod(e) == Some(&leader)),
+        "the ConfigMap was not applied by the leader {leader} alone"
+    );
+
+    kubectl(&["delete", "pod", "-n", &ns, &leader, "--wait=false"]);
+    let next = wait_for(
+        "another Pod to take the Lease after the leader's Pod was deleted",
+        Duration::from_secs(120),
+        || holder(&ns).filter(|h| *h != leader),
+        || diagnose(&ns, release),
+    );
+    let mark = audit_mark();
+    let sha2 = repo.commit(
+        "after the hand-over",
+        &[("config.yaml", &plain("led", "two"))],
+    );
+    wait_synced(&ns, "led", &sha2, release);
+    assert_eq!(configmap_value(&ns, "led", "value").as_deref(), Some("two"));
+    let events = audit_since(mark);
+    let applies = writes_of(&events, &ns, "configmaps", "led");
+    assert!(
+        !applies.is_empty() && applies.iter().all(|e| audit_pod(e) == Some(next.as_str())),
+        "the commit after the hand-over was not applied by the new leader {next}"
+    );
+    helm(&["uninstall", release, "--namespace", &ns]);
+}
+
+/// The restricted RBAC mode in the Pod: the operator's own ServiceAccount can change nothing, so
+/// a GitRepository without serviceAccountName applies nothing, and one naming a ServiceAccount
+/// allowed to write ConfigMaps in its namespace applies them.
+#[test]
+fn restricted_rbac_mode_applies_only_as_the_named_service_account() {
+    let ns = namespace("node-restricted");
+    let release = "capstan-r";
+    helm_install(release, &ns, &["rbac.mode=restricted"]);
+    wait_ready_pods(&ns, release, 1);
+    kubectl_apply(&format!(
+        "apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: deployer, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: deployer-edit, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: capstan-node-test-edit}}
+subjects: [{{kind: ServiceAccount, name: deployer, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: capstan-node-test-edit}}
+rules:
+- {{apiGroups: [''], resources: [configmaps], verbs: ['*']}}
+"
+    ));
+    let allowed = Repo::new(
+        "node-restricted-sa",
+        &[("config.yaml", &plain("as-deployer", "one"))],
+    );
+    let denied = Repo::new(
+        "node-restricted-none",
+        &[("config.yaml", &plain("as-nobody", "one"))],
+    );
+    kubectl_apply(&format!(
+        "{}  serviceAccountName: deployer\n",
+        gitrepository(&ns, "with-sa", &allowed.pod_url(), "./")
+    ));
+    kubectl_apply(&gitrepository(&ns, "without-sa", &denied.pod_url(), "./"));
+    let sha = allowed.commit("sync", &[]);
+    wait_synced(&ns, "with-sa", &sha, release);
+    assert_eq!(
+        configmap_value(&ns, "as-deployer", "value").as_deref(),
+        Some("one")
+    );
+    let (status, reason, message) = wait_for(
+        "the GitRepository without serviceAccountName to report that it may not apply",
+        Duration::from_secs(120),
+        || condition(&ns, "without-sa", "Ready").filter(|c| c.0 == "False"),
+        || diagnose(&ns, release),
+    );
+    assert!(
+        get_json(&ns, "configmap", "as-nobody").is_none(),
+        "applied without a ServiceAccount in restricted mode ({status} {reason}: {message})"
+    );
+    helm(&["uninstall", release, "--namespace", &ns]);
+}
+
+/// One node per machine: `node.sh up` of another directory while the node runs is refused, and
+/// the error names the running node's directory and what to run; the running node is untouched.
+#[test]
+fn a_second_node_is_refused_with_the_running_ones_directory() {
+    let node = node();
+    let other = tempfile::tempdir().unwrap();
+    let output =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/node.sh"))
+            .arg("up")
+            .arg(other.path())
+            .output()
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a second node started:\n{stderr}");
+    let running = node.dir().to_str().unwrap();
+    assert!(
+        stderr.contains("one node per machine")
+            && stderr.contains(&format!("node.sh down {running}")),
+        "unclear error: {stderr}"
+    );
+    let ready = kubectl(&[
+        "get",
+        "node",
+        node.var("CAPSTAN_NODE_NAME"),
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    assert_eq!(ready, "True");
+}

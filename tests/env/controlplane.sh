@@ -15,6 +15,7 @@ source "${SELF%/*}/lib.sh"
 
 TOOLS_MOD=${SELF%/*}/tools
 CACHE=${CAPSTAN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/capstan}
+# shellcheck disable=SC2034 # read by wait_ready (lib.sh)
 TIMEOUT=${CONTROLPLANE_TIMEOUT:-60}
 
 usage() {
@@ -170,24 +171,6 @@ start() {
     STARTED+=("$!")
     echo "$!" >>"$DIR/pids"
     LAST_PID=$!
-}
-
-# wait_ready NAME PID LOGFILE CHECK...: poll CHECK until it succeeds, the process dies, or time runs out.
-wait_ready() {
-    local name=$1 pid=$2 logfile=$3
-    shift 3
-    local deadline=$((SECONDS + TIMEOUT))
-    while ((SECONDS < deadline)); do
-        if ! is_alive "$pid"; then
-            log_tail "$logfile"
-            grep -q 'address already in use' "$logfile" && die "$name could not bind its port (address already in use)"
-            die "$name exited during startup (log: $logfile)"
-        fi
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.2
-    done
-    log_tail "$logfile"
-    die "$name was not ready within ${TIMEOUT}s (log: $logfile)"
 }
 
 cmd_up() {

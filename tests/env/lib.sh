@@ -150,6 +150,25 @@ log_tail() {
     log "---- end of $file ----"
 }
 
+# wait_ready NAME PID LOGFILE CHECK...: poll CHECK until it succeeds, the process dies, or the
+# caller's TIMEOUT (seconds) runs out; each failure names the component and its log.
+wait_ready() {
+    local name=$1 pid=$2 logfile=$3
+    shift 3
+    local deadline=$((SECONDS + TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if ! is_alive "$pid"; then
+            log_tail "$logfile"
+            grep -q 'address already in use' "$logfile" && die "$name could not bind its port (address already in use; log: $logfile)"
+            die "$name exited during startup (log: $logfile)"
+        fi
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    log_tail "$logfile"
+    die "$name was not ready within ${TIMEOUT}s (log: $logfile)"
+}
+
 size_of() { stat -c %s "$1" 2>/dev/null || echo 0; }
 
 # start_reaper DIR PID SELF: a detached process that runs `SELF down DIR` once PID has exited, and

@@ -17,6 +17,7 @@ CONTROLPLANE=${SELF%/*}/controlplane.sh
 # The control plane's pins, plus the modules only the node's binaries need (same k8s.io/kubernetes).
 TOOLS_MOD=${SELF%/*}/node-tools
 CACHE=${CAPSTAN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/capstan}
+# shellcheck disable=SC2034 # read by wait_ready (lib.sh)
 TIMEOUT=${NODE_TIMEOUT:-60}
 
 # Addresses away from the machine's own network. The node IP lives on `lo`; Pods sit on a bridge
@@ -181,24 +182,6 @@ start() {
     "$@" </dev/null >>"$logfile" 2>&1 8>&- &
     echo "$!" >>"$DIR/pids"
     LAST_PID=$!
-}
-
-# wait_ready NAME PID LOGFILE CHECK...: poll CHECK until it succeeds, the process dies, or time runs out.
-wait_ready() {
-    local name=$1 pid=$2 logfile=$3
-    shift 3
-    local deadline=$((SECONDS + TIMEOUT))
-    while ((SECONDS < deadline)); do
-        if ! is_alive "$pid"; then
-            log_tail "$logfile"
-            grep -q 'address already in use' "$logfile" && die "$name could not bind its port (address already in use; log: $logfile)"
-            die "$name exited during startup (log: $logfile)"
-        fi
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.2
-    done
-    log_tail "$logfile"
-    die "$name was not ready within ${TIMEOUT}s (log: $logfile)"
 }
 
 watcher_alive() {

@@ -78,6 +78,11 @@ impl Live {
         self.objects.read().get(id).cloned()
     }
 
+    /// The resourceVersion the watch saw last for `id`, without copying its fields.
+    pub fn resource_version(&self, id: &str) -> Option<u64> {
+        self.objects.read().get(id)?.resource_version
+    }
+
     /// Whether the watch of `id`'s kind has listed everything and delivered every event up to
     /// `resource_version` (when given): only then does absence mean deleted and do the fields
     /// mean what the cluster holds now. (resourceVersions are compared as numbers: they are

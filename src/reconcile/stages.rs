@@ -173,7 +173,7 @@ pub(super) async fn stages(
     let previous_versions: HashMap<String, u64> = previous
         .iter()
         .filter_map(|id| {
-            let watched = ctx.live.observed(id).and_then(|o| o.resource_version);
+            let watched = ctx.live.resource_version(id);
             let sent = previous_sent
                 .get(id)
                 .and_then(|s| s.owned.as_ref()?.resource_version);

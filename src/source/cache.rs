@@ -35,6 +35,12 @@ impl CheckError {
     }
 }
 
+/// What the per-URL maps are keyed by: a digest, so no URL (with its credentials) stays in
+/// memory for longer than its work.
+fn key_of(url: &RemoteUrl) -> String {
+    crate::digest::stable_hex(url.as_str().as_bytes())
+}
+
 pub struct Cache {
     root: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -57,8 +63,7 @@ impl Cache {
 
     fn repo_dir(&self, url: &RemoteUrl) -> PathBuf {
         // Kept across restarts on the cache volume: a stable name finds it again.
-        let name = crate::digest::stable_hex(url.as_str().as_bytes());
-        self.root.join(format!("{name}.git"))
+        self.root.join(format!("{}.git", key_of(url)))
     }
 
     /// Runs blocking git work off the runtime, within `timeout`. libgit2 cannot be interrupted
@@ -73,7 +78,7 @@ impl Cache {
         hold: G,
         work: impl FnOnce(Instant) -> Result<T, CheckError> + Send + 'static,
     ) -> Result<T, CheckError> {
-        let key = url.as_str().to_string();
+        let key = key_of(url);
         self.check_stuck(url)?;
         let _permit = self
             .permits
@@ -124,7 +129,7 @@ impl Cache {
     }
 
     fn check_stuck(&self, url: &RemoteUrl) -> Result<(), CheckError> {
-        if self.stuck.lock().contains_key(url.as_str()) {
+        if self.stuck.lock().contains_key(&key_of(url)) {
             return Err(CheckError::Source(SourceError::Fetch {
                 url: url.redacted().to_string(),
                 message: "an earlier git operation on this remote has not returned yet (the server does not answer)".into(),
@@ -159,12 +164,13 @@ impl Cache {
         dest: &Path,
         timeout: Duration,
     ) -> Result<i64, CheckError> {
-        let lock = self
-            .locks
-            .lock()
-            .entry(url.as_str().to_string())
-            .or_default()
-            .clone();
+        let lock = {
+            let mut locks = self.locks.lock();
+            // Locks no fetch holds or waits for go: the map is only as large as the work in
+            // flight.
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            locks.entry(key_of(url)).or_default().clone()
+        };
         // A stuck remote fails at once, rather than queueing behind its own stuck call.
         self.check_stuck(url)?;
         let guard = tokio::time::timeout(timeout, lock.lock_owned())

@@ -129,7 +129,7 @@ impl RemoteUrl {
             );
             return SourceError::Authentication { url, message };
         }
-        let message = err.message().replace(&self.raw, &self.redacted);
+        let message = self.scrub(err.message());
         if message.starts_with("cannot redirect from") {
             let message = format!(
                 "{message}: the server redirects elsewhere, and credentials for spec.url are never presented to another host, nor anything sent over http after https; set spec.url to the repository's new address"
@@ -156,20 +156,68 @@ impl RemoteUrl {
 /// `https://user:token@host/x` -> `https://host/x` (`ssh://` keeps its user), for URLs that
 /// failed to parse too.
 pub fn redact(raw: &str) -> String {
-    match raw.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find('/').unwrap_or(rest.len());
-            match rest[..end].rsplit_once('@') {
-                Some((userinfo, host)) if scheme == "ssh" => {
-                    let user = userinfo.split(':').next().unwrap_or("");
-                    format!("{scheme}://{user}@{host}{}", &rest[end..])
+    redact_urls(raw)
+}
+
+/// `text` with the user information of every `scheme://` URL in it removed, however the URL is
+/// spelled (any scheme, any case, percent-encoded or not): found by parsing, not by matching the
+/// configured URL. `ssh://` keeps its user name, which is not a secret.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let scheme = head[..i]
+            .rsplit(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            .next()
+            .unwrap_or_default();
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || "'\"<>()`,;".contains(c))
+            .unwrap_or(tail.len());
+        match tail[..end].rsplit_once('@') {
+            Some((userinfo, host)) => {
+                if scheme.eq_ignore_ascii_case("ssh") {
+                    out.push_str(userinfo.split(':').next().unwrap_or_default());
+                    out.push('@');
                 }
-                Some((_, host)) => format!("{scheme}://{host}{}", &rest[end..]),
-                None => raw.to_string(),
+                out.push_str(host);
+            }
+            None => out.push_str(&tail[..end]),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+impl RemoteUrl {
+    /// A message from libgit2 about this URL, with every URL's user information removed and
+    /// this URL's password (or HTTP user name standing for a token) masked wherever it appears.
+    fn scrub(&self, message: &str) -> String {
+        let mut scrubbed = redact_urls(message);
+        if let Ok(url) = url::Url::parse(&self.raw) {
+            // Without a password, an HTTP user name is a token.
+            let secret = match url.password() {
+                Some(password) => password,
+                None if url.scheme() != "ssh" => url.username(),
+                None => "",
+            };
+            for secret in [secret].iter().filter(|s| s.len() >= 3) {
+                for spelling in [secret.to_string(), percent_decoded(secret)] {
+                    scrubbed = scrubbed.replace(&spelling, "***");
+                }
             }
         }
-        None => raw.to_string(),
+        scrubbed
     }
+}
+
+fn percent_decoded(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_string())
 }
 
 /// libgit2's socket timeouts. A server that accepts a connection and never answers would
@@ -304,6 +352,35 @@ mod tests {
         assert_eq!(redact("ssh://git:p@h/x"), "ssh://git@h/x");
         assert_eq!(redact("https://h/x"), "https://h/x");
         assert_eq!(redact("git@h:x"), "git@h:x");
+    }
+
+    #[test]
+    fn libgit2_messages_lose_credentials_however_the_url_is_spelled() {
+        let url = RemoteUrl::parse("https://bot:s3cr%2Ft@git.example.com/a.git").unwrap();
+        for message in [
+            "failed to resolve address for HTTPS://bot:s3cr%2Ft@git.example.com/a.git/info/refs",
+            "unexpected http status for https://bot:s3cr%2ft@git.example.com:443/a.git: 401",
+            "redirect to 'http://bot:s3cr/t@other.example/a.git' refused",
+            "auth with token s3cr/t failed for user bot@git.example.com",
+        ] {
+            let scrubbed = url.scrub(message);
+            for secret in ["s3cr", "%2F", "%2f"] {
+                assert!(!scrubbed.contains(secret), "{scrubbed}");
+            }
+        }
+        // Well-formed URLs lose their user information whatever it is.
+        assert_eq!(
+            url.scrub("for HTTPS://bot:other@git.example.com/a.git: 401"),
+            "for HTTPS://git.example.com/a.git: 401"
+        );
+        assert_eq!(
+            url.scrub("fetch from https://git.example.com/a.git failed"),
+            "fetch from https://git.example.com/a.git failed"
+        );
+        assert_eq!(
+            redact_urls("see ssh://git:pw@h:2222/x and git@h:y"),
+            "see ssh://git@h:2222/x and git@h:y"
+        );
         let url = RemoteUrl::parse("https://alice:hunter2@git.example.com:8443/a.git").unwrap();
         assert_eq!(url.redacted(), "https://git.example.com:8443/a.git");
         assert_eq!(

@@ -9,6 +9,7 @@ pub mod digest;
 pub mod leader;
 pub mod live;
 pub mod metrics;
+pub mod object;
 pub mod reconcile;
 pub mod render;
 pub mod runtime;

@@ -2,6 +2,7 @@
 //! watches that feed the reconcile, and shutdown. What happens to one GitRepository is in
 //! `reconcile`.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use crate::api::{GitRepository, SHARD_LABEL};
 use crate::leader::{Election, Leadership};
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::reconcile::{Context, error_policy, reconcile, trigger_hash};
+use crate::reconcile::{Context, error_policy, reconcile, trigger_hash, uid};
 use crate::render::{self, Limits, Tools};
 use crate::server::{self, Readiness};
 use crate::source::Cache;
@@ -212,58 +213,14 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
-    let mut servers = tokio::task::JoinSet::new();
-    if let Some(addr) = config.metrics_bind_address {
-        let serving = server::serve_metrics(server::bind("/metrics", addr).await?, metrics.clone());
-        servers.spawn(async move {
-            if let Err(e) = serving.await {
-                error!(%addr, error = %e, "serving /metrics failed");
-            }
-        });
-    }
-    if let Some(addr) = config.health_probe_bind_address {
-        let listener = server::bind("/healthz and /readyz", addr).await?;
-        let serving = server::serve_probes(listener, readiness.clone());
-        servers.spawn(async move {
-            if let Err(e) = serving.await {
-                error!(%addr, error = %e, "serving /healthz and /readyz failed");
-            }
-        });
-    }
-    if let Some(addr) = config.webhook_bind_address {
-        // Every replica receives: the Service spreads hooks over standbys too.
-        let listener = server::bind("webhooks", addr).await?;
-        let serving = crate::webhook::serve(listener, Client::try_from(kube_config.clone())?);
-        servers.spawn(async move {
-            if let Err(e) = serving.await {
-                error!(%addr, error = %e, "serving webhooks failed");
-            }
-        });
-    }
+    // Serving until this returns; dropping the set stops them.
+    let _servers = servers(&kube_config, &config, &metrics, &readiness).await?;
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let disk = Disk::prepare(&config)?;
     if !config.leader_elect {
         return control(&kube_config, &config, &disk, metrics, readiness, shutdown).await;
     }
-    let election = Election {
-        namespace: config
-            .leader_election_namespace
-            .clone()
-            .unwrap_or_else(own_namespace),
-        lease_name: config
-            .leader_election_id
-            .clone()
-            .unwrap_or_else(|| match &config.shard {
-                Some(shard) => format!("capstan-{shard}"),
-                None => "capstan".into(),
-            }),
-        identity: format!(
-            "{}_{:08x}",
-            std::env::var("POD_NAME").unwrap_or_else(|_| "capstan".into()),
-            rand_u32()
-        ),
-    };
-    let mut leadership = Leadership::start(&kube_config, election)?;
+    let mut leadership = Leadership::start(&kube_config, election(&config))?;
     // A standby is ready: it is up and waiting for the lease.
     readiness.set_ready();
     loop {
@@ -295,6 +252,66 @@ pub async fn serve(
     Ok(())
 }
 
+/// The metrics, probe and webhook servers that `config` asks for, bound now (a port in use
+/// fails the start) and serving in the returned set.
+async fn servers(
+    kube_config: &kube::Config,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    readiness: &Readiness,
+) -> Result<tokio::task::JoinSet<()>, StartError> {
+    let mut servers = tokio::task::JoinSet::new();
+    let mut spawn = |what: &'static str, addr, serving: server::Serving| {
+        servers.spawn(async move {
+            if let Err(e) = serving.await {
+                error!(%addr, error = %e, "serving {what} failed");
+            }
+        });
+    };
+    if let Some(addr) = config.metrics_bind_address {
+        let listener = server::bind("/metrics", addr).await?;
+        spawn(
+            "/metrics",
+            addr,
+            Box::pin(server::serve_metrics(listener, metrics.clone())),
+        );
+    }
+    if let Some(addr) = config.health_probe_bind_address {
+        let listener = server::bind("/healthz and /readyz", addr).await?;
+        let serving = server::serve_probes(listener, readiness.clone());
+        spawn("/healthz and /readyz", addr, Box::pin(serving));
+    }
+    if let Some(addr) = config.webhook_bind_address {
+        // Every replica receives: the Service spreads hooks over standbys too.
+        let listener = server::bind("webhooks", addr).await?;
+        let serving = crate::webhook::serve(listener, Client::try_from(kube_config.clone())?);
+        spawn("webhooks", addr, Box::pin(serving));
+    }
+    Ok(servers)
+}
+
+/// The leader Lease this process competes for, and its name in it.
+fn election(config: &Config) -> Election {
+    Election {
+        namespace: config
+            .leader_election_namespace
+            .clone()
+            .unwrap_or_else(own_namespace),
+        lease_name: config
+            .leader_election_id
+            .clone()
+            .unwrap_or_else(|| match &config.shard {
+                Some(shard) => format!("capstan-{shard}"),
+                None => "capstan".into(),
+            }),
+        identity: format!(
+            "{}_{:08x}",
+            std::env::var("POD_NAME").unwrap_or_else(|_| "capstan".into()),
+            rand_u32()
+        ),
+    }
+}
+
 /// The controller proper: watches, reconciles, until `shutdown`.
 async fn control(
     kube_config: &kube::Config,
@@ -305,7 +322,11 @@ async fn control(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     let client = Client::try_from(kube_config.clone())?;
-    let (live, wake) = Live::new(client.clone(), config.namespace.clone());
+    let (live, wake) = Live::new(
+        client.clone(),
+        config.namespace.clone(),
+        config.shard.as_deref(),
+    );
     let ctx = Context::new(
         kube_config.clone(),
         client.clone(),
@@ -333,10 +354,19 @@ async fn control(
     // Nothing reads who wrote which field of a GitRepository; at scale that is most of the cache.
     .modify(|gr| gr.managed_fields_mut().clear())
     .reflect(writer)
-    .inspect(move |event| {
-        // Ready once every GitRepository has been listed.
-        if matches!(event, Ok(watcher::Event::InitDone)) {
-            listed.set_ready();
+    .inspect({
+        let (ctx, store) = (ctx.clone(), reader.clone());
+        move |event| match event {
+            // What the process knows of a GitRepository goes with it, finalizer or not.
+            Ok(watcher::Event::Delete(gr)) => ctx.forget(gr),
+            Ok(watcher::Event::InitDone) => {
+                // A re-list after a gap in the watch sees no Delete of what went meanwhile.
+                let exists: HashSet<String> = store.state().iter().map(|gr| uid(gr)).collect();
+                ctx.retain(|u| exists.contains(u));
+                // Ready once every GitRepository has been listed.
+                listed.set_ready();
+            }
+            _ => {}
         }
     })
     .applied_objects()

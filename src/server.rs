@@ -46,6 +46,9 @@ impl Readiness {
 }
 
 /// Serves `/metrics` on `listener` until the runtime shuts down.
+/// A server running until it fails.
+pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let app = Router::new()
         .route(

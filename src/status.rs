@@ -13,7 +13,8 @@ pub const DRIFTED: &str = "Drifted";
 pub const HEALTHY: &str = "Healthy";
 
 /// Why a condition is as it is, and why an Event was sent: stable PascalCase words, which
-/// metric labels reuse. A decision between steps matches these, never a message.
+/// metric labels reuse. Which failure has which reason, and whether it stalls, is decided in
+/// `reconcile::failure`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     ReconciliationSucceeded,
@@ -60,28 +61,6 @@ impl Reason {
             Reason::DriftCorrected => "DriftCorrected",
             Reason::Applied => "Applied",
         }
-    }
-
-    /// Whether a failure with this reason waits for a change (of the spec or in git) instead of
-    /// being retried with backoff: the one place that decides it for the source's errors.
-    pub fn stalls(self) -> bool {
-        matches!(
-            self,
-            Reason::InvalidSpec
-                | Reason::InvalidSource
-                | Reason::BuildFailed
-                | Reason::PruneBlocked
-                | Reason::HealthCheckFailed
-        )
-    }
-
-    /// Whether a failure with this reason happened after objects were sent, so that what is
-    /// applied may not be what the revision says.
-    pub fn after_apply(self) -> bool {
-        matches!(
-            self,
-            Reason::ApplyFailed | Reason::PruneFailed | Reason::PruneBlocked
-        )
     }
 }
 
@@ -317,28 +296,20 @@ mod tests {
     }
 
     #[test]
-    fn reasons_keep_the_api_strings_and_decide_stall_or_retry() {
+    fn reasons_keep_the_api_strings() {
         use Reason::*;
-        let stalls = [
+        // The API's reason is the variant's name, as written before the enum existed.
+        for reason in [
             InvalidSpec,
             InvalidSource,
             BuildFailed,
             PruneBlocked,
             HealthCheckFailed,
-        ];
-        let retries = [
             FetchFailed,
             AuthenticationFailed,
             RefNotFound,
             ApplyFailed,
             PruneFailed,
-        ];
-        for reason in stalls.iter().chain(&retries) {
-            // The API's reason is the variant's name, as written before the enum existed.
-            assert_eq!(reason.as_str(), format!("{reason:?}"));
-            assert_eq!(reason.stalls(), stalls.contains(reason), "{reason}");
-        }
-        for reason in [
             ReconciliationSucceeded,
             Progressing,
             ProgressingWithRetry,
@@ -350,13 +321,6 @@ mod tests {
         ] {
             assert_eq!(reason.as_str(), format!("{reason:?}"));
         }
-        let after_apply: Vec<Reason> = stalls
-            .iter()
-            .chain(&retries)
-            .copied()
-            .filter(|r| r.after_apply())
-            .collect();
-        assert_eq!(after_apply, [PruneBlocked, ApplyFailed, PruneFailed]);
     }
 
     #[test]

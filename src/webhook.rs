@@ -71,40 +71,10 @@ async fn receive(
         return reply(StatusCode::UNAUTHORIZED, "signature does not match");
     }
     let client = state.client;
-    let receivers: Api<Receiver> = Api::namespaced(client.clone(), &namespace);
-    let receiver = match receivers.get_opt(&name).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return reply(StatusCode::NOT_FOUND, "no such receiver"),
-        Err(e) => {
-            warn!(%namespace, receiver = %name, error = %e, "webhook: reading the Receiver failed");
-            return reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
-        }
+    let receiver = match authenticate(&client, &namespace, &name, &headers, &body).await {
+        Ok(receiver) => receiver,
+        Err(refused) => return refused,
     };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let token = match secrets.get_opt(&receiver.spec.secret_ref.name).await {
-        Ok(Some(secret)) => secret
-            .data
-            .unwrap_or_default()
-            .remove("token")
-            .map(|t| t.0)
-            .filter(|t| !t.is_empty()),
-        Ok(None) => None,
-        Err(e) => {
-            warn!(%namespace, receiver = %name, error = %e, "webhook: reading the Receiver's Secret failed");
-            return reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
-        }
-    };
-    let Some(token) = token else {
-        warn!(%namespace, receiver = %name, secret = %receiver.spec.secret_ref.name, "webhook: the Receiver's Secret is missing or has no `token`");
-        return reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "receiver is not configured",
-        );
-    };
-    if let Err(why) = verify(receiver.spec.kind, &headers, &body, &token) {
-        warn!(%namespace, receiver = %name, why, "webhook: request refused");
-        return reply(StatusCode::UNAUTHORIZED, "signature does not match");
-    }
     let event = match parse(receiver.spec.kind, &headers, &body) {
         Ok(event) => event,
         Err(why) => {
@@ -117,12 +87,31 @@ async fn receive(
         Event::Other(kind) => return reply(StatusCode::OK, format!("ignored event {kind:?}")),
     };
 
-    let grs: Api<GitRepository> = Api::namespaced(client, &namespace);
+    let triggered = match trigger(client, &namespace, &receiver, &push).await {
+        Ok(triggered) => triggered,
+        Err(refused) => return refused,
+    };
+    info!(%namespace, receiver = %name, ?triggered, "webhook: push received");
+    reply(
+        StatusCode::ACCEPTED,
+        json!({"triggered": triggered}).to_string(),
+    )
+}
+
+/// Asks for a reconcile of every GitRepository the Receiver selects that `push` concerns.
+/// Returns their names.
+async fn trigger(
+    client: Client,
+    namespace: &str,
+    receiver: &Receiver,
+    push: &Push,
+) -> Result<Vec<String>, Reply> {
+    let grs: Api<GitRepository> = Api::namespaced(client, namespace);
     let list = match grs.list(&ListParams::default()).await {
         Ok(list) => list,
         Err(e) => {
-            warn!(%namespace, receiver = %name, error = %e, "webhook: listing GitRepositories failed");
-            return reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
+            warn!(%namespace, receiver = %receiver.name_any(), error = %e, "webhook: listing GitRepositories failed");
+            return Err(reply(StatusCode::SERVICE_UNAVAILABLE, "try again later"));
         }
     };
     let mut triggered = Vec::new();
@@ -151,15 +140,56 @@ async fn receive(
             Ok(_) => triggered.push(gr.name_any()),
             Err(e) => {
                 warn!(%namespace, gitrepository = %gr.name_any(), error = %e, "webhook: requesting a reconcile failed");
-                return reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
+                return Err(reply(StatusCode::SERVICE_UNAVAILABLE, "try again later"));
             }
         }
     }
-    info!(%namespace, receiver = %name, ?triggered, "webhook: push received");
-    reply(
-        StatusCode::ACCEPTED,
-        json!({"triggered": triggered}).to_string(),
-    )
+    Ok(triggered)
+}
+
+/// The Receiver `namespace/name`, if the request carries its signature.
+async fn authenticate(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Receiver, Reply> {
+    let receivers: Api<Receiver> = Api::namespaced(client.clone(), namespace);
+    let receiver = match receivers.get_opt(name).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(reply(StatusCode::NOT_FOUND, "no such receiver")),
+        Err(e) => {
+            warn!(%namespace, receiver = %name, error = %e, "webhook: reading the Receiver failed");
+            return Err(reply(StatusCode::SERVICE_UNAVAILABLE, "try again later"));
+        }
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let token = match secrets.get_opt(&receiver.spec.secret_ref.name).await {
+        Ok(Some(secret)) => secret
+            .data
+            .unwrap_or_default()
+            .remove("token")
+            .map(|t| t.0)
+            .filter(|t| !t.is_empty()),
+        Ok(None) => None,
+        Err(e) => {
+            warn!(%namespace, receiver = %name, error = %e, "webhook: reading the Receiver's Secret failed");
+            return Err(reply(StatusCode::SERVICE_UNAVAILABLE, "try again later"));
+        }
+    };
+    let Some(token) = token else {
+        warn!(%namespace, receiver = %name, secret = %receiver.spec.secret_ref.name, "webhook: the Receiver's Secret is missing or has no `token`");
+        return Err(reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "receiver is not configured",
+        ));
+    };
+    if let Err(why) = verify(receiver.spec.kind, headers, body, &token) {
+        warn!(%namespace, receiver = %name, why, "webhook: request refused");
+        return Err(reply(StatusCode::UNAUTHORIZED, "signature does not match"));
+    }
+    Ok(receiver)
 }
 
 /// The headers `verify` reads a signature from, one per Receiver type.

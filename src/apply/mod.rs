@@ -19,13 +19,14 @@ use kube::{Client, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::Value;
 
-pub use inventory::{ObjectId, apply_tier, prune_blocked, prune_candidates};
+pub use inventory::{prune_blocked, prune_candidates};
 
 use crate::api::{
-    FIELD_MANAGER, InventoryEntry, OWNER_ANNOTATION, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL,
-    PRUNE_ANNOTATION,
+    FIELD_MANAGER, GitRepository, InventoryEntry, OWNER_ANNOTATION, OWNER_NAME_LABEL,
+    OWNER_NAMESPACE_LABEL, PRUNE_ANNOTATION, SHARD_LABEL,
 };
-use crate::live::fields::FieldSet;
+use crate::object::fields::FieldSet;
+use crate::object::{Kind, ObjectId, apply_tier};
 use crate::render::Manifest;
 
 /// The GitRepository an object belongs to, as written onto every object Capstan applies.
@@ -33,9 +34,20 @@ use crate::render::Manifest;
 pub struct Owner {
     pub namespace: String,
     pub name: String,
+    /// The GitRepository's `capstan.dev/shard` label: its objects carry it too, so that each
+    /// shard's controller watches only its own.
+    pub shard: Option<String>,
 }
 
 impl Owner {
+    pub fn of(gr: &GitRepository) -> Owner {
+        Owner {
+            namespace: gr.namespace().unwrap_or_default(),
+            name: gr.name_any(),
+            shard: gr.labels().get(SHARD_LABEL).cloned(),
+        }
+    }
+
     /// `<namespace>/<name>`: the ownership annotation's value, checked before every prune.
     pub fn annotation(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -44,10 +56,14 @@ impl Owner {
     /// Label values are at most 63 characters; longer names are replaced by a stable hash
     /// (the annotation keeps the full name).
     pub fn labels(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut labels = BTreeMap::from([
             (OWNER_NAME_LABEL.to_string(), label_value(&self.name)),
             (OWNER_NAMESPACE_LABEL.to_string(), self.namespace.clone()),
-        ])
+        ]);
+        if let Some(shard) = &self.shard {
+            labels.insert(SHARD_LABEL.to_string(), shard.clone());
+        }
+        labels
     }
 }
 
@@ -71,10 +87,12 @@ pub struct ApplyError {
     first: String,
 }
 
-impl ApplyError {
-    pub fn reason(&self) -> crate::status::Reason {
-        crate::status::Reason::ApplyFailed
-    }
+/// An object that could not be pruned; it stays in the inventory.
+#[derive(Debug, thiserror::Error)]
+#[error("{id}: {message}")]
+pub struct PruneError {
+    pub id: String,
+    pub message: String,
 }
 
 /// What happened to one object.
@@ -112,13 +130,6 @@ pub struct Owned {
     pub fields: FieldSet,
     /// The object's resourceVersion right after the apply, read as a number (etcd revisions).
     pub resource_version: Option<u64>,
-}
-
-/// A served kind: its API resource and whether it is namespaced.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Kind {
-    pub resource: ApiResource,
-    pub namespaced: bool,
 }
 
 impl Kind {
@@ -581,7 +592,10 @@ impl Applier {
                 Ok(PruneResult::Pending) => report.pending.push(entry.clone()),
                 Err(message) => {
                     report.pending.push(entry.clone());
-                    report.errors.push(format!("{}: {message}", entry.id));
+                    report.errors.push(PruneError {
+                        id: entry.id.clone(),
+                        message,
+                    });
                 }
             }
         }
@@ -722,7 +736,7 @@ pub struct PruneReport {
     pub released: Vec<String>,
     /// Still in the cluster and still managed: deleting (finalizers), or the delete failed.
     pub pending: Vec<InventoryEntry>,
-    pub errors: Vec<String>,
+    pub errors: Vec<PruneError>,
 }
 
 async fn wait_established(client: &Client, name: &str, timeout: Duration) -> Result<(), String> {
@@ -839,6 +853,7 @@ mod tests {
         let owner = Owner {
             namespace: "apps".into(),
             name: "a".repeat(100),
+            shard: None,
         };
         let labels = owner.labels();
         let value = &labels[OWNER_NAME_LABEL];
@@ -848,8 +863,10 @@ mod tests {
         let short = Owner {
             namespace: "apps".into(),
             name: "web".into(),
+            shard: Some("b".into()),
         };
         assert_eq!(short.labels()[OWNER_NAME_LABEL], "web");
+        assert_eq!(short.labels()[SHARD_LABEL], "b");
         assert_eq!(short.annotation(), "apps/web");
     }
 

@@ -1,12 +1,11 @@
 //! `capstan get`, `reconcile`, `suspend`, `resume` and `diff`: GitRepositories in the cluster of
 //! the current kubeconfig, as kubectl reaches it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -14,11 +13,12 @@ use serde_json::{Value, json};
 use super::{CliError, Format};
 use crate::api::{GitRepository, RECONCILE_REQUESTED_ANNOTATION};
 use crate::apply::diff::{Change, changes};
-use crate::apply::{Applier, ApplyOptions, ObjectId, Owner};
+use crate::apply::{Applier, ApplyOptions, Owner};
+use crate::object::ObjectId;
 use crate::reconcile;
 use crate::render::Manifest;
 use crate::runtime::RenderConfig;
-use crate::source::{Auth, Cache, RemoteUrl};
+use crate::source::Cache;
 use crate::status;
 
 /// Connects as the current kubeconfig does; returns the client and the namespace to use.
@@ -363,14 +363,35 @@ pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliErro
             &args.render,
             timeout,
         )?,
-        None => fetch_and_render(&client, &gr, &ns, variables.as_ref(), args, timeout).await?,
+        None => fetch_and_render(&client, &gr, variables, args, timeout).await?,
     };
+    let report = dry_run(&client, &gr, &manifests, timeout).await;
+    let changed = report.iter().any(|row| row.action != "unchanged");
+    match args.output {
+        Format::Json | Format::Yaml => write_diff_structured(&report, args.output, out)?,
+        Format::Table => write_diff_table(&report, out)?,
+    }
+    Ok(changed)
+}
 
-    let owner = Owner {
-        namespace: ns.clone(),
-        name: gr.name_any(),
-    };
-    let default_namespace = gr.spec.target_namespace.clone().unwrap_or(ns.clone());
+/// One object of a diff.
+struct Row {
+    object: String,
+    action: &'static str,
+    changes: Vec<Change>,
+    error: Option<String>,
+}
+
+/// The server-side dry run of `manifests` as `gr` would apply them, and what it would prune.
+async fn dry_run(
+    client: &Client,
+    gr: &GitRepository,
+    manifests: &[Manifest],
+    timeout: Duration,
+) -> Vec<Row> {
+    let ns = gr.namespace().unwrap_or_default();
+    let owner = Owner::of(gr);
+    let default_namespace = gr.spec.target_namespace.clone().unwrap_or(ns);
     let (previous, digests, versions) = (HashSet::new(), Default::default(), Default::default());
     let opts = ApplyOptions {
         owner: &owner,
@@ -380,21 +401,27 @@ pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliErro
         previous_versions: &versions,
         timeout,
     };
-    let dry = Applier::new(1).dry_run(&client, &manifests, &opts).await;
-    let mut report: Vec<(String, &'static str, Vec<Change>, Option<String>)> = Vec::new();
+    let dry = Applier::new(1).dry_run(client, manifests, &opts).await;
+    let row = |object, action, changes, error| Row {
+        object,
+        action,
+        changes,
+        error,
+    };
+    let mut report = Vec::new();
     let mut rendered = HashSet::new();
     for object in &dry {
         rendered.insert(object.id.to_string());
         let what = describe(&object.id);
-        match (&object.live, &object.desired) {
-            (_, Err(message)) => report.push((what, "failed", vec![], Some(message.clone()))),
-            (None, Ok(_)) => report.push((what, "created", vec![], None)),
+        report.push(match (&object.live, &object.desired) {
+            (_, Err(message)) => row(what, "failed", vec![], Some(message.clone())),
+            (None, Ok(_)) => row(what, "created", vec![], None),
             (Some(live), Ok(desired)) => {
                 let c = changes(live, desired);
                 let action = if c.is_empty() { "unchanged" } else { "changed" };
-                report.push((what, action, c, None));
+                row(what, action, c, None)
             }
-        }
+        });
     }
     if gr.spec.prune {
         let inventory = gr.status.as_ref().and_then(|s| s.inventory.as_ref());
@@ -402,65 +429,69 @@ pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliErro
             if !rendered.contains(&entry.id)
                 && let Some(id) = ObjectId::parse(&entry.id)
             {
-                report.push((describe(&id), "pruned", vec![], None));
+                report.push(row(describe(&id), "pruned", vec![], None));
             }
         }
     }
+    report
+}
 
-    let changed = report.iter().any(|(_, a, _, _)| *a != "unchanged");
-    match args.output {
-        Format::Json | Format::Yaml => {
-            let items: Vec<Value> = report
-                .iter()
-                .map(|(what, action, changes, error)| {
-                    json!({
-                        "object": what,
-                        "action": action,
-                        "changes": changes.iter().map(|c| json!({"path": c.path, "live": c.live, "desired": c.desired})).collect::<Vec<_>>(),
-                        "error": error,
-                    })
-                })
-                .collect();
-            if args.output == Format::Json {
-                serde_json::to_writer_pretty(&mut *out, &items).map_err(std::io::Error::other)?;
-                writeln!(out)?;
-            } else {
-                let yaml = serde_saphyr::to_string(&items)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                write!(out, "{yaml}")?;
-            }
+fn write_diff_structured(
+    report: &[Row],
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let items: Vec<Value> = report
+        .iter()
+        .map(|row| {
+            json!({
+                "object": row.object,
+                "action": row.action,
+                "changes": row.changes.iter().map(|c| json!({"path": c.path, "live": c.live, "desired": c.desired})).collect::<Vec<_>>(),
+                "error": row.error,
+            })
+        })
+        .collect();
+    if format == Format::Json {
+        serde_json::to_writer_pretty(&mut *out, &items).map_err(std::io::Error::other)?;
+        writeln!(out)?;
+    } else {
+        let yaml =
+            serde_saphyr::to_string(&items).map_err(|e| std::io::Error::other(e.to_string()))?;
+        write!(out, "{yaml}")?;
+    }
+    Ok(())
+}
+
+fn write_diff_table(report: &[Row], out: &mut impl Write) -> Result<(), CliError> {
+    let colours = colours_for(std::io::stdout().is_terminal());
+    for row in report {
+        let code = match row.action {
+            "created" => "32",
+            "changed" => "33",
+            "pruned" | "failed" => "31",
+            _ => continue,
+        };
+        writeln!(out, "{}: {}", row.object, colour(colours, code, row.action))?;
+        for c in &row.changes {
+            writeln!(
+                out,
+                "  {}: {} → {}",
+                c.path,
+                shown(&c.live),
+                shown(&c.desired)
+            )?;
         }
-        Format::Table => {
-            let colours = colours_for(std::io::stdout().is_terminal());
-            for (what, action, changes, error) in &report {
-                let code = match *action {
-                    "created" => "32",
-                    "changed" => "33",
-                    "pruned" | "failed" => "31",
-                    _ => continue,
-                };
-                writeln!(out, "{what}: {}", colour(colours, code, action))?;
-                for c in changes {
-                    writeln!(
-                        out,
-                        "  {}: {} → {}",
-                        c.path,
-                        shown(&c.live),
-                        shown(&c.desired)
-                    )?;
-                }
-                if let Some(error) = error {
-                    writeln!(out, "  {error}")?;
-                }
-            }
-            let n = report
-                .iter()
-                .filter(|(_, a, _, _)| *a != "unchanged")
-                .count();
-            writeln!(out, "{n} of {} objects would change", report.len())?;
+        if let Some(error) = &row.error {
+            writeln!(out, "  {error}")?;
         }
     }
-    Ok(changed)
+    let n = report
+        .iter()
+        .filter(|row| row.action != "unchanged")
+        .count();
+    writeln!(out, "{n} of {} objects would change", report.len())?;
+    Ok(())
 }
 
 fn describe(id: &ObjectId) -> String {
@@ -480,52 +511,27 @@ fn shown(value: &Option<Value>) -> String {
 }
 
 /// The GitRepository's revision, fetched with its credentials (read as the user), rendered.
+/// The GitRepository's revision as the controller would fetch and render it: its source and
+/// render steps, with the user's own credentials.
 async fn fetch_and_render(
     client: &Client,
     gr: &GitRepository,
-    ns: &str,
-    variables: Option<&crate::render::Variables>,
+    variables: Option<crate::render::Variables>,
     args: &DiffArgs,
     timeout: Duration,
 ) -> Result<Vec<Manifest>, CliError> {
-    let url = RemoteUrl::parse(&gr.spec.url).map_err(|e| CliError::Failed(e.to_string()))?;
-    let auth = match &gr.spec.secret_ref {
-        None => Auth::default(),
-        Some(secret_ref) => {
-            let secret = Api::<Secret>::namespaced(client.clone(), ns)
-                .get(&secret_ref.name)
-                .await?;
-            let data: BTreeMap<String, Vec<u8>> = secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            Auth::from_secret_data(&data).map_err(|e| CliError::Failed(e.to_string()))?
-        }
-    };
     let work = tempfile::tempdir()?;
     std::fs::create_dir_all(work.path().join("repos"))?;
     let cache = Cache::new(work.path().join("repos"), 1, args.max_fetch_bytes);
-    let resolved = cache
-        .resolve(&url, &auth, &gr.spec.git_ref(), timeout)
-        .await
-        .map_err(|e| CliError::Failed(e.to_string()))?;
     let tree = work.path().join("tree");
-    cache
-        .checkout(&url, &auth, &resolved, &tree, timeout)
+    let revision = reconcile::check_out(client, &cache, gr, &tree, timeout)
         .await
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    eprintln!("comparing {} with the cluster", resolved.revision);
-    let dir = tree.join(gr.spec.path.as_deref().unwrap_or("."));
-    super::render_tree(
-        &dir,
-        Some(&tree),
-        Some(gr),
-        variables,
-        &args.render,
-        timeout,
-    )
+        .map_err(CliError::Failed)?;
+    eprintln!("comparing {revision} with the cluster");
+    let (limits, tools) = (args.render.limits(), args.render.tools());
+    reconcile::Build::of(gr, variables, limits, tools, timeout)
+        .render(&tree)
+        .map_err(|e| CliError::Failed(format!("revision {revision}: {e}")))
 }
 
 #[cfg(test)]

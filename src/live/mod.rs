@@ -1,7 +1,6 @@
 //! The live stage: what the cluster holds of the objects Capstan applied, kept current by shared
 //! watches; drift (fields Capstan manages that someone else changed) and health (kstatus).
 
-pub mod fields;
 pub mod health;
 mod watch;
 

@@ -16,10 +16,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::warn;
 
-use super::fields::FieldSet;
 use super::health::{Health, health};
-use crate::api::{FIELD_MANAGER, GitRepository, OWNER_ANNOTATION, OWNER_NAME_LABEL};
-use crate::apply::{Kind, ObjectId};
+use crate::api::{FIELD_MANAGER, GitRepository, OWNER_ANNOTATION, OWNER_NAME_LABEL, SHARD_LABEL};
+use crate::object::fields::FieldSet;
+use crate::object::{Kind, ObjectId};
 
 /// What the cluster shows of one managed object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub struct Observed {
 pub struct Live {
     client: Client,
     namespace: Option<String>,
+    /// Selects the objects of this controller's shard (or of none, without `--shard`).
+    selector: String,
     watched: Mutex<HashSet<String>>,
     /// Per kind (`group/kind`) whose watch has listed everything at least once: the highest
     /// resourceVersion it has delivered.
@@ -58,11 +60,16 @@ impl Live {
     pub fn new(
         client: Client,
         namespace: Option<String>,
+        shard: Option<&str>,
     ) -> (Arc<Live>, UnboundedReceiverStream<ObjectRef<GitRepository>>) {
         let (wake, rx) = mpsc::unbounded_channel();
         let live = Live {
             client,
             namespace,
+            selector: match shard {
+                Some(shard) => format!("{OWNER_NAME_LABEL},{SHARD_LABEL}={shard}"),
+                None => format!("{OWNER_NAME_LABEL},!{SHARD_LABEL}"),
+            },
             watched: Mutex::default(),
             synced: Arc::default(),
             objects: Arc::default(),
@@ -106,133 +113,153 @@ impl Live {
         if !self.watched.lock().insert(key.clone()) {
             return;
         }
-        fn api<
-            K: kube::Resource<
-                    DynamicType = kube::api::ApiResource,
-                    Scope = kube::core::DynamicResourceScope,
-                >,
-        >(
-            client: &Client,
-            namespace: Option<&str>,
-            resource: &kube::api::ApiResource,
-        ) -> Api<K> {
-            match namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
-                None => Api::all_with(client.clone(), resource),
-            }
-        }
         let namespace = self.namespace.as_deref().filter(|_| kind.namespaced);
-        let events = if has_status(&kind.resource.group, &kind.resource.kind) {
+        let config = || watcher::Config::default().labels(&self.selector);
+        let mut events = if has_status(&kind.resource.group, &kind.resource.kind) {
             let api: Api<DynamicObject> = api(&self.client, namespace, &kind.resource);
-            watcher(api, watcher::Config::default().labels(OWNER_NAME_LABEL))
-                .default_backoff()
-                .boxed()
+            watcher(api, config()).default_backoff().boxed()
         } else {
             // Kinds without status need no more than metadata (managed fields included): a
             // Secret's data never crosses the wire to Capstan.
             let api: Api<PartialObjectMeta<DynamicObject>> =
                 api(&self.client, namespace, &kind.resource);
-            watcher(api, watcher::Config::default().labels(OWNER_NAME_LABEL))
+            watcher(api, config())
                 .default_backoff()
                 .map(|event| event.map(|e| map_event(e, metadata_only)))
                 .boxed()
         };
-        let (objects, synced, wake) =
-            (self.objects.clone(), self.synced.clone(), self.wake.clone());
-        let (group, kind_name) = (kind.resource.group.clone(), kind.resource.kind.clone());
-        let types = kube::api::TypeMeta {
-            api_version: kind.resource.api_version.clone(),
+        let mut watch = KindWatch {
+            key,
+            group: kind.resource.group.clone(),
             kind: kind.resource.kind.clone(),
+            types: kube::api::TypeMeta {
+                api_version: kind.resource.api_version.clone(),
+                kind: kind.resource.kind.clone(),
+            },
+            objects: self.objects.clone(),
+            synced: self.synced.clone(),
+            wake: self.wake.clone(),
+            listing: None,
         };
         let task = tokio::spawn(async move {
-            let mut listing: Option<HashSet<String>> = None;
-            let mut events = events;
             while let Some(event) = events.next().await {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(e) => {
-                        warn!(kind = %key, error = %e, "watch failed; retrying");
-                        continue;
-                    }
-                };
-                let id_of = |obj: &DynamicObject| {
-                    ObjectId {
-                        namespace: obj.metadata.namespace.clone().unwrap_or_default(),
-                        name: obj.metadata.name.clone().unwrap_or_default(),
-                        group: group.clone(),
-                        kind: kind_name.clone(),
-                    }
-                    .to_string()
-                };
                 match event {
-                    watcher::Event::Init => listing = Some(HashSet::new()),
-                    watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
-                        let id = id_of(&obj);
-                        if let Some(seen) = listing.as_mut() {
-                            seen.insert(id.clone());
-                        }
-                        let observed = observe(obj, &types);
-                        if let Some(rv) = observed.resource_version {
-                            let mut synced = synced.write();
-                            if let Some(seen) = synced.get_mut(&key) {
-                                *seen = (*seen).max(rv);
-                            }
-                        }
-                        let previous = objects.write().insert(id, observed.clone());
-                        if previous.as_ref() != Some(&observed) {
-                            wake_owner(&wake, &observed.owner);
-                        }
-                    }
-                    watcher::Event::Delete(obj) => {
-                        let rv = obj
-                            .metadata
-                            .resource_version
-                            .as_deref()
-                            .and_then(|v| v.parse::<u64>().ok());
-                        if let (Some(rv), Some(seen)) = (rv, synced.write().get_mut(&key)) {
-                            *seen = (*seen).max(rv);
-                        }
-                        let removed = objects.write().remove(&id_of(&obj));
-                        if let Some(gone) = removed {
-                            wake_owner(&wake, &gone.owner);
-                        }
-                    }
-                    watcher::Event::InitDone => {
-                        // After a re-list (e.g. 410 Gone), what was not listed is gone.
-                        let seen = listing.take().unwrap_or_default();
-                        let prefix_kind = format!("_{group}_{kind_name}");
-                        let mut map = objects.write();
-                        let stale: Vec<String> = map
-                            .keys()
-                            .filter(|id| id.ends_with(&prefix_kind) && !seen.contains(*id))
-                            .cloned()
-                            .collect();
-                        for id in stale {
-                            if let Some(gone) = map.remove(&id) {
-                                wake_owner(&wake, &gone.owner);
-                            }
-                        }
-                        let latest = map
-                            .iter()
-                            .filter(|(id, _)| id.ends_with(&prefix_kind))
-                            .filter_map(|(_, o)| o.resource_version)
-                            .max()
-                            .unwrap_or(0);
-                        // Now that the kind is listed, its owners can judge drift and health.
-                        for id in &seen {
-                            if let Some(o) = map.get(id) {
-                                wake_owner(&wake, &o.owner);
-                            }
-                        }
-                        drop(map);
-                        let mut synced = synced.write();
-                        let entry = synced.entry(key.clone()).or_insert(0);
-                        *entry = (*entry).max(latest);
-                    }
+                    Ok(event) => watch.handle(event),
+                    Err(e) => warn!(kind = %watch.key, error = %e, "watch failed; retrying"),
                 }
             }
         });
         self.tasks.lock().push(task);
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>, resource: &kube::api::ApiResource) -> Api<K>
+where
+    K: kube::Resource<
+            DynamicType = kube::api::ApiResource,
+            Scope = kube::core::DynamicResourceScope,
+        >,
+{
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    }
+}
+
+/// The watch of one kind: folds its events into the shared view and wakes the owners of what
+/// changed.
+struct KindWatch {
+    /// `group/kind`.
+    key: String,
+    group: String,
+    kind: String,
+    types: kube::api::TypeMeta,
+    objects: Arc<RwLock<HashMap<String, Observed>>>,
+    synced: Arc<RwLock<HashMap<String, u64>>>,
+    wake: mpsc::UnboundedSender<ObjectRef<GitRepository>>,
+    /// During a (re-)list: the ids listed so far.
+    listing: Option<HashSet<String>>,
+}
+
+impl KindWatch {
+    fn handle(&mut self, event: watcher::Event<DynamicObject>) {
+        match event {
+            watcher::Event::Init => self.listing = Some(HashSet::new()),
+            watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => self.apply(obj),
+            watcher::Event::Delete(obj) => self.delete(&obj),
+            watcher::Event::InitDone => self.listed(),
+        }
+    }
+
+    fn id_of(&self, obj: &DynamicObject) -> String {
+        ObjectId {
+            namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+            name: obj.metadata.name.clone().unwrap_or_default(),
+            group: self.group.clone(),
+            kind: self.kind.clone(),
+        }
+        .to_string()
+    }
+
+    fn seen_up_to(&self, resource_version: Option<u64>) {
+        if let (Some(rv), Some(seen)) = (resource_version, self.synced.write().get_mut(&self.key)) {
+            *seen = (*seen).max(rv);
+        }
+    }
+
+    fn apply(&mut self, obj: DynamicObject) {
+        let id = self.id_of(&obj);
+        if let Some(seen) = self.listing.as_mut() {
+            seen.insert(id.clone());
+        }
+        let observed = observe(obj, &self.types);
+        self.seen_up_to(observed.resource_version);
+        let previous = self.objects.write().insert(id, observed.clone());
+        if previous.as_ref() != Some(&observed) {
+            wake_owner(&self.wake, &observed.owner);
+        }
+    }
+
+    fn delete(&mut self, obj: &DynamicObject) {
+        let rv = obj.metadata.resource_version.as_deref();
+        self.seen_up_to(rv.and_then(|v| v.parse::<u64>().ok()));
+        let removed = self.objects.write().remove(&self.id_of(obj));
+        if let Some(gone) = removed {
+            wake_owner(&self.wake, &gone.owner);
+        }
+    }
+
+    /// A (re-)list is complete: what it did not list is gone (e.g. after 410 Gone), and the
+    /// kind's owners can judge drift and health now.
+    fn listed(&mut self) {
+        let seen = self.listing.take().unwrap_or_default();
+        let suffix = format!("_{}_{}", self.group, self.kind);
+        let mut map = self.objects.write();
+        let stale: Vec<String> = map
+            .keys()
+            .filter(|id| id.ends_with(&suffix) && !seen.contains(*id))
+            .cloned()
+            .collect();
+        for id in stale {
+            if let Some(gone) = map.remove(&id) {
+                wake_owner(&self.wake, &gone.owner);
+            }
+        }
+        let latest = map
+            .iter()
+            .filter(|(id, _)| id.ends_with(&suffix))
+            .filter_map(|(_, o)| o.resource_version)
+            .max()
+            .unwrap_or(0);
+        for id in &seen {
+            if let Some(o) = map.get(id) {
+                wake_owner(&self.wake, &o.owner);
+            }
+        }
+        drop(map);
+        let mut synced = self.synced.write();
+        let entry = synced.entry(self.key.clone()).or_insert(0);
+        *entry = (*entry).max(latest);
     }
 }
 

@@ -223,6 +223,26 @@ mod tests {
 
     use super::*;
 
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Case {
+        name: String,
+        applied: Value,
+        now: Value,
+        drifted: Vec<String>,
+    }
+
+    #[test]
+    fn drift_from_the_fixtures() {
+        let cases: Vec<Case> = serde_saphyr::from_str(include_str!("fixtures/drift.yaml")).unwrap();
+        assert!(cases.len() >= 6);
+        for case in cases {
+            let applied = FieldSet::from_fields_v1(&case.applied).expect(&case.name);
+            let now = FieldSet::from_fields_v1(&case.now).expect(&case.name);
+            assert_eq!(applied.missing_from(&now), case.drifted, "{}", case.name);
+        }
+    }
+
     /// Capstan's Apply entry for a Deployment, as the API server records it.
     fn applied() -> Value {
         json!({

@@ -3,28 +3,30 @@
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use tracing::info;
 
-use super::{Context, Error};
+use super::{Context, Error, uid};
 use crate::api::{DeletionPolicy, GitRepository};
-use crate::apply::{self, Owner};
+use crate::apply::Owner;
+use crate::object::{ObjectId, apply_tier};
 
 pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     // In a namespace being deleted the ServiceAccount's RoleBindings may already be gone; the
     // objects that still carry this GitRepository's ownership marker are removed as the
     // controller, or the namespace would never finish deleting.
+    // A failed read is retried: it must not pass for a namespace being deleted.
+    let namespace = gr.namespace().unwrap_or_default();
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
     let terminating = namespaces
-        .get_opt(&gr.namespace().unwrap_or_default())
+        .get_opt(&namespace)
         .await
-        .ok()
-        .flatten()
+        .map_err(|e| Error::Cleanup(format!("reading namespace {namespace}: {e}")))?
         .is_none_or(|ns| ns.metadata.deletion_timestamp.is_some());
+    let mut state = ctx.states.load(&uid(gr));
     let client = if terminating {
         ctx.client.clone()
     } else {
-        ctx.client_for(gr).map_err(Error::Cleanup)?
+        ctx.client_for(gr, &mut state).map_err(Error::Cleanup)?
     };
     let entries = gr
         .status
@@ -32,10 +34,7 @@ pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action,
         .and_then(|s| s.inventory.as_ref())
         .map(|i| i.entries.clone())
         .unwrap_or_default();
-    let owner = Owner {
-        namespace: gr.namespace().unwrap_or_default(),
-        name: gr.name_any(),
-    };
+    let owner = Owner::of(gr);
     let delete = match gr.spec.deletion_policy {
         DeletionPolicy::Delete => true,
         DeletionPolicy::Orphan => false,
@@ -44,13 +43,13 @@ pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action,
     if delete {
         let mut ordered = entries;
         ordered.sort_by_key(|e| {
-            apply::ObjectId::parse(&e.id)
-                .map(|id| (std::cmp::Reverse(apply::apply_tier(&id)), e.id.clone()))
+            ObjectId::parse(&e.id).map(|id| (std::cmp::Reverse(apply_tier(&id)), e.id.clone()))
         });
         let report = ctx.applier.prune(&client, &ordered, &owner).await;
         // Objects already being deleted (finalizers) do not hold the GitRepository back.
         if !report.errors.is_empty() {
-            return Err(Error::Cleanup(report.errors.join("; ")));
+            let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+            return Err(Error::Cleanup(errors.join("; ")));
         }
         info!(
             deleted = report.deleted.len(),
@@ -66,9 +65,6 @@ pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action,
             "released the objects this GitRepository applied"
         );
     }
-    let key = ObjectRef::from(gr);
-    ctx.memory.lock().remove(&key);
-    ctx.metrics.forget(&owner.namespace, &owner.name);
-    ctx.failures.lock().remove(&key);
+    ctx.forget(gr);
     Ok(Action::await_change())
 }

@@ -1,16 +1,21 @@
-//! The reconcile of one GitRepository, as a pipeline:
+//! The reconcile of one GitRepository, as a pipeline of steps, one file each:
 //!
-//! 1. plan (here): ask the remote at most once per interval; skip when nothing changed;
-//! 2. [`stages`]: source (git2) -> render (pure) -> apply (SSA, prune, inventory);
-//! 3. [`observe`]: drift (corrected, reported or held) and health, from the shared watches;
-//! 4. [`report`]: status (pure, one write when something changed) and Events;
-//! 5. [`cleanup`]: on delete, the objects applied are deleted or released.
+//! 1. [`plan`]: pure decisions: ask the remote now or look only at drift; is the revision
+//!    applied already; re-send everything; when to come back;
+//! 2. [`fetch`]: the revision the ref names, the credentials and variables, the checkout;
+//! 3. [`build`]: render the checkout (pure, off the runtime);
+//! 4. [`deploy`]: server-side apply of what changed, and what is managed afterwards;
+//! 5. [`prune`]: what left git, behind the blast-radius guard;
+//! 6. [`observe`]: drift (corrected, reported or held) and health, from the shared watches;
+//! 7. [`report`]: metrics, one status write when something changed, the Events;
+//! 8. [`cleanup`]: on delete, the objects applied are deleted or released.
 //!
-//! The decisions between steps live here: never prune after a failure, stall on what only a
-//! change can fix, back off on what may pass.
+//! A step returns its output or a [`failure::Failure`], which alone decides the reason and
+//! whether it stalls or is retried. What the process knows between reconciles is one
+//! [`state::State`] per GitRepository, loaded at the start and committed once at the end. The
+//! decisions between steps live here: never prune after a failure, watch what is applied even
+//! while git fails, Ready only once healthy.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,33 +25,38 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::predicates;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
-use parking_lot::Mutex;
 use tracing::{info, instrument, warn};
 
 use crate::api::{
     FIELD_MANAGER, FINALIZER, GitRepository, GitRepositoryStatus, RECONCILE_REQUESTED_ANNOTATION,
 };
-use crate::apply::{Applier, Sent};
+use crate::apply::Applier;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::render::{Limits, Tools};
-use crate::source::{Auth, Cache};
-use crate::status::Reason;
-use crate::status::{self, Verdict};
+use crate::source::Cache;
+use crate::status::{self, Reason, Verdict};
 
+mod build;
 mod cleanup;
+mod deploy;
+mod failure;
+mod fetch;
 mod observe;
+mod plan;
+mod prune;
 mod report;
-mod stages;
+mod state;
 
 use crate::runtime::{Config, Disk};
-use cleanup::cleanup;
-use observe::{drift, health};
-use report::{event, progressing, publish, write_status};
-use stages::stages;
-pub use stages::{VariablesError, helm_options, read_variables};
+use failure::Failure;
+use observe::Note;
+use plan::Plan;
+use state::{State, States};
+
+pub use build::{Build, helm_options};
+pub use fetch::{VariablesError, check_out, read_variables};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,7 +72,7 @@ pub enum Error {
 pub struct Context {
     client: Client,
     cache: Arc<Cache>,
-    work_dir: PathBuf,
+    work_dir: std::path::PathBuf,
     applier: Applier,
     recorder: Recorder,
     limits: Limits,
@@ -72,15 +82,7 @@ pub struct Context {
     /// The controller's own connection settings, from which impersonating clients are made.
     kube_config: kube::Config,
     default_service_account: Option<String>,
-    /// Clients impersonating a ServiceAccount, per `system:serviceaccount:<ns>:<name>`.
-    impersonating: Mutex<HashMap<String, Client>>,
-    /// Credentials per Secret (namespace, name), as read last.
-    auth: Mutex<HashMap<(String, String), Auth>>,
-    /// Per GitRepository: what was applied last and when the remote was last asked. Lost on
-    /// restart, which costs one re-apply of everything.
-    memory: Mutex<HashMap<ObjectRef<GitRepository>, Memory>>,
-    /// Per GitRepository: consecutive failures, for backoff.
-    failures: Mutex<HashMap<ObjectRef<GitRepository>, u32>>,
+    states: States,
 }
 
 impl Context {
@@ -110,49 +112,54 @@ impl Context {
             metrics,
             kube_config,
             default_service_account: config.default_service_account.clone(),
-            impersonating: Mutex::default(),
-            auth: Mutex::default(),
-            memory: Mutex::default(),
-            failures: Mutex::default(),
+            states: States::default(),
         })
-    }
-}
-
-impl Context {
-    /// Reads what this process remembers of a GitRepository.
-    fn recall<T>(
-        &self,
-        key: &ObjectRef<GitRepository>,
-        read: impl FnOnce(&Memory) -> T,
-    ) -> Option<T> {
-        self.memory.lock().get(key).map(read)
     }
 
     /// The client that changes the cluster for `gr`: the controller's own, or one impersonating
     /// `spec.serviceAccountName` (or the lockdown default), so that the API server enforces that
     /// ServiceAccount's RBAC on every apply, prune and correction.
-    fn client_for(&self, gr: &GitRepository) -> Result<Client, String> {
+    fn client_for(&self, gr: &GitRepository, state: &mut State) -> Result<Client, String> {
         let Some(sa) = gr
             .spec
             .service_account_name
             .as_ref()
             .or(self.default_service_account.as_ref())
         else {
+            state.user = None;
             return Ok(self.client.clone());
         };
         let user = format!(
             "system:serviceaccount:{}:{sa}",
             gr.namespace().unwrap_or_default()
         );
-        if let Some(client) = self.impersonating.lock().get(&user) {
-            return Ok(client.clone());
-        }
-        let mut config = self.kube_config.clone();
-        config.auth_info.impersonate = Some(user.clone());
-        let client = Client::try_from(config).map_err(|e| format!("impersonating {user}: {e}"))?;
-        self.impersonating.lock().insert(user, client.clone());
+        let client = self.states.client(&user, || {
+            let mut config = self.kube_config.clone();
+            config.auth_info.impersonate = Some(user.clone());
+            Client::try_from(config).map_err(|e| format!("impersonating {user}: {e}"))
+        })?;
+        state.user = Some(user);
         Ok(client)
     }
+
+    /// Drops what this process knows of `gr`: its record, its clients, its metric series.
+    pub(crate) fn forget(&self, gr: &GitRepository) {
+        self.states.forget(&uid(gr));
+        self.metrics
+            .forget(&gr.namespace().unwrap_or_default(), &gr.name_any());
+    }
+
+    /// After a re-list: keeps the records of the GitRepositories that still exist.
+    pub(crate) fn retain(&self, exists: impl Fn(&str) -> bool) {
+        self.states.retain(exists);
+    }
+}
+
+/// The key of a GitRepository's record: its uid, so a GitRepository deleted and created again
+/// under the same name starts afresh.
+pub(crate) fn uid(gr: &GitRepository) -> String {
+    gr.uid()
+        .unwrap_or_else(|| format!("{}/{}", gr.namespace().unwrap_or_default(), gr.name_any()))
 }
 
 /// What, in a GitRepository, asks for a reconcile: its spec (generation), the reconcile-now
@@ -176,7 +183,7 @@ pub(crate) async fn reconcile(gr: Arc<GitRepository>, ctx: Arc<Context>) -> Resu
     finalizer(&api, FINALIZER, gr, |event| async {
         match event {
             Finalizer::Apply(gr) => sync(&gr, &ctx).await,
-            Finalizer::Cleanup(gr) => cleanup(&gr, &ctx).await,
+            Finalizer::Cleanup(gr) => cleanup::cleanup(&gr, &ctx).await,
         }
     })
     .await
@@ -185,275 +192,187 @@ pub(crate) async fn reconcile(gr: Arc<GitRepository>, ctx: Arc<Context>) -> Resu
 
 pub(crate) fn error_policy(gr: Arc<GitRepository>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(namespace = gr.namespace(), name = gr.name_any(), %error, "reconcile error");
-    Action::requeue(backoff(&ctx, &gr))
+    Action::requeue(plan::backoff(ctx.states.failed(&uid(&gr))))
 }
 
-/// Exponential per-object backoff with jitter: 5 s, 10 s, ... up to 5 minutes.
-fn backoff(ctx: &Context, gr: &GitRepository) -> Duration {
-    let mut failures = ctx.failures.lock();
-    let n = failures.entry(ObjectRef::from(gr)).or_default();
-    *n = n.saturating_add(1);
-    let base = Duration::from_secs(5).saturating_mul(1 << (*n - 1).min(6));
-    jitter(base.min(Duration::from_secs(300)))
-}
-
-/// Up to +10%, so GitRepositories created together drift apart.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    d.saturating_add(d.mul_f64(f64::from(nanos % 1000) / 10_000.0))
-}
-
-/// What a failed stage means for the GitRepository.
-struct Failure {
-    verdict: Verdict,
-}
-
-impl Failure {
-    /// Stalled or retried, as the reason says.
-    fn of(reason: Reason, message: impl ToString) -> Self {
-        if reason.stalls() {
-            Failure::stall(reason, message)
-        } else {
-            Failure::retry(reason, message)
-        }
-    }
-    fn retry(reason: Reason, message: impl ToString) -> Self {
-        Failure {
-            verdict: Verdict::Retrying {
-                reason,
-                message: message.to_string(),
-            },
-        }
-    }
-    fn stall(reason: Reason, message: impl ToString) -> Self {
-        Failure {
-            verdict: Verdict::Stalled {
-                reason,
-                message: message.to_string(),
-            },
-        }
-    }
-}
-
-/// One reconcile of a GitRepository that exists: plan, the stages when due, then drift and
-/// health, then one status write and the Events, when anything changed.
+/// One reconcile of a GitRepository that exists: plan, the steps when the remote is due, then
+/// drift and health, then one status write and the Events when anything changed, and only then
+/// the record.
 async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
-    // At least a second: `0s` must not spin.
-    let interval = parse_duration(&gr.spec.interval)
-        .unwrap_or(Duration::from_secs(60))
-        .max(Duration::from_secs(1));
-    let (ns, name) = (gr.namespace().unwrap_or_default(), gr.name_any());
-    let labels = [ns.as_str(), name.as_str()];
-    ctx.metrics
-        .suspended
-        .with_label_values(&labels)
-        .set(i64::from(gr.spec.suspend));
     if gr.spec.suspend {
-        info!("suspended; nothing changes");
-        ctx.metrics.reconciled(&ns, &name, "Suspended");
-        return Ok(Action::requeue(interval));
+        return Ok(suspended(gr, ctx));
     }
     let started = Instant::now();
-    let key = ObjectRef::from(gr);
+    let uid = uid(gr);
+    let mut state = ctx.states.load(&uid);
     // What this process wrote last is fresher than the watch's copy right after a write.
-    let old_status = ctx
-        .recall(&key, |m| m.status.clone())
-        .flatten()
-        .or_else(|| gr.status.clone());
-    let mut status = old_status.clone().unwrap_or_default();
-    let request = gr
-        .annotations()
-        .get(RECONCILE_REQUESTED_ANNOTATION)
-        .cloned();
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-
-    // The remote is asked once per interval, or at once when the spec changed, a reconcile was
-    // requested, or this process has not applied the GitRepository yet. Between those, a wake-up
-    // comes from a managed object changing: only drift and health are looked at.
-    let pending = request
-        .as_deref()
-        .filter(|r| status.last_handled_reconcile_at.as_deref() != Some(*r));
-    let settled = status.observed_generation == gr.meta().generation && pending.is_none();
-    let last_check = ctx.recall(&key, |m| m.last_check).flatten();
-    let git_due = !settled || last_check.is_none_or(|t| t.elapsed() >= interval);
-
-    let result = if git_due {
-        pipeline(gr, ctx, &mut status, pending, &now).await
+    let before = state.status.clone().or_else(|| gr.status.clone());
+    let mut status = before.clone().unwrap_or_default();
+    let plan = Plan::new(gr, &status, state.last_check.map(|t| t.elapsed()));
+    let result = if plan.git_due {
+        let result = pipeline(gr, ctx, &mut state, &mut status, &plan).await;
+        remember(&mut state, &result);
+        result
     } else {
         Ok(None)
     };
-    let (mut verdict, mut delay) = match result {
-        Ok(Some(verdict)) => (Some(verdict), jitter(interval)),
-        // A wake between polls must not push the next poll back.
-        Ok(None) if !git_due => {
-            let until_due = last_check.map_or(interval, |t| interval.saturating_sub(t.elapsed()));
-            (None, until_due.max(Duration::from_millis(500)))
+    let delay = plan.next(result.as_ref(), || {
+        state.failures = state.failures.saturating_add(1);
+        plan::backoff(state.failures)
+    });
+    if result.is_ok() {
+        state.failures = 0;
+    }
+    let verdict = result.unwrap_or_else(|failure| {
+        let (reason, message) = (failure.reason(), failure.to_string());
+        match failure.stalls() {
+            true => warn!(%reason, %message, "stalled until the spec or git changes"),
+            false => warn!(%reason, %message, "failed; retrying with backoff"),
         }
-        Ok(None) => (None, jitter(interval)),
-        Err(Failure { verdict }) => {
-            let delay = match &verdict {
-                // Only a change fixes it; look again at the next interval.
-                Verdict::Stalled { reason, message } => {
-                    warn!(%reason, %message, "stalled until the spec or git changes");
-                    jitter(interval)
-                }
-                Verdict::Retrying { reason, message } => {
-                    warn!(%reason, %message, "failed; retrying with backoff");
-                    backoff(ctx, gr)
-                }
-                _ => backoff(ctx, gr),
-            };
-            (Some(verdict), delay)
-        }
-    };
-    // Conditions are stamped with the time they changed: after the stages, not before.
+        Some(failure.verdict())
+    });
+    // Conditions are stamped with the time they changed: after the steps, not before.
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let mut events = Vec::new();
-    let applied = ctx.recall(&key, |m| m.applied_ok).unwrap_or(false);
-    let failed = matches!(
+    let (verdict, events, delay) = observe(
+        gr,
+        ctx,
+        &mut state,
+        &mut status,
+        &plan,
         verdict,
-        Some(Verdict::Retrying { .. } | Verdict::Stalled { .. })
-    );
-    if !failed {
-        ctx.failures.lock().remove(&key);
-    }
-    if applied {
-        // What is applied is watched even while git is failing.
-        let (found, held) = drift(gr, ctx, &mut status, &now).await;
-        events = found;
-        if let Some(held) = held {
-            // A held correction is made when its window ends, not at the next poll.
-            delay = delay.min(held.max(Duration::from_millis(500)));
-        }
-    }
-    if applied && !failed {
-        if let Some((health_verdict, wait)) = health(gr, ctx, &mut status, &now) {
-            delay = delay.min(wait);
-            verdict = Some(health_verdict);
-        } else if verdict.is_none()
-            && status::ready(Some(&status)).is_some_and(|c| c.status != "True")
-        {
-            // Healthy now, after waiting: Ready again with the message of the last apply.
-            verdict = Some(Verdict::Ready {
-                reason: Reason::ReconciliationSucceeded,
-                message: ctx.recall(&key, |m| m.message.clone()).unwrap_or_default(),
-            });
-        }
-    }
-    if request.is_some() {
-        status.last_handled_reconcile_at = request;
+        delay,
+        &now,
+    )
+    .await;
+    if plan.request.is_some() {
+        status.last_handled_reconcile_at = plan.request.clone();
     }
     status.observed_generation = gr.meta().generation;
     if let Some(verdict) = &verdict {
         status::set_conditions(&mut status, verdict, gr.meta().generation, &now);
     }
-    let ready = status::ready(Some(&status));
-    ctx.metrics
-        .ready
-        .with_label_values(&labels)
-        .set(i64::from(ready.is_some_and(|c| c.status == "True")));
-    ctx.metrics
-        .reconciled(&ns, &name, ready.map_or("Unknown", |c| c.reason.as_str()));
-    ctx.metrics.managed_objects.with_label_values(&labels).set(
-        status
-            .inventory
-            .as_ref()
-            .map_or(0, |i| i.entries.len() as i64),
-    );
-    ctx.metrics
-        .drifted_objects
-        .with_label_values(&labels)
-        .set(status.summary.as_ref().map_or(0, |s| s.drifted));
-    ctx.metrics
-        .reconcile_duration
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    // Compared with what was written last, which may be this reconcile's `Reconciling` write.
-    let written = ctx
-        .recall(&key, |m| m.status.clone())
-        .flatten()
-        .or_else(|| old_status.clone());
-    if status::differs(written.as_ref(), &status) {
-        write_status(ctx, gr, &status).await?;
-        ctx.memory.lock().entry(key.clone()).or_default().status = Some(status.clone());
-        if let Some(verdict) = &verdict {
-            let new_revision = old_status
-                .as_ref()
-                .and_then(|s| s.last_applied_revision.as_ref())
-                != status.last_applied_revision.as_ref();
-            publish(ctx, gr, verdict, new_revision, &status).await;
-        }
-        for (type_, reason, note) in events {
-            event(ctx, gr, type_, reason, note).await;
-        }
-    }
+    report::metrics(ctx, gr, &status, started);
+    report::write(
+        ctx,
+        gr,
+        &mut state,
+        before.as_ref(),
+        status,
+        verdict.as_ref(),
+        events,
+    )
+    .await?;
+    ctx.states.commit(&uid, state);
     Ok(Action::requeue(delay))
 }
 
-/// The stages. `Ok(None)` when the remote still names the revision applied last and nothing else
-/// asks for work.
+/// Suspended: nothing changes, nothing is asked.
+fn suspended(gr: &GitRepository, ctx: &Context) -> Action {
+    let (ns, name) = (gr.namespace().unwrap_or_default(), gr.name_any());
+    ctx.metrics
+        .suspended
+        .with_label_values(&[ns.as_str(), name.as_str()])
+        .set(1);
+    info!("suspended; nothing changes");
+    ctx.metrics.reconciled(&ns, &name, "Suspended");
+    Action::requeue(plan::interval(gr))
+}
+
+/// The steps, when the remote is due. `Ok(None)` when the remote still names the revision
+/// applied last and nothing else asks for work.
 async fn pipeline(
     gr: &GitRepository,
     ctx: &Context,
+    state: &mut State,
     status: &mut GitRepositoryStatus,
-    request: Option<&str>,
-    now: &Time,
+    plan: &Plan,
 ) -> Result<Option<Verdict>, Failure> {
-    let result = stages(gr, ctx, status, request, now).await;
-    let mut memory = ctx.memory.lock();
-    let memory = memory.entry(ObjectRef::from(gr)).or_default();
-    match &result {
+    let started = Instant::now();
+    Plan::check(gr)?;
+    let Some(source) = fetch::resolve(ctx, gr, state, status, plan).await? else {
+        return Ok(None);
+    };
+    let revision = source.resolved.revision.clone();
+    status.last_attempted_revision = Some(revision.clone());
+    if status.artifact.as_ref().map(|a| &a.revision) != Some(&revision) {
+        status.artifact = Some(crate::api::Artifact {
+            revision: revision.clone(),
+            fetched_at: Time(k8s_openapi::jiff::Timestamp::now()),
+        });
+    }
+    let checkout = fetch::checkout(ctx, gr, &source, plan).await?;
+    let committed_at = checkout.committed_at;
+    let manifests = build::render(ctx, gr, &source, checkout, plan).await?;
+    let applied = deploy::apply(ctx, gr, state, status, plan, &source, &manifests).await?;
+    let outcome = prune::prune(ctx, gr, state, status, &revision, applied).await?;
+    let verdict = deploy::conclude(ctx, state, status, &source, outcome, committed_at, started);
+    Ok(Some(verdict))
+}
+
+/// What the record keeps of the steps' result: when the remote was asked, and whether what is
+/// applied is what the last applied revision says.
+fn remember(state: &mut State, result: &Result<Option<Verdict>, Failure>) {
+    match result {
         Ok(verdict) => {
-            memory.last_check = Some(Instant::now());
+            state.last_check = Some(Instant::now());
             if let Some(Verdict::Ready { message, .. }) = verdict {
-                memory.applied_ok = true;
-                memory.applied_at = Some(Instant::now());
-                memory.message = message.clone();
+                state.applied_ok = true;
+                state.applied_at = Some(Instant::now());
+                state.message = message.clone();
             }
         }
-        Err(Failure { verdict }) => {
+        Err(failure) => {
             // A failure asks the remote again at the next try (the backoff decides when).
-            memory.last_check = None;
-            // What is applied stays applied when only the source or the render failed:
-            // drift and health go on being watched.
-            if let Verdict::Retrying { reason, .. } | Verdict::Stalled { reason, .. } = verdict
-                && reason.after_apply()
-            {
-                memory.applied_ok = false;
+            state.last_check = None;
+            // What is applied stays applied when only the source or the render failed: drift
+            // and health go on being watched.
+            if failure.after_apply() {
+                state.applied_ok = false;
             }
         }
     }
-    result
 }
 
-/// What this process remembers of a GitRepository between reconciles.
-#[derive(Default)]
-struct Memory {
-    /// Per inventory id: what was sent last.
-    objects: HashMap<String, Sent>,
-    /// When the remote was last asked for the ref.
-    last_check: Option<Instant>,
-    /// Whether the last apply went through (prune included).
-    applied_ok: bool,
-    applied_at: Option<Instant>,
-    /// The Ready message of the last apply.
-    message: String,
-    /// The status this process wrote last: fresher than the watch's copy right after a write.
-    status: Option<GitRepositoryStatus>,
-    /// When each drifted object was corrected, within the last `CORRECTION_WINDOW`.
-    corrected_at: HashMap<String, Vec<Instant>>,
-    /// A digest of the `postBuild` variables the last apply was rendered with.
-    variables: Option<u64>,
-}
-
-fn timeout_of(gr: &GitRepository) -> Result<Duration, String> {
-    match &gr.spec.timeout {
-        Some(t) => parse_duration(t).ok_or_else(|| format!("invalid timeout {t:?}")),
-        None => Ok(Duration::from_secs(60)),
+/// Drift and health of what is applied, watched even while git is failing. Health replaces the
+/// verdict while objects are not healthy; Ready again with the last apply's message once they
+/// are.
+#[allow(clippy::too_many_arguments)] // the reconcile's whole working set; split, it would hide it
+async fn observe(
+    gr: &GitRepository,
+    ctx: &Context,
+    state: &mut State,
+    status: &mut GitRepositoryStatus,
+    plan: &Plan,
+    mut verdict: Option<Verdict>,
+    mut delay: Duration,
+    now: &Time,
+) -> (Option<Verdict>, Vec<Note>, Duration) {
+    if !state.applied_ok {
+        return (verdict, Vec::new(), delay);
     }
+    let failed = matches!(
+        verdict,
+        Some(Verdict::Retrying { .. } | Verdict::Stalled { .. })
+    );
+    let (events, held) = observe::drift(gr, ctx, state, status, now).await;
+    if let Some(held) = held {
+        // A held correction is made when its window ends, not at the next poll.
+        delay = delay.min(held.max(Duration::from_millis(500)));
+    }
+    if failed {
+        return (verdict, events, delay);
+    }
+    if let Some((health, wait)) = observe::health(gr, ctx, state, status, plan, now) {
+        delay = delay.min(wait);
+        verdict = Some(health);
+    } else if verdict.is_none() && status::ready(Some(status)).is_some_and(|c| c.status != "True") {
+        // Healthy now, after waiting: Ready again with the message of the last apply.
+        verdict = Some(Verdict::Ready {
+            reason: Reason::ReconciliationSucceeded,
+            message: state.message.clone(),
+        });
+    }
+    (verdict, events, delay)
 }
 
 /// Parses a Go-style duration (`1m`, `1h30m`, `1.5s`, `500ms`), as the CRD pattern admits.
@@ -497,12 +416,5 @@ mod tests {
         assert_eq!(parse_duration(""), None);
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("1d"), None);
-    }
-
-    #[test]
-    fn jitter_adds_at_most_a_tenth() {
-        let d = Duration::from_secs(60);
-        let j = jitter(d);
-        assert!(j >= d && j <= d + Duration::from_secs(6));
     }
 }

@@ -2,18 +2,21 @@
 //! manager fights over an object) and, with `spec.wait`, health.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::Resource;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::{Context, parse_duration, timeout_of};
+use super::Context;
+use super::plan::{self, Plan};
+use super::state::State;
 use crate::api::{DriftEntry, DriftMode, GitRepository, GitRepositoryStatus};
-use crate::apply::{ObjectId, Sent};
+use crate::apply::Sent;
 use crate::live::health::Health;
+use crate::object::ObjectId;
 use crate::status::Reason;
 use crate::status::{self, Verdict};
 
@@ -22,17 +25,20 @@ use crate::status::{self, Verdict};
 pub(super) const MAX_CORRECTIONS_IN_WINDOW: usize = 3;
 pub(super) const CORRECTION_WINDOW: Duration = Duration::from_secs(60);
 
+/// An Event to publish: its type, reason and note.
+pub(super) type Note = (EventType, Reason, String);
+
 /// Drift: fields Capstan applied that another manager owns now, or objects deleted. Corrects
 /// (one apply per drifted object), reports, or ignores, as `spec.drift.mode` says. Returns the
 /// events to publish and, while a correction is held, when to look again.
 pub(super) async fn drift(
     gr: &GitRepository,
     ctx: &Context,
+    state: &mut State,
     status: &mut GitRepositoryStatus,
     now: &Time,
-) -> (Vec<(EventType, Reason, String)>, Option<Duration>) {
+) -> (Vec<Note>, Option<Duration>) {
     let mode = gr.spec.drift.as_ref().map(|d| d.mode).unwrap_or_default();
-    let key = ObjectRef::from(gr);
     if mode == DriftMode::Disabled {
         status.drift.clear();
         status::remove_condition(status, status::DRIFTED);
@@ -41,96 +47,20 @@ pub(super) async fn drift(
         }
         return (Vec::new(), None);
     }
-    let sent = ctx.recall(&key, |m| m.objects.clone()).unwrap_or_default();
-    let found = drifted(ctx, &sent);
-
-    let mut events = Vec::new();
-    let mut look_again: Option<Duration> = None;
+    let found = drifted(ctx, &state.objects);
     let previous: HashMap<String, DriftEntry> =
         status.drift.drain(..).map(|d| (d.id.clone(), d)).collect();
+    let mut look = Look {
+        ctx,
+        gr,
+        mode,
+        now,
+        events: Vec::new(),
+        again: None,
+    };
     let mut entries: Vec<DriftEntry> = Vec::new();
     for (id, fields) in found {
-        let known = previous
-            .get(&id)
-            .is_some_and(|p| p.fields == fields && !p.corrected);
-        let mut corrected = false;
-        // Changed again soon after corrections: another manager is fighting over it. Report it
-        // instead of re-applying in a loop, and correct it when the window has passed.
-        let held = ctx
-            .recall(&key, |m| held_for(m.corrected_at.get(&id)))
-            .flatten();
-        // Kept from the last look while it holds, so the status does not change every second.
-        let held_until = held.map(|wait| {
-            previous
-                .get(&id)
-                .and_then(|p| p.held_until.clone())
-                .filter(|until| until.0 > now.0)
-                .unwrap_or_else(|| wall_clock_in(now, wait))
-        });
-        if mode == DriftMode::Correct && held.is_none() {
-            let reapplied = match ctx.client_for(gr) {
-                Ok(client) => ctx.applier.reapply(&client, &sent[&id].object).await,
-                Err(message) => Err(message),
-            };
-            match reapplied {
-                Ok(owned) => {
-                    corrected = true;
-                    ctx.metrics
-                        .drift_corrections
-                        .with_label_values(&[
-                            key.namespace.as_deref().unwrap_or_default(),
-                            key.name.as_str(),
-                        ])
-                        .inc();
-                    if let Some(m) = ctx.memory.lock().get_mut(&key) {
-                        let times = m.corrected_at.entry(id.clone()).or_default();
-                        times.retain(|t| t.elapsed() < CORRECTION_WINDOW);
-                        times.push(Instant::now());
-                        if let Some(s) = m.objects.get_mut(&id) {
-                            s.owned = Some(owned);
-                        }
-                    }
-                    info!(object = %id, fields = %fields.join(", "), "drift corrected");
-                    events.push((
-                        EventType::Normal,
-                        Reason::DriftCorrected,
-                        format!("{id}: re-applied {}", fields.join(", ")),
-                    ));
-                }
-                Err(message) => warn!(object = %id, %message, "drift correction failed"),
-            }
-        } else if !known {
-            let note = match (&held_until, mode) {
-                (Some(until), DriftMode::Correct) => {
-                    info!(object = %id, fields = %fields.join(", "), held_until = %until.0, "drift detected; correction held");
-                    format!(
-                        "{id}: {} changed again right after {MAX_CORRECTIONS_IN_WINDOW} corrections (another controller may manage it); correction held until {}",
-                        fields.join(", "),
-                        until.0
-                    )
-                }
-                _ => {
-                    info!(object = %id, fields = %fields.join(", "), "drift detected");
-                    format!("{id}: {}", fields.join(", "))
-                }
-            };
-            events.push((EventType::Warning, Reason::DriftDetected, note));
-        }
-        if let (Some(wait), DriftMode::Correct) = (held, mode) {
-            look_again = Some(look_again.map_or(wait, |w| w.min(wait)));
-        }
-        let detected_at = previous
-            .get(&id)
-            .filter(|p| p.fields == fields)
-            .map(|p| p.detected_at.clone())
-            .unwrap_or_else(|| now.clone());
-        entries.push(DriftEntry {
-            id,
-            fields,
-            detected_at,
-            corrected,
-            held_until: held_until.filter(|_| mode == DriftMode::Correct && !corrected),
-        });
+        entries.push(look.judge(state, previous.get(&id), id, fields).await);
     }
     // Corrections stay on record until the next revision is applied.
     for (id, p) in previous {
@@ -141,7 +71,124 @@ pub(super) async fn drift(
     entries.sort_by(|a, b| a.id.cmp(&b.id));
     set_drifted(gr, status, &entries, now);
     status.drift = entries;
-    (events, look_again)
+    (look.events, look.again)
+}
+
+/// One look at drift: what it decided so far.
+struct Look<'a> {
+    ctx: &'a Context,
+    gr: &'a GitRepository,
+    mode: DriftMode,
+    now: &'a Time,
+    events: Vec<Note>,
+    /// When a held correction's window ends.
+    again: Option<Duration>,
+}
+
+impl Look<'_> {
+    /// One drifted object: corrected, or reported (once per change), or held while another
+    /// manager fights over it.
+    async fn judge(
+        &mut self,
+        state: &mut State,
+        previous: Option<&DriftEntry>,
+        id: String,
+        fields: Vec<String>,
+    ) -> DriftEntry {
+        let (mode, now) = (self.mode, self.now);
+        let known = previous.is_some_and(|p| p.fields == fields && !p.corrected);
+        // Changed again soon after corrections: another manager is fighting over it. Report it
+        // instead of re-applying in a loop, and correct it when the window has passed.
+        let held = held_for(state.corrected_at.get(&id));
+        // Kept from the last look while it holds, so the status does not change every second.
+        let held_until = held.map(|wait| {
+            previous
+                .and_then(|p| p.held_until.clone())
+                .filter(|until| until.0 > now.0)
+                .unwrap_or_else(|| wall_clock_in(now, wait))
+        });
+        let mut corrected = false;
+        if mode == DriftMode::Correct && held.is_none() {
+            corrected = self.correct(state, &id, &fields).await;
+        } else if !known {
+            self.report(&id, &fields, held_until.as_ref());
+        }
+        if let (Some(wait), DriftMode::Correct) = (held, mode) {
+            self.again = Some(self.again.map_or(wait, |w| w.min(wait)));
+        }
+        let detected_at = previous
+            .filter(|p| p.fields == fields)
+            .map(|p| p.detected_at.clone())
+            .unwrap_or_else(|| now.clone());
+        DriftEntry {
+            id,
+            fields,
+            detected_at,
+            corrected,
+            held_until: held_until.filter(|_| mode == DriftMode::Correct && !corrected),
+        }
+    }
+
+    /// Re-applies what was sent last of `id`. Whether it went through.
+    async fn correct(&mut self, state: &mut State, id: &str, fields: &[String]) -> bool {
+        let (ctx, gr) = (self.ctx, self.gr);
+        let reapplied = match ctx.client_for(gr, state) {
+            Ok(client) => {
+                ctx.applier
+                    .reapply(&client, &state.objects[id].object)
+                    .await
+            }
+            Err(message) => Err(message),
+        };
+        let owned = match reapplied {
+            Ok(owned) => owned,
+            Err(message) => {
+                warn!(object = %id, %message, "drift correction failed");
+                return false;
+            }
+        };
+        ctx.metrics
+            .drift_corrections
+            .with_label_values(&[
+                gr.namespace().unwrap_or_default().as_str(),
+                gr.name_any().as_str(),
+            ])
+            .inc();
+        let times = state.corrected_at.entry(id.to_string()).or_default();
+        times.retain(|t| t.elapsed() < CORRECTION_WINDOW);
+        times.push(Instant::now());
+        if let Some(s) = Arc::make_mut(&mut state.objects).get_mut(id) {
+            s.owned = Some(owned);
+        }
+        let fields = fields.join(", ");
+        info!(object = %id, %fields, "drift corrected");
+        self.events.push((
+            EventType::Normal,
+            Reason::DriftCorrected,
+            format!("{id}: re-applied {fields}"),
+        ));
+        true
+    }
+
+    /// A Warning Event for drift not corrected now.
+    fn report(&mut self, id: &str, fields: &[String], held_until: Option<&Time>) {
+        let fields = fields.join(", ");
+        let note = match (held_until, self.mode) {
+            (Some(until), DriftMode::Correct) => {
+                info!(object = %id, %fields, held_until = %until.0, "drift detected; correction held");
+                format!(
+                    "{id}: {fields} changed again right after {MAX_CORRECTIONS_IN_WINDOW} corrections (another controller may manage it); correction held until {}",
+                    until.0
+                )
+            }
+            _ => {
+                info!(object = %id, %fields, "drift detected");
+                format!("{id}: {fields}")
+            }
+        };
+        self.events
+            .push((EventType::Warning, Reason::DriftDetected, note));
+    }
 }
 
 /// The objects whose applied fields are no longer as Capstan left them, or that are gone, with
@@ -247,7 +294,9 @@ pub(super) fn set_drifted(
 pub(super) fn health(
     gr: &GitRepository,
     ctx: &Context,
+    state: &State,
     status: &mut GitRepositoryStatus,
+    plan: &Plan,
     now: &Time,
 ) -> Option<(Verdict, Duration)> {
     if !gr.spec.wait {
@@ -255,35 +304,7 @@ pub(super) fn health(
         return None;
     }
     let generation = gr.meta().generation;
-    let mut waiting = Vec::new();
-    let mut failed = Vec::new();
-    for entry in status.inventory.iter().flat_map(|i| &i.entries) {
-        let Some(id) = ObjectId::parse(&entry.id) else {
-            continue;
-        };
-        let name = id.display_name();
-        if !ctx.live.watches_namespace(&id.namespace) {
-            // Outside the namespace this controller is restricted to: not observable.
-            continue;
-        }
-        let applied_at = ctx
-            .recall(&ObjectRef::from(gr), |m| {
-                m.objects
-                    .get(&entry.id)
-                    .and_then(|s| s.owned.as_ref()?.resource_version)
-            })
-            .flatten();
-        if !ctx.live.caught_up(&id, applied_at) {
-            waiting.push(format!("{name}: status not observed yet"));
-            continue;
-        }
-        match ctx.live.observed(&entry.id).map(|o| o.health) {
-            None => waiting.push(format!("{name}: not found")),
-            Some(Health::Current) => {}
-            Some(Health::InProgress(m)) => waiting.push(format!("{name}: {m}")),
-            Some(Health::Failed(m)) => failed.push(format!("{name}: {m}")),
-        }
-    }
+    let (waiting, failed) = unhealthy(ctx, state, status);
     if waiting.is_empty() && failed.is_empty() {
         let count = status.inventory.as_ref().map_or(0, |i| i.entries.len());
         let message = format!("{count} objects are healthy");
@@ -298,12 +319,8 @@ pub(super) fn health(
         );
         return None;
     }
-    let timeout = timeout_of(gr).unwrap_or(Duration::from_secs(60));
-    let since = ctx
-        .recall(&ObjectRef::from(gr), |m| m.applied_at)
-        .flatten()
-        .map(|t| t.elapsed())
-        .unwrap_or_default();
+    let timeout = plan.timeout;
+    let since = state.applied_at.map(|t| t.elapsed()).unwrap_or_default();
     let (reason, message, wait) = if !failed.is_empty() {
         (Reason::HealthCheckFailed, failed.join("; "), None)
     } else if since >= timeout {
@@ -322,11 +339,45 @@ pub(super) fn health(
         generation,
         now,
     );
-    let interval = parse_duration(&gr.spec.interval).unwrap_or(Duration::from_secs(60));
     Some(match wait {
         Some(wait) => (Verdict::Progressing { reason, message }, wait),
-        None => (Verdict::Stalled { reason, message }, interval),
+        None => (Verdict::Stalled { reason, message }, plan::interval(gr)),
     })
+}
+
+/// The managed objects not healthy yet (or not observed since the apply), and those failed.
+fn unhealthy(
+    ctx: &Context,
+    state: &State,
+    status: &GitRepositoryStatus,
+) -> (Vec<String>, Vec<String>) {
+    let mut waiting = Vec::new();
+    let mut failed = Vec::new();
+    for entry in status.inventory.iter().flat_map(|i| &i.entries) {
+        let Some(id) = ObjectId::parse(&entry.id) else {
+            continue;
+        };
+        let name = id.display_name();
+        if !ctx.live.watches_namespace(&id.namespace) {
+            // Outside the namespace this controller is restricted to: not observable.
+            continue;
+        }
+        let applied_at = state
+            .objects
+            .get(&entry.id)
+            .and_then(|s| s.owned.as_ref()?.resource_version);
+        if !ctx.live.caught_up(&id, applied_at) {
+            waiting.push(format!("{name}: status not observed yet"));
+            continue;
+        }
+        match ctx.live.observed(&entry.id).map(|o| o.health) {
+            None => waiting.push(format!("{name}: not found")),
+            Some(Health::Current) => {}
+            Some(Health::InProgress(m)) => waiting.push(format!("{name}: {m}")),
+            Some(Health::Failed(m)) => failed.push(format!("{name}: {m}")),
+        }
+    }
+    (waiting, failed)
 }
 
 #[cfg(test)]

@@ -3,10 +3,13 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::reflector::ObjectRef;
+use std::time::Instant;
+
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
+use super::observe::Note;
+use super::state::State;
 use super::{Context, Error};
 use crate::api::{FIELD_MANAGER, GitRepository, GitRepositoryStatus};
 use crate::status::{self, Reason, Verdict};
@@ -58,21 +61,76 @@ pub(super) async fn write_status(
 pub(super) async fn progressing(
     ctx: &Context,
     gr: &GitRepository,
+    state: &mut State,
     status: &GitRepositoryStatus,
     revision: &str,
 ) {
     let mut shown = status.clone();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     status::set_progressing(&mut shown, revision, gr.meta().generation, &now);
-    let key = ObjectRef::from(gr);
-    let written = ctx.recall(&key, |m| m.status.clone()).flatten();
-    if !status::differs(written.as_ref().or(gr.status.as_ref()), &shown) {
+    if !status::differs(state.status.as_ref().or(gr.status.as_ref()), &shown) {
         return;
     }
     match write_status(ctx, gr, &shown).await {
-        Ok(()) => ctx.memory.lock().entry(key).or_default().status = Some(shown),
+        Ok(()) => state.status = Some(shown),
         Err(e) => warn!(error = %e, "writing the Reconciling condition failed"),
     }
+}
+
+/// The gauges and the duration of one reconcile.
+pub(super) fn metrics(
+    ctx: &Context,
+    gr: &GitRepository,
+    status: &GitRepositoryStatus,
+    started: Instant,
+) {
+    let (ns, name) = (gr.namespace().unwrap_or_default(), gr.name_any());
+    let labels = [ns.as_str(), name.as_str()];
+    let m = &ctx.metrics;
+    m.suspended.with_label_values(&labels).set(0);
+    let ready = status::ready(Some(status));
+    m.ready
+        .with_label_values(&labels)
+        .set(i64::from(ready.is_some_and(|c| c.status == "True")));
+    m.reconciled(&ns, &name, ready.map_or("Unknown", |c| c.reason.as_str()));
+    let managed = status.inventory.as_ref().map_or(0, |i| i.entries.len());
+    m.managed_objects
+        .with_label_values(&labels)
+        .set(managed as i64);
+    m.drifted_objects
+        .with_label_values(&labels)
+        .set(status.summary.as_ref().map_or(0, |s| s.drifted));
+    m.reconcile_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Writes the status when it differs from what was written last (which may be this reconcile's
+/// `Reconciling` write), then publishes the verdict's Event and `events`.
+pub(super) async fn write(
+    ctx: &Context,
+    gr: &GitRepository,
+    state: &mut State,
+    before: Option<&GitRepositoryStatus>,
+    status: GitRepositoryStatus,
+    verdict: Option<&Verdict>,
+    events: Vec<Note>,
+) -> Result<(), Error> {
+    let written = state.status.as_ref().or(before);
+    if !status::differs(written, &status) {
+        return Ok(());
+    }
+    write_status(ctx, gr, &status).await?;
+    if let Some(verdict) = verdict {
+        let new_revision = before.and_then(|s| s.last_applied_revision.as_ref())
+            != status.last_applied_revision.as_ref();
+        publish(ctx, gr, verdict, new_revision, &status).await;
+    }
+    for (type_, reason, note) in events {
+        event(ctx, gr, type_, reason, note).await;
+    }
+    state.status = Some(status);
+    Ok(())
 }
 
 /// The event for a verdict: `Applied` for a new revision or changed objects, a Warning with the

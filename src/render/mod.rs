@@ -144,13 +144,6 @@ pub enum RenderError {
     Io { path: String, message: String },
 }
 
-impl RenderError {
-    /// The Ready condition's reason for this error.
-    pub fn reason(&self) -> crate::status::Reason {
-        crate::status::Reason::BuildFailed
-    }
-}
-
 fn at_line(line: usize) -> String {
     if line == 0 {
         String::new()

@@ -5,7 +5,9 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use wait_timeout::ChildExt;
 
 use super::RenderError;
 
@@ -45,6 +47,49 @@ pub(super) struct Invocation<'a> {
 
 /// Runs the tool and returns what it printed on stdout.
 pub(super) fn run(inv: Invocation<'_>) -> Result<String, RenderError> {
+    let failed = |message: String| RenderError::Tool {
+        tool: inv.tool,
+        message,
+    };
+    let mut child = command(&inv).spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => RenderError::ToolMissing {
+            tool: inv.tool,
+            path: inv.program.display().to_string(),
+        },
+        _ => failed(format!("starting {}: {e}", inv.program.display())),
+    })?;
+
+    let max_output = inv.max_output;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    // Reading stops one byte past the cap; the pipe is closed and the tool dies writing.
+    let out_reader = std::thread::spawn(move || read_capped(stdout, max_output.saturating_add(1)));
+    let err_reader = std::thread::spawn(move || read_capped(stderr, MAX_STDERR_BYTES));
+    let status = child.wait_timeout(inv.timeout);
+    if !matches!(status, Ok(Some(_))) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = out_reader.join().unwrap_or_default();
+    let err = err_reader.join().unwrap_or_default();
+    let status = status
+        .map_err(|e| failed(format!("waiting for it: {e}")))?
+        .ok_or_else(|| failed(format!("did not finish within {:?}", inv.timeout)))?;
+    let size = u64::try_from(out.len()).unwrap_or(u64::MAX);
+    if size > max_output {
+        return Err(RenderError::TooLarge {
+            size,
+            limit: max_output,
+        });
+    }
+    if !status.success() {
+        return Err(failed(message(&err, inv.root, status)));
+    }
+    String::from_utf8(out).map_err(|_| failed("printed output that is not UTF-8".into()))
+}
+
+/// The tool's command: its own empty home, no inherited environment, no network.
+fn command(inv: &Invocation<'_>) -> Command {
     // Every proxy variable points at the discard port: a tool that tries the network (a remote
     // base, a chart repository) fails at once instead of reaching out from inside the cluster.
     const NO_NETWORK: &str = "http://127.0.0.1:9";
@@ -74,68 +119,7 @@ pub(super) fn run(inv: Invocation<'_>) -> Result<String, RenderError> {
     ] {
         command.env(var, NO_NETWORK);
     }
-    let mut child = command.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => RenderError::ToolMissing {
-            tool: inv.tool,
-            path: inv.program.display().to_string(),
-        },
-        _ => RenderError::Tool {
-            tool: inv.tool,
-            message: format!("starting {}: {e}", inv.program.display()),
-        },
-    })?;
-
-    let max_output = inv.max_output;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    // Reading stops one byte past the cap; the pipe is closed and the tool dies writing.
-    let out_reader = std::thread::spawn(move || read_capped(stdout, max_output.saturating_add(1)));
-    let err_reader = std::thread::spawn(move || read_capped(stderr, MAX_STDERR_BYTES));
-
-    let deadline = Instant::now() + inv.timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => {
-                let _ = child.kill();
-                return Err(RenderError::Tool {
-                    tool: inv.tool,
-                    message: format!("waiting for it: {e}"),
-                });
-            }
-        }
-    };
-    let out = out_reader.join().unwrap_or_default();
-    let err = err_reader.join().unwrap_or_default();
-    let Some(status) = status else {
-        return Err(RenderError::Tool {
-            tool: inv.tool,
-            message: format!("did not finish within {:?}", inv.timeout),
-        });
-    };
-    let size = u64::try_from(out.len()).unwrap_or(u64::MAX);
-    if size > max_output {
-        return Err(RenderError::TooLarge {
-            size,
-            limit: max_output,
-        });
-    }
-    if !status.success() {
-        return Err(RenderError::Tool {
-            tool: inv.tool,
-            message: message(&err, inv.root, status),
-        });
-    }
-    String::from_utf8(out).map_err(|_| RenderError::Tool {
-        tool: inv.tool,
-        message: "printed output that is not UTF-8".into(),
-    })
+    command
 }
 
 fn read_capped(stream: impl Read, cap: u64) -> Vec<u8> {

@@ -136,33 +136,7 @@ pub(super) fn manifest_files(
             path: dir.display.clone(),
             message: e.to_string(),
         })?;
-        if entry.depth() == 0 {
-            continue;
-        }
-        let Some(file_type) = entry.file_type() else {
-            continue;
-        };
-        let path = entry.path();
-        let rel = rel_string(&dir.root, path);
-        let format = Format::of(path);
-        if file_type.is_symlink() {
-            match check_symlink(&dir.root, path, &rel)? {
-                LinkTarget::File => {}
-                // Directory links are not followed: what they point at is rendered (or not)
-                // through its own path, and following them could loop or duplicate objects.
-                LinkTarget::Dir => continue,
-                LinkTarget::Dangling if format.is_some() => {
-                    return Err(RenderError::Io {
-                        path: rel,
-                        message: "symlink target does not exist".to_string(),
-                    });
-                }
-                LinkTarget::Dangling => continue,
-            }
-        } else if file_type.is_dir() {
-            continue;
-        }
-        let Some(format) = format else {
+        let Some((rel, format)) = manifest_entry(&dir.root, &entry)? else {
             continue;
         };
         if files.len() >= limits.max_files {
@@ -170,22 +144,8 @@ pub(super) fn manifest_files(
                 limit: limits.max_files,
             });
         }
-        let meta = fs::metadata(path).map_err(|e| rel_io_error(&rel, &e))?;
-        if !meta.is_file() {
-            // A FIFO or device would block or never end when read.
-            return Err(RenderError::Io {
-                path: rel,
-                message: "not a regular file".to_string(),
-            });
-        }
-        let size = meta.len();
-        if size > limits.max_file_bytes {
-            return Err(RenderError::FileTooLarge {
-                file: rel,
-                size,
-                limit: limits.max_file_bytes,
-            });
-        }
+        let path = entry.path();
+        let size = file_size(path, &rel, limits)?;
         total = total.saturating_add(size);
         if total > limits.max_total_bytes {
             return Err(RenderError::TooLarge {
@@ -208,6 +168,59 @@ pub(super) fn manifest_files(
             .cmp(b.path.as_os_str().as_encoded_bytes())
     });
     Ok(files)
+}
+
+/// A walked entry that is a manifest file (or a link to one inside the repository): its path
+/// relative to the root and its format. Directories, links to them, and other files are not.
+fn manifest_entry(
+    root: &Path,
+    entry: &ignore::DirEntry,
+) -> Result<Option<(String, Format)>, RenderError> {
+    let Some(file_type) = entry.file_type().filter(|_| entry.depth() > 0) else {
+        return Ok(None);
+    };
+    let path = entry.path();
+    let rel = rel_string(root, path);
+    let format = Format::of(path);
+    if file_type.is_symlink() {
+        match check_symlink(root, path, &rel)? {
+            LinkTarget::File => {}
+            // Directory links are not followed: what they point at is rendered (or not)
+            // through its own path, and following them could loop or duplicate objects.
+            LinkTarget::Dir => return Ok(None),
+            LinkTarget::Dangling if format.is_some() => {
+                return Err(RenderError::Io {
+                    path: rel,
+                    message: "symlink target does not exist".to_string(),
+                });
+            }
+            LinkTarget::Dangling => return Ok(None),
+        }
+    } else if file_type.is_dir() {
+        return Ok(None);
+    }
+    Ok(format.map(|format| (rel, format)))
+}
+
+/// The size of a manifest file, refused when it is not a regular file or over the limit.
+fn file_size(path: &Path, rel: &str, limits: &Limits) -> Result<u64, RenderError> {
+    let meta = fs::metadata(path).map_err(|e| rel_io_error(rel, &e))?;
+    if !meta.is_file() {
+        // A FIFO or device would block or never end when read.
+        return Err(RenderError::Io {
+            path: rel.to_string(),
+            message: "not a regular file".to_string(),
+        });
+    }
+    let size = meta.len();
+    if size > limits.max_file_bytes {
+        return Err(RenderError::FileTooLarge {
+            file: rel.to_string(),
+            size,
+            limit: limits.max_file_bytes,
+        });
+    }
+    Ok(size)
 }
 
 fn keep_entry(entry: &ignore::DirEntry, base: &Path, matcher: &Gitignore) -> bool {

@@ -33,8 +33,8 @@ kubectl get nodes
 step "Images: the operator from the Dockerfile (buildah, no network), and the demo's web server"
 cargo build --quiet --bin capstan
 CAPSTAN_IMAGE=localhost/capstan:demo $ENV/image.sh build --binary "${CARGO_TARGET_DIR:-target}/debug/capstan" \
-    --output "$DEMO_DIR/capstan-image.tar"
-$ENV/node.sh import "$DEMO_DIR/node" "$DEMO_DIR/capstan-image.tar" 2>/dev/null
+    --output "$DEMO_DIR/image/capstan-image.tar"
+$ENV/node.sh import "$DEMO_DIR/node" "$DEMO_DIR/image/capstan-image.tar" 2>/dev/null
 # A one-layer image: Debian's static busybox serving one page (no registry, no image builder).
 command -v busybox >/dev/null 2>&1 && busybox --list 2>/dev/null | grep -qx httpd ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends busybox-static >&2

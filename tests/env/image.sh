@@ -18,12 +18,17 @@ IMAGE=${CAPSTAN_IMAGE:-localhost/capstan:dev}
 usage() {
     cat <<EOF
 Usage:
-  $PROG build [--output ARCHIVE] [--binary CAPSTAN]
+  $PROG build [--output ARCHIVE] [--binary CAPSTAN] [--dockerfile FILE]
       Build $IMAGE (CAPSTAN_IMAGE overrides the name) from $REPO/Dockerfile and
       write it as a docker-archive to ARCHIVE (default $TARGET/image/capstan-image.tar). Prints
-      the image name, the archive path and the image size. Logs: $TARGET/image/build.log.
+      the image name, the archive path and the image size. The build's context (bin/, rootfs/)
+      and its log, build.log, are kept next to ARCHIVE (default $TARGET/image/build.log).
       The capstan binary is a release build (cargo build --release) unless --binary gives one
-      (the node tests pass the debug build cargo test already made).
+      (the node tests pass the debug build cargo test already made). --dockerfile builds another
+      Dockerfile from the same context (build args BINARIES=prebuilt, BASE=minimal-root), e.g. a
+      variant with debugging tools.
+      A failure ends with one line naming the step (cargo, buildah bud, buildah push) and the log;
+      buildah's intermediate containers are removed whether the build succeeds or not.
 EOF
 }
 
@@ -62,20 +67,25 @@ make_minimal_root() {
 }
 
 cmd_build() {
-    local out='' binary=''
+    local out='' binary='' dockerfile=$REPO/Dockerfile
     while (($#)); do
         case $1 in
             --output) (($# >= 2)) || usage_error "--output needs a path"; out=$2; shift 2 ;;
             --binary) (($# >= 2)) || usage_error "--binary needs a path"; binary=$2; shift 2 ;;
+            --dockerfile) (($# >= 2)) || usage_error "--dockerfile needs a path"; dockerfile=$2; shift 2 ;;
             *) usage_error "build: unknown argument '$1'" ;;
         esac
     done
     [[ $(id -u) == 0 ]] || die "building the image with buildah needs root here"
     command -v buildah >/dev/null 2>&1 || "${SELF%/*}/node.sh" install
     command -v buildah >/dev/null 2>&1 || die "buildah is not installed (Debian package buildah)"
-    local work=$TARGET/image
-    out=${out:-$work/capstan-image.tar}
-    mkdir -p "$work"
+    [[ -f $dockerfile ]] || die "--dockerfile $dockerfile: no such file"
+    dockerfile=$(abs_dir "$(dirname "$dockerfile")")/${dockerfile##*/}
+    out=${out:-$TARGET/image/capstan-image.tar}
+    mkdir -p "$(dirname "$out")"
+    # Builds with different archives keep apart (the node tests build while the demo may).
+    local work
+    work=$(abs_dir "$(dirname "$out")")
     local buildlog=$work/build.log
     : >"$buildlog"
 
@@ -97,14 +107,16 @@ cmd_build() {
     cp "$tools/kustomize" "$tools/helm" "$ctx/bin/"
     make_minimal_root "$ctx/rootfs" "$ctx/bin/capstan" "$ctx/bin/kustomize" "$ctx/bin/helm"
 
-    log "building $IMAGE from $REPO/Dockerfile with buildah (no network)"
-    buildah bud --pull=never --network none --layers=false \
+    log "building $IMAGE from $dockerfile with buildah (no network)"
+    # --force-rm: buildah 1.28 otherwise keeps, even after a good build, a working container of
+    # each stage that a later stage starts FROM (one per build, in /var/lib/containers).
+    buildah bud --pull=never --network none --layers=false --force-rm \
         --build-arg BINARIES=prebuilt --build-arg BASE=minimal-root \
-        -f "$REPO/Dockerfile" -t "$IMAGE" "$ctx" >>"$buildlog" 2>&1 ||
-        { log_tail "$buildlog"; die "the image build failed (buildah bud; log: $buildlog)"; }
+        -f "$dockerfile" -t "$IMAGE" "$ctx" >>"$buildlog" 2>&1 ||
+        { log_tail "$buildlog"; die "the image build failed (buildah bud of $dockerfile; log: $buildlog)"; }
     rm -f "$out"
     buildah push --quiet "$IMAGE" "docker-archive:$out:$IMAGE" >>"$buildlog" 2>&1 ||
-        { log_tail "$buildlog"; die "writing the image archive $out failed (log: $buildlog)"; }
+        { log_tail "$buildlog"; die "writing the image archive $out failed (buildah push; log: $buildlog)"; }
     local size
     size=$(buildah images --format '{{.Size}}' "$IMAGE" 2>/dev/null | head -n 1)
     echo "image: $IMAGE"

@@ -146,7 +146,8 @@ pub fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let node = node();
-        let archive = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capstan-image.tar");
+        // image.sh keeps the build's context and log next to the archive.
+        let archive = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image/capstan-image.tar");
         let name = format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}");
         let mut cmd = Command::new(script("image.sh"));
         cmd.args(["build", "--output"])

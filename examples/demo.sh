@@ -4,7 +4,8 @@
 # holding examples/manifests, and a GitRepository (wait: true) whose Deployment really runs (a
 # busybox httpd image built here). Safe to run again. Needs root (the node).
 #   examples/demo.sh        start (or refresh) the demo and show what was synced
-#   examples/demo.sh down   stop everything the demo started and restore the host
+#   examples/demo.sh down   stop everything the demo started, restore the host, and check that
+#                           nothing is left (tests/env/node.sh check-clean)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${CAPSTAN_DEMO_DIR:-$HOME/.cache/capstan/demo}
@@ -14,6 +15,7 @@ WEB_IMAGE=localhost/capstan-demo-web:1
 if [[ ${1:-} == down ]]; then
     $ENV/gitserver.sh down "$DEMO_DIR/git"
     $ENV/node.sh down "$DEMO_DIR/node"
+    [[ ! -f $DEMO_DIR/node/host-state ]] || $ENV/node.sh check-clean "$DEMO_DIR/node" "$DEMO_DIR"
     exit 0
 fi
 

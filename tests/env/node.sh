@@ -51,7 +51,12 @@ Usage:
       'export' lines (also in DIR/env). If DIR's node already runs and --watch-pid is given, PID
       joins it (the node lives until every watched PID has exited) and the env is printed.
   $PROG down DIR
-      Stop everything 'up' started and undo its changes to the host.
+      Stop everything 'up' started and undo its changes to the host; fails if anything is left.
+  $PROG check-clean DIR [OTHER_DIR...]
+      List what a node in DIR left on the host, one line each, and fail if there is anything:
+      processes and mounts under DIR (and each OTHER_DIR), the bridge $BRIDGE, the address
+      $NODE_IP on lo, netfilter tables and KUBE-*/CNI-* chains, kubepods cgroups, Pod network
+      namespaces, host directories the node created, ip_forward if it differs from before 'up'.
   $PROG env DIR
       Print DIR/env.
   $PROG import DIR ARCHIVE
@@ -309,30 +314,61 @@ restore_host() {
     return 0
 }
 
-# What a node leaves on the host if teardown missed it, one line each (nothing when clean).
+# This process and the ones it runs under (the caller of `down` or `check-clean` may name DIR).
+self_and_ancestors() {
+    local pid=$BASHPID ppid
+    echo "$$"
+    while [[ $pid =~ ^[0-9]+$ ]] && ((pid > 1)); do
+        echo "$pid"
+        ppid=$(awk '$1 == "PPid:" { print $2 }' "/proc/$pid/status" 2>/dev/null) || break
+        pid=$ppid
+    done
+}
+
+# What a node in DIR leaves on the host if teardown missed it, one line each (nothing when clean):
+# processes and mounts under DIR (and under each extra directory given), the bridge, the address on
+# lo, netfilter tables and chains the kubelet, kube-proxy or CNI add, cgroups, network namespaces,
+# host directories that did not exist before `up`, ip_forward if it differs from before.
 leftovers() {
-    local f cmd pid
+    local f cmd pid d
+    local -a dirs=("$DIR" "$@")
+    local -A mine=()
+    for pid in $(self_and_ancestors); do mine[$pid]=1; done
     for f in /proc/[0-9]*/cmdline; do
-        cmd=$(tr '\0' ' ' 2>/dev/null <"$f") || continue
         pid=${f#/proc/}
         pid=${pid%/cmdline}
-        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
-        [[ " $cmd " == *" $DIR/"* ]] && echo "process $pid: $cmd"
+        [[ -n ${mine[$pid]:-} ]] && continue
+        cmd=$(tr '\0' ' ' 2>/dev/null <"$f") || continue
+        for d in "${dirs[@]}"; do
+            [[ " $cmd " == *" $d/"* ]] && { echo "process $pid: $cmd"; break; }
+        done
     done
-    awk -v d="$DIR/" 'index($5, d) == 1 { print "mount " $5 }' /proc/self/mountinfo
+    for d in "${dirs[@]}"; do
+        awk -v d="$d/" 'index($5, d) == 1 { print "mount " $5 }' /proc/self/mountinfo
+    done | sort -u
     ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
     ip addr show dev lo | grep -qF " $NODE_IP/32 " && echo "address $NODE_IP on lo"
-    local fam
+    local t fam name
     nft list tables 2>/dev/null | while read -r t fam name; do
         grep -qxF "nft=table $fam $name" "$DIR/host-state" 2>/dev/null || echo "nftables table $fam $name"
     done
-    { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | awk '/^:KUBE-/ { print "iptables chain " substr($1, 2) }' | sort -u
-    for f in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+    { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } |
+        awk '/^:(KUBE|CNI)-/ { print "iptables chain " substr($1, 2) }' | sort -u
+    for f in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods /sys/fs/cgroup/*/kubepods.slice; do
         [[ -d $f ]] && echo "cgroup $f"
     done
     for f in /run/netns/cni-*; do
         [[ -e $f ]] && ! grep -qxF "netns=$f" "$DIR/host-state" 2>/dev/null && echo "netns $f"
     done
+    if [[ -f $DIR/host-state ]]; then
+        for d in /run/containerd /run/netns /var/lib/cni /var/lib/kubelet /var/log/containers /var/log/pods; do
+            [[ -e $d ]] && ! host_had "$d" && echo "directory $d (absent before up)"
+        done
+        local fwd
+        fwd=$(sed -n 's/^ip_forward=//p' "$DIR/host-state")
+        [[ -z $fwd || $(cat /proc/sys/net/ipv4/ip_forward) == "$fwd" ]] ||
+            echo "net.ipv4.ip_forward $(cat /proc/sys/net/ipv4/ip_forward) (was $fwd before up)"
+    fi
     return 0
 }
 
@@ -662,6 +698,28 @@ cmd_down() {
     log "node stopped and host restored ($DIR): no process, mount, bridge, address, netfilter rule or cgroup left"
 }
 
+cmd_check_clean() {
+    (($# >= 1)) || usage_error "check-clean: expected DIR [OTHER_DIR...]"
+    [[ $(id -u) == 0 ]] || die "check-clean needs root (netfilter rules, cgroups)"
+    [[ -d $1 ]] || die "$1 does not exist"
+    DIR=$(abs_dir "$1")
+    shift
+    local d
+    local -a others=()
+    for d in "$@"; do
+        [[ -d $d ]] && others+=("$(abs_dir "$d")")
+    done
+    ! node_running "$DIR" || die "the node in $DIR is running; run '$PROG down $DIR' first"
+    [[ -f $DIR/host-state ]] || log "note: $DIR/host-state is missing (no up ran there): every nftables table counts"
+    local left
+    left=$(leftovers "${others[@]}")
+    if [[ -n $left ]]; then
+        printf '%s\n' "$left"
+        die "the host is not clean after the node in $DIR: $(wc -l <<<"$left") leftovers (listed above)"
+    fi
+    log "clean: no process or mount under ${DIR}${others[*]:+ ${others[*]}}, no bridge $BRIDGE, no address $NODE_IP, no netfilter table or chain, cgroup, netns or host directory left by the node"
+}
+
 # The reaper of a node brought up with --watch-pid: tear down once every watcher has exited.
 cmd_reap() {
     local dir=$1
@@ -697,6 +755,7 @@ case $cmd in
     down) cmd_down "$@" ;;
     reap) cmd_reap "$@" ;;
     env) cmd_env "$@" ;;
+    check-clean) cmd_check_clean "$@" ;;
     import) cmd_import "$@" ;;
     help | -h | --help) usage ;;
     *) usage_error "unknown command '$cmd'" ;;

@@ -40,7 +40,8 @@ usage() {
 Usage:
   $PROG install
       Install containerd, runc, the CNI plugins, iptables, nftables, conntrack and buildah from
-      Debian's packages when missing (needs root).
+      Debian's packages when missing (needs root). apt's output goes to
+      $CACHE/node-install.log.
   $PROG build
       Build (once) kubelet, kube-scheduler, kube-proxy and the pause image from the Go modules
       pinned in tests/env/node-tools (tests/env/tools plus what only the node needs); print the
@@ -50,6 +51,8 @@ Usage:
       kubelet, kube-scheduler and kube-proxy; wait for node $NODE_NAME to be Ready. Prints shell
       'export' lines (also in DIR/env). If DIR's node already runs and --watch-pid is given, PID
       joins it (the node lives until every watched PID has exited) and the env is printed.
+      A failed 'up' stops what it started, restores the host, and ends with one line naming the
+      component that failed and its log.
   $PROG down DIR
       Stop everything 'up' started and undo its changes to the host; fails if anything is left.
   $PROG check-clean DIR [OTHER_DIR...]
@@ -67,8 +70,16 @@ CAPSTAN_AUDIT_LOG), and CAPSTAN_NODE_NAME, CAPSTAN_NODE_IP (reachable from Pods:
 there), CAPSTAN_POD_CIDR, CAPSTAN_CONTAINERD_ADDRESS, CAPSTAN_NODE_DIR, CAPSTAN_NODE_BIN.
 
 Logs: DIR/containerd.log, DIR/kubelet.log, DIR/kube-scheduler.log, DIR/kube-proxy.log,
-DIR/reaper.log, DIR/controlplane/*.log.
-Environment: NODE_TIMEOUT (seconds for each component to become ready, default 60).
+DIR/reaper.log, DIR/controlplane/*.log (DIR/controlplane/up.log: what controlplane.sh up said).
+Environment:
+  NODE_TIMEOUT       seconds for each component to become ready (default 60)
+  NODE_PACKAGES      the packages 'install' installs (space-separated) where a distribution or
+                     mirror names them differently; when set, those dpkg does not list as
+                     installed are installed. Default, when one of their commands is missing:
+                     ${PACKAGES[*]}
+  NODE_KUBELET_PORT  the kubelet's port on $NODE_IP (default: a free port; 10250 is the
+                     kubelet's usual one)
+  CONTROLPLANE_PORT, CONTROLPLANE_TIMEOUT: see controlplane.sh help
 EOF
 }
 
@@ -76,29 +87,66 @@ EOF
 
 PACKAGES=(containerd runc containernetworking-plugins iptables nftables conntrack iproute2 buildah)
 
+pkg_installed() { [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]; }
+
+# apt-get install PACKAGE..., output to LOGFILE; on failure once more after apt-get update (the
+# package lists may be stale).
+apt_install() {
+    local logfile=$1
+    shift
+    local -a apt=(apt-get -o DPkg::Lock::Timeout=120 -y --no-install-recommends)
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "$@" >>"$logfile" 2>&1 && return 0
+    log "apt-get install failed; running apt-get update and retrying"
+    apt-get -o DPkg::Lock::Timeout=120 update >>"$logfile" 2>&1 || return
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "$@" >>"$logfile" 2>&1
+}
+
 cmd_install() {
     local missing=() c
     for c in containerd containerd-shim-runc-v2 ctr runc nft iptables conntrack ip buildah; do
         command -v "$c" >/dev/null 2>&1 || [[ -x /usr/sbin/$c ]] || missing+=("$c")
     done
     [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] || missing+=(/usr/lib/cni)
-    ((${#missing[@]})) || return 0
-    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; install ${PACKAGES[*]} (needs root)"
+    local -a packages=()
+    if [[ -n ${NODE_PACKAGES:-} ]]; then
+        # Packages named by the user: those dpkg does not have, whatever commands are found.
+        local p named=()
+        read -ra named <<<"$NODE_PACKAGES"
+        for p in "${named[@]}"; do
+            pkg_installed "$p" || { packages+=("$p") && missing+=("package $p"); }
+        done
+        if ((${#packages[@]} == 0)); then
+            ((${#missing[@]} == 0)) || die "missing ${missing[*]}, though the NODE_PACKAGES ($NODE_PACKAGES) are installed"
+            return 0
+        fi
+    else
+        ((${#missing[@]})) || return 0
+        packages=("${PACKAGES[@]}")
+    fi
+    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; install ${packages[*]} (needs root)"
     command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and apt-get is not available to install them"
-    log "installing ${PACKAGES[*]} (missing: ${missing[*]})"
+    mkdir -p "$CACHE"
+    local logfile=$CACHE/node-install.log
+    : >"$logfile"
+    log "installing ${packages[*]} with apt-get (missing: ${missing[*]}; log: $logfile)"
     # The containerd package would start its own service; keep it from doing so while it installs.
     local policy=/usr/sbin/policy-rc.d ours=0 rc=0
     if [[ ! -e $policy ]]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && ours=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PACKAGES[@]}" >&2 || {
-        log "install failed; running apt-get update and retrying"
-        apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PACKAGES[@]}" >&2
-    } || rc=$?
-    ((ours)) && rm -f "$policy"
-    ((rc == 0)) || die "apt-get install ${PACKAGES[*]} failed (apt's output is above)"
+    apt_install "$logfile" "${packages[@]}" || rc=$?
+    ((ours == 0)) || rm -f "$policy"
+    if ((rc)); then
+        log_tail "$logfile"
+        local unknown
+        unknown=$(sed -n -e 's/^E: Unable to locate package //p' \
+            -e "s/^E: Package '\(.*\)' has no installation candidate/\1/p" "$logfile" | sort -u | tr '\n' ' ')
+        [[ -z $unknown ]] ||
+            die "install: apt cannot find the package ${unknown% }${NODE_PACKAGES:+ (named in NODE_PACKAGES)}, even after apt-get update (log: $logfile)"
+        die "install: apt-get install ${packages[*]} failed (log: $logfile)"
+    fi
     [[ -x /usr/lib/cni/bridge ]] && command -v containerd >/dev/null 2>&1 ||
-        die "containerd or /usr/lib/cni/bridge still missing after installing ${PACKAGES[*]}"
+        die "containerd or /usr/lib/cni/bridge still missing after installing ${packages[*]} (log: $logfile)"
 }
 
 # ---------------------------------------------------------------- build
@@ -380,6 +428,15 @@ up_cleanup() {
     ((UP_DONE)) && return 0
     log "up failed; stopping what it started and restoring the host"
     teardown >/dev/null 2>&1 || true
+    local left
+    left=$(leftovers)
+    if [[ -n $left ]]; then
+        log "warning: left behind:"
+        printf '  %s\n' "$left" >&2
+    else
+        log "stopped and restored: no process, mount, bridge, address, netfilter rule or cgroup left"
+    fi
+    final_error up "$rc"
     exit $((rc ? rc : 1))
 }
 
@@ -525,7 +582,7 @@ conntrack:
 EOF
 }
 
-kubectl_() { "$CPBIN/kubectl" --kubeconfig "$DIR/controlplane/kubeconfig" "$@"; }
+kubectl_() { "$CPBIN/kubectl" --kubeconfig "$DIR/controlplane/kubeconfig" --request-timeout 5s "$@"; }
 
 node_ready() {
     [[ $(kubectl_ get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]] &&
@@ -548,6 +605,10 @@ cmd_up() {
     done
     [[ -n $dir_arg ]] || usage_error "up: DIR is required"
     [[ $(id -u) == 0 ]] || die "the node needs root (containerd, the kubelet, network set-up)"
+    local kp=${NODE_KUBELET_PORT:-}
+    if [[ -n $kp ]] && ! { [[ $kp =~ ^[1-9][0-9]{0,4}$ ]] && ((kp < 65536)); }; then
+        usage_error "NODE_KUBELET_PORT: '$kp' is not a TCP port"
+    fi
     if [[ -n $watch_pid ]]; then
         is_alive "$watch_pid" || die "--watch-pid $watch_pid: no such process"
     fi
@@ -578,6 +639,7 @@ cmd_up() {
     for p in /run/netns/cni-* ; do [[ -e $p ]] && log "note: $p exists before up (left alone)"; done
 
     trap up_cleanup EXIT
+    DEFER_ERROR=1
     trap 'exit 130' INT
     trap 'exit 143' TERM
     rm -rf "$DIR/env" "$DIR/pids" "$DIR/reaper.pid" "$DIR/watchers" "$DIR/pki" "$DIR/containerd" \
@@ -588,15 +650,20 @@ cmd_up() {
     save_host_state
     setup_host_network
 
-    local cpenv
-    cpenv=$("$CONTROLPLANE" up "$DIR/controlplane" --node "$NODE_IP" 8>&-) ||
-        die "the control plane did not start (logs: $DIR/controlplane/*.log)"
+    # Its messages pass through; its last error becomes this one's.
+    local cpenv cpmsg=$DIR/controlplane/up.log
+    mkdir -p "$DIR/controlplane"
+    if ! cpenv=$("$CONTROLPLANE" up "$DIR/controlplane" --node "$NODE_IP" 2>"$cpmsg" 8>&-); then
+        grep -v '^controlplane.sh: error: ' "$cpmsg" >&2 || true
+        die "the control plane did not start: $(sed -n 's/^controlplane.sh: error: //p' "$cpmsg" | tail -n 1)"
+    fi
+    cat "$cpmsg" >&2
     local api_server
     api_server=$(awk '$1 == "server:" { print $2; exit }' "$DIR/controlplane/kubeconfig")
     node_pki
 
     local kubelet_port kubelet_healthz proxy_healthz proxy_metrics sched_port
-    kubelet_port=$(free_port)
+    kubelet_port=${NODE_KUBELET_PORT:-$(free_port)}
     kubelet_healthz=$(free_port)
     proxy_healthz=$(free_port)
     proxy_metrics=$(free_port)
@@ -612,15 +679,15 @@ cmd_up() {
     start "$DIR/kubelet.log" "$bin/kubelet" --config "$DIR/kubelet-config.yaml" \
         --kubeconfig "$DIR/kubelet.kubeconfig" --root-dir "$DIR/kubelet" \
         --node-ip "$NODE_IP" --hostname-override "$NODE_NAME"
-    wait_ready kubelet "$LAST_PID" "$DIR/kubelet.log" curl -sf "http://127.0.0.1:$kubelet_healthz/healthz"
+    wait_ready kubelet "$LAST_PID" "$DIR/kubelet.log" curl -sf -m 5 "http://127.0.0.1:$kubelet_healthz/healthz"
 
     start "$DIR/kube-scheduler.log" "$bin/kube-scheduler" \
         --kubeconfig "$DIR/controlplane/kubeconfig" --leader-elect=false \
         --bind-address 127.0.0.1 --secure-port "$sched_port"
-    wait_ready kube-scheduler "$LAST_PID" "$DIR/kube-scheduler.log" curl -sfk "https://127.0.0.1:$sched_port/healthz"
+    wait_ready kube-scheduler "$LAST_PID" "$DIR/kube-scheduler.log" curl -sfk -m 5 "https://127.0.0.1:$sched_port/healthz"
 
     start "$DIR/kube-proxy.log" "$bin/kube-proxy" --config "$DIR/kube-proxy-config.yaml"
-    wait_ready kube-proxy "$LAST_PID" "$DIR/kube-proxy.log" curl -sf "http://127.0.0.1:$proxy_healthz/healthz"
+    wait_ready kube-proxy "$LAST_PID" "$DIR/kube-proxy.log" curl -sf -m 5 "http://127.0.0.1:$proxy_healthz/healthz"
 
     local pid
     pid=$(sed -n 2p "$DIR/pids")
@@ -638,6 +705,7 @@ cmd_up() {
     mv -f "$DIR/env.tmp" "$DIR/env"
     [[ -z $watch_pid ]] || start_node_reaper
     UP_DONE=1
+    DEFER_ERROR=0
     trap - EXIT INT TERM
     flock -u 8
     log "node $NODE_NAME Ready at $NODE_IP (state in $DIR)"

@@ -28,7 +28,8 @@ Usage:
       Dockerfile from the same context (build args BINARIES=prebuilt, BASE=minimal-root), e.g. a
       variant with debugging tools.
       A failure ends with one line naming the step (cargo, buildah bud, buildah push) and the log;
-      buildah's intermediate containers are removed whether the build succeeds or not.
+      The stages' images and working containers buildah keeps are removed, good build or not,
+      and so is the untagged image that had the tag before.
 EOF
 }
 
@@ -64,6 +65,32 @@ make_minimal_root() {
     printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
     printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
     chown 65532:65532 "$root/home/nonroot"
+}
+
+# remove_leftovers LOG FINAL [PREVIOUS]: what buildah 1.28 keeps after a build: each stage's image
+# (the "--> ID" lines of the build's LOG) and, even after a good build, a working container of the
+# stage the final one starts FROM (--force-rm would remove it, but then fails the build with
+# "identifier is not an image"). Not the FINAL image; PREVIOUS, the one that had the tag before,
+# once nothing else names it. Stage images carry their build's time, so no other build has them.
+remove_leftovers() {
+    local log=$1 final=$2 previous=${3:-} id cid image
+    local -a stages=()
+    while read -r id; do
+        [[ -n $final && $final == "$id"* ]] || stages+=("$id")
+    done < <(sed -n 's/^--> \([0-9a-f]\{6,\}\)$/\1/p' "$log" | sort -u)
+    [[ -z $previous || $previous == "$final" ]] || stages+=("$previous")
+    ((${#stages[@]})) || return 0
+    while read -r cid image; do
+        for id in "${stages[@]}"; do
+            [[ $image == "$id"* ]] && { buildah rm "$cid" >/dev/null 2>&1 || true; break; }
+        done
+    done < <(buildah containers --format '{{.ContainerID}} {{.ImageID}}' 2>/dev/null)
+    local named
+    named=$(buildah images --format '{{.ID}} {{.Name}}' 2>/dev/null | awk '$2 != "<none>" { print $1 }')
+    for id in "${stages[@]}"; do
+        # Not one with a name; buildah refuses one a container still uses.
+        grep -q "^${id:0:12}" <<<"$named" || buildah rmi "$id" >/dev/null 2>&1 || true
+    done
 }
 
 cmd_build() {
@@ -108,12 +135,15 @@ cmd_build() {
     make_minimal_root "$ctx/rootfs" "$ctx/bin/capstan" "$ctx/bin/kustomize" "$ctx/bin/helm"
 
     log "building $IMAGE from $dockerfile with buildah (no network)"
-    # --force-rm: buildah 1.28 otherwise keeps, even after a good build, a working container of
-    # each stage that a later stage starts FROM (one per build, in /var/lib/containers).
-    buildah bud --pull=never --network none --layers=false --force-rm \
+    local previous
+    previous=$(buildah images --format '{{.ID}}' "$IMAGE" 2>/dev/null | head -n 1) || previous=
+    buildah bud --pull=never --network none --layers=false \
         --build-arg BINARIES=prebuilt --build-arg BASE=minimal-root \
         -f "$dockerfile" -t "$IMAGE" "$ctx" >>"$buildlog" 2>&1 ||
-        { log_tail "$buildlog"; die "the image build failed (buildah bud of $dockerfile; log: $buildlog)"; }
+        { remove_leftovers "$buildlog" ''; log_tail "$buildlog"; die "the image build failed (buildah bud of $dockerfile; log: $buildlog)"; }
+    local built
+    built=$(buildah images --format '{{.ID}}' "$IMAGE" | head -n 1)
+    remove_leftovers "$buildlog" "$built" "$previous"
     rm -f "$out"
     buildah push --quiet "$IMAGE" "docker-archive:$out:$IMAGE" >>"$buildlog" 2>&1 ||
         { log_tail "$buildlog"; die "writing the image archive $out failed (buildah push; log: $buildlog)"; }

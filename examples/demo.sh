@@ -4,7 +4,8 @@
 # holding examples/manifests, and a GitRepository (wait: true) whose Deployment really runs (a
 # busybox httpd image built here). Safe to run again. Needs root (the node).
 #   examples/demo.sh        start (or refresh) the demo and show what was synced
-#   examples/demo.sh down   stop everything the demo started and restore the host
+#   examples/demo.sh down   stop everything the demo started, restore the host, and check that
+#                           nothing is left (tests/env/node.sh check-clean)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${CAPSTAN_DEMO_DIR:-$HOME/.cache/capstan/demo}
@@ -14,6 +15,7 @@ WEB_IMAGE=localhost/capstan-demo-web:1
 if [[ ${1:-} == down ]]; then
     $ENV/gitserver.sh down "$DEMO_DIR/git"
     $ENV/node.sh down "$DEMO_DIR/node"
+    [[ ! -f $DEMO_DIR/node/host-state ]] || $ENV/node.sh check-clean "$DEMO_DIR/node" "$DEMO_DIR"
     exit 0
 fi
 
@@ -33,8 +35,8 @@ kubectl get nodes
 step "Images: the operator from the Dockerfile (buildah, no network), and the demo's web server"
 cargo build --quiet --bin capstan
 CAPSTAN_IMAGE=localhost/capstan:demo $ENV/image.sh build --binary "${CARGO_TARGET_DIR:-target}/debug/capstan" \
-    --output "$DEMO_DIR/capstan-image.tar"
-$ENV/node.sh import "$DEMO_DIR/node" "$DEMO_DIR/capstan-image.tar" 2>/dev/null
+    --output "$DEMO_DIR/image/capstan-image.tar"
+$ENV/node.sh import "$DEMO_DIR/node" "$DEMO_DIR/image/capstan-image.tar" 2>/dev/null
 # A one-layer image: Debian's static busybox serving one page (no registry, no image builder).
 command -v busybox >/dev/null 2>&1 && busybox --list 2>/dev/null | grep -qx httpd ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends busybox-static >&2

@@ -39,7 +39,10 @@ Usage:
       Print DIR/env.
 
 Logs: DIR/etcd.log, DIR/kube-apiserver.log, DIR/kube-controller-manager.log, DIR/audit.log.
-Environment: CONTROLPLANE_TIMEOUT (seconds for each component to become ready, default 60).
+A failed 'up' stops what it started and ends with one line naming the component and its log.
+Environment: CONTROLPLANE_TIMEOUT (seconds for each component to become ready, default 60);
+CONTROLPLANE_PORT (the API server's port, default a free one: a fixed port keeps the kubeconfig's
+server URL the same across restarts).
 EOF
 }
 
@@ -106,6 +109,7 @@ up_cleanup() {
         log "up failed; stopping what it started (pids ${STARTED[*]})"
         stop_pids "${STARTED[@]}"
     fi
+    final_error up "$rc"
     exit $((rc ? rc : 1))
 }
 
@@ -187,6 +191,10 @@ cmd_up() {
     if [[ -n $watch_pid ]]; then
         is_alive "$watch_pid" || die "--watch-pid $watch_pid: no such process"
     fi
+    local port=${CONTROLPLANE_PORT:-}
+    if [[ -n $port ]] && ! { [[ $port =~ ^[1-9][0-9]{0,4}$ ]] && ((port > 0 && port < 65536)); }; then
+        usage_error "CONTROLPLANE_PORT: '$port' is not a TCP port"
+    fi
     for tool in openssl curl flock; do
         command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
     done
@@ -205,6 +213,7 @@ cmd_up() {
     [[ -z $running ]] || die "a control plane for $DIR is already running (pids ${running% }); run '$PROG down $DIR' first"
 
     trap up_cleanup EXIT
+    DEFER_ERROR=1
     trap 'exit 130' INT
     trap 'exit 143' TERM
     rm -rf "$DIR/etcd" "$DIR/pki" "$DIR/env" "$DIR/pids" "$DIR/reaper.pid"
@@ -214,7 +223,7 @@ cmd_up() {
     local etcd_port peer_port api_port
     etcd_port=$(free_port)
     peer_port=$(free_port)
-    api_port=$(free_port)
+    api_port=${port:-$(free_port)}
 
     # fsync buys nothing for a throwaway store and costs seconds per test run.
     start "$DIR/etcd.log" "$bin/etcd" --name capstan-test --data-dir "$DIR/etcd" \
@@ -222,7 +231,7 @@ cmd_up() {
         --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
         --initial-cluster "capstan-test=http://127.0.0.1:$peer_port" --unsafe-no-fsync --log-level warn
     wait_ready etcd "$LAST_PID" "$DIR/etcd.log" \
-        bash -c "curl -sf http://127.0.0.1:$etcd_port/health | grep -q '\"health\":\"true\"'"
+        bash -c "curl -sf -m 5 http://127.0.0.1:$etcd_port/health | grep -q '\"health\":\"true\"'"
 
     # Every request, at Metadata level: tests count what Capstan sends, by user agent and identity.
     cat >"$DIR/audit-policy.yaml" <<EOF
@@ -256,7 +265,7 @@ EOF
         --audit-log-format json --audit-log-maxsize 0 \
         --allow-privileged=true
     wait_ready kube-apiserver "$LAST_PID" "$DIR/kube-apiserver.log" \
-        curl -sf --cacert "$DIR/pki/ca.crt" --cert "$DIR/pki/admin.crt" --key "$DIR/pki/admin.key" \
+        curl -sf -m 5 --cacert "$DIR/pki/ca.crt" --cert "$DIR/pki/admin.crt" --key "$DIR/pki/admin.key" \
         "https://$api_host:$api_port/readyz"
 
     write_kubeconfig "$DIR" "$api_port" "$api_host"
@@ -271,7 +280,7 @@ EOF
         --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
         --service-account-private-key-file "$DIR/pki/sa.key" --root-ca-file "$DIR/pki/ca.crt"
     wait_ready kube-controller-manager "$LAST_PID" "$DIR/kube-controller-manager.log" \
-        bash -c "'$bin/kubectl' --kubeconfig '$DIR/kubeconfig' get serviceaccount default -n default"
+        bash -c "'$bin/kubectl' --kubeconfig '$DIR/kubeconfig' --request-timeout 5s get serviceaccount default -n default"
 
     {
         printf 'export KUBECONFIG=%s\n' "$(shquote "$DIR/kubeconfig")"
@@ -286,6 +295,7 @@ EOF
         start_reaper "$DIR" "$watch_pid" "$SELF"
     fi
     UP_DONE=1
+    DEFER_ERROR=0
     trap - EXIT INT TERM
     log "control plane up: https://$api_host:$api_port (state in $DIR)"
     cat "$DIR/env"

@@ -18,12 +18,18 @@ IMAGE=${CAPSTAN_IMAGE:-localhost/capstan:dev}
 usage() {
     cat <<EOF
 Usage:
-  $PROG build [--output ARCHIVE] [--binary CAPSTAN]
+  $PROG build [--output ARCHIVE] [--binary CAPSTAN] [--dockerfile FILE]
       Build $IMAGE (CAPSTAN_IMAGE overrides the name) from $REPO/Dockerfile and
       write it as a docker-archive to ARCHIVE (default $TARGET/image/capstan-image.tar). Prints
-      the image name, the archive path and the image size. Logs: $TARGET/image/build.log.
+      the image name, the archive path and the image size. The build's context (bin/, rootfs/)
+      and its log, build.log, are kept next to ARCHIVE (default $TARGET/image/build.log).
       The capstan binary is a release build (cargo build --release) unless --binary gives one
-      (the node tests pass the debug build cargo test already made).
+      (the node tests pass the debug build cargo test already made). --dockerfile builds another
+      Dockerfile from the same context (build args BINARIES=prebuilt, BASE=minimal-root), e.g. a
+      variant with debugging tools.
+      A failure ends with one line naming the step (cargo, buildah bud, buildah push) and the log;
+      The stages' images and working containers buildah keeps are removed, good build or not,
+      and so is the untagged image that had the tag before.
 EOF
 }
 
@@ -61,21 +67,52 @@ make_minimal_root() {
     chown 65532:65532 "$root/home/nonroot"
 }
 
+# remove_leftovers LOG FINAL [PREVIOUS]: what buildah 1.28 keeps after a build: each stage's image
+# (the "--> ID" lines of the build's LOG) and, even after a good build, a working container of the
+# stage the final one starts FROM (--force-rm would remove it, but then fails the build with
+# "identifier is not an image"). Not the FINAL image; PREVIOUS, the one that had the tag before,
+# once nothing else names it. Stage images carry their build's time, so no other build has them.
+remove_leftovers() {
+    local log=$1 final=$2 previous=${3:-} id cid image
+    local -a stages=()
+    while read -r id; do
+        [[ -n $final && $final == "$id"* ]] || stages+=("$id")
+    done < <(sed -n 's/^--> \([0-9a-f]\{6,\}\)$/\1/p' "$log" | sort -u)
+    [[ -z $previous || $previous == "$final" ]] || stages+=("$previous")
+    ((${#stages[@]})) || return 0
+    while read -r cid image; do
+        for id in "${stages[@]}"; do
+            [[ $image == "$id"* ]] && { buildah rm "$cid" >/dev/null 2>&1 || true; break; }
+        done
+    done < <(buildah containers --format '{{.ContainerID}} {{.ImageID}}' 2>/dev/null)
+    local named
+    named=$(buildah images --format '{{.ID}} {{.Name}}' 2>/dev/null | awk '$2 != "<none>" { print $1 }')
+    for id in "${stages[@]}"; do
+        # Not one with a name; buildah refuses one a container still uses.
+        grep -q "^${id:0:12}" <<<"$named" || buildah rmi "$id" >/dev/null 2>&1 || true
+    done
+}
+
 cmd_build() {
-    local out='' binary=''
+    local out='' binary='' dockerfile=$REPO/Dockerfile
     while (($#)); do
         case $1 in
             --output) (($# >= 2)) || usage_error "--output needs a path"; out=$2; shift 2 ;;
             --binary) (($# >= 2)) || usage_error "--binary needs a path"; binary=$2; shift 2 ;;
+            --dockerfile) (($# >= 2)) || usage_error "--dockerfile needs a path"; dockerfile=$2; shift 2 ;;
             *) usage_error "build: unknown argument '$1'" ;;
         esac
     done
     [[ $(id -u) == 0 ]] || die "building the image with buildah needs root here"
     command -v buildah >/dev/null 2>&1 || "${SELF%/*}/node.sh" install
     command -v buildah >/dev/null 2>&1 || die "buildah is not installed (Debian package buildah)"
-    local work=$TARGET/image
-    out=${out:-$work/capstan-image.tar}
-    mkdir -p "$work"
+    [[ -f $dockerfile ]] || die "--dockerfile $dockerfile: no such file"
+    dockerfile=$(abs_dir "$(dirname "$dockerfile")")/${dockerfile##*/}
+    out=${out:-$TARGET/image/capstan-image.tar}
+    mkdir -p "$(dirname "$out")"
+    # Builds with different archives keep apart (the node tests build while the demo may).
+    local work
+    work=$(abs_dir "$(dirname "$out")")
     local buildlog=$work/build.log
     : >"$buildlog"
 
@@ -97,14 +134,19 @@ cmd_build() {
     cp "$tools/kustomize" "$tools/helm" "$ctx/bin/"
     make_minimal_root "$ctx/rootfs" "$ctx/bin/capstan" "$ctx/bin/kustomize" "$ctx/bin/helm"
 
-    log "building $IMAGE from $REPO/Dockerfile with buildah (no network)"
+    log "building $IMAGE from $dockerfile with buildah (no network)"
+    local previous
+    previous=$(buildah images --format '{{.ID}}' "$IMAGE" 2>/dev/null | head -n 1) || previous=
     buildah bud --pull=never --network none --layers=false \
         --build-arg BINARIES=prebuilt --build-arg BASE=minimal-root \
-        -f "$REPO/Dockerfile" -t "$IMAGE" "$ctx" >>"$buildlog" 2>&1 ||
-        { log_tail "$buildlog"; die "the image build failed (buildah bud; log: $buildlog)"; }
+        -f "$dockerfile" -t "$IMAGE" "$ctx" >>"$buildlog" 2>&1 ||
+        { remove_leftovers "$buildlog" ''; log_tail "$buildlog"; die "the image build failed (buildah bud of $dockerfile; log: $buildlog)"; }
+    local built
+    built=$(buildah images --format '{{.ID}}' "$IMAGE" | head -n 1)
+    remove_leftovers "$buildlog" "$built" "$previous"
     rm -f "$out"
     buildah push --quiet "$IMAGE" "docker-archive:$out:$IMAGE" >>"$buildlog" 2>&1 ||
-        { log_tail "$buildlog"; die "writing the image archive $out failed (log: $buildlog)"; }
+        { log_tail "$buildlog"; die "writing the image archive $out failed (buildah push; log: $buildlog)"; }
     local size
     size=$(buildah images --format '{{.Size}}' "$IMAGE" 2>/dev/null | head -n 1)
     echo "image: $IMAGE"

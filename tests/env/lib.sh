@@ -4,7 +4,21 @@
 # Sourced, never run; the caller sets PROG.
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# A command whose EXIT trap undoes a failed start sets DEFER_ERROR=1: die then leaves its message
+# to the trap (in ERROR), which prints it after the clean-up, so that the failure still ends in
+# one line naming what failed and the log to read. In a subshell ($(...)) die prints at once.
+DEFER_ERROR=0
+ERROR=
+die() {
+    ERROR=$*
+    ((DEFER_ERROR)) && [[ $BASHPID == "$$" ]] && exit 1
+    log "error: $*"
+    exit 1
+}
+# The last line of a deferred failure: die's message, or the exit status of whatever failed.
+final_error() {
+    log "error: ${ERROR:-$1 failed (exit status $2; the messages above say where)}"
+}
 usage_error() { log "$*"; usage >&2; exit 2; }
 
 # Single-quote a value for POSIX shells (the env file may be sourced by sh or parsed by tests).
@@ -150,22 +164,34 @@ log_tail() {
     log "---- end of $file ----"
 }
 
+# The address a Go server's log says it could not bind ("listen tcp ADDR: bind: address already
+# in use"); nothing if the log says no such thing.
+busy_address() {
+    grep -o 'listen tcp [^ ]*: bind: address already in use' "$1" 2>/dev/null | head -n 1 |
+        sed 's/^listen tcp //; s/: bind: .*//'
+}
+
 # wait_ready NAME PID LOGFILE CHECK...: poll CHECK until it succeeds, the process dies, or the
-# caller's TIMEOUT (seconds) runs out; each failure names the component and its log.
+# caller's TIMEOUT (seconds) runs out; each failure names the component and its log. CHECK must
+# not hang (give curl --max-time).
 wait_ready() {
     local name=$1 pid=$2 logfile=$3
     shift 3
-    local deadline=$((SECONDS + TIMEOUT))
+    local deadline=$((SECONDS + TIMEOUT)) busy
     while ((SECONDS < deadline)); do
         if ! is_alive "$pid"; then
             log_tail "$logfile"
-            grep -q 'address already in use' "$logfile" && die "$name could not bind its port (address already in use; log: $logfile)"
+            busy=$(busy_address "$logfile")
+            [[ -z $busy ]] || die "$name could not bind $busy: address already in use (log: $logfile)"
+            grep -q 'address already in use' "$logfile" && die "$name could not bind its port: address already in use (log: $logfile)"
             die "$name exited during startup (log: $logfile)"
         fi
         "$@" >/dev/null 2>&1 && return 0
         sleep 0.2
     done
     log_tail "$logfile"
+    busy=$(busy_address "$logfile")
+    [[ -z $busy ]] || die "$name was not ready within ${TIMEOUT}s: it could not bind $busy, address already in use (log: $logfile)"
     die "$name was not ready within ${TIMEOUT}s (log: $logfile)"
 }
 

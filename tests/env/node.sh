@@ -40,7 +40,8 @@ usage() {
 Usage:
   $PROG install
       Install containerd, runc, the CNI plugins, iptables, nftables, conntrack and buildah from
-      Debian's packages when missing (needs root).
+      Debian's packages when missing (needs root). apt's output goes to
+      $CACHE/node-install.log.
   $PROG build
       Build (once) kubelet, kube-scheduler, kube-proxy and the pause image from the Go modules
       pinned in tests/env/node-tools (tests/env/tools plus what only the node needs); print the
@@ -50,8 +51,15 @@ Usage:
       kubelet, kube-scheduler and kube-proxy; wait for node $NODE_NAME to be Ready. Prints shell
       'export' lines (also in DIR/env). If DIR's node already runs and --watch-pid is given, PID
       joins it (the node lives until every watched PID has exited) and the env is printed.
+      A failed 'up' stops what it started, restores the host, and ends with one line naming the
+      component that failed and its log.
   $PROG down DIR
-      Stop everything 'up' started and undo its changes to the host.
+      Stop everything 'up' started and undo its changes to the host; fails if anything is left.
+  $PROG check-clean DIR [OTHER_DIR...]
+      List what a node in DIR left on the host, one line each, and fail if there is anything:
+      processes and mounts under DIR (and each OTHER_DIR), the bridge $BRIDGE, the address
+      $NODE_IP on lo, netfilter tables and KUBE-*/CNI-* chains, kubepods cgroups, Pod network
+      namespaces, host directories the node created, ip_forward if it differs from before 'up'.
   $PROG env DIR
       Print DIR/env.
   $PROG import DIR ARCHIVE
@@ -62,8 +70,16 @@ CAPSTAN_AUDIT_LOG), and CAPSTAN_NODE_NAME, CAPSTAN_NODE_IP (reachable from Pods:
 there), CAPSTAN_POD_CIDR, CAPSTAN_CONTAINERD_ADDRESS, CAPSTAN_NODE_DIR, CAPSTAN_NODE_BIN.
 
 Logs: DIR/containerd.log, DIR/kubelet.log, DIR/kube-scheduler.log, DIR/kube-proxy.log,
-DIR/reaper.log, DIR/controlplane/*.log.
-Environment: NODE_TIMEOUT (seconds for each component to become ready, default 60).
+DIR/reaper.log, DIR/controlplane/*.log (DIR/controlplane/up.log: what controlplane.sh up said).
+Environment:
+  NODE_TIMEOUT       seconds for each component to become ready (default 60)
+  NODE_PACKAGES      the packages 'install' installs (space-separated) where a distribution or
+                     mirror names them differently; when set, those dpkg does not list as
+                     installed are installed. Default, when one of their commands is missing:
+                     ${PACKAGES[*]}
+  NODE_KUBELET_PORT  the kubelet's port on $NODE_IP (default: a free port; 10250 is the
+                     kubelet's usual one)
+  CONTROLPLANE_PORT, CONTROLPLANE_TIMEOUT: see controlplane.sh help
 EOF
 }
 
@@ -71,29 +87,66 @@ EOF
 
 PACKAGES=(containerd runc containernetworking-plugins iptables nftables conntrack iproute2 buildah)
 
+pkg_installed() { [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]; }
+
+# apt-get install PACKAGE..., output to LOGFILE; on failure once more after apt-get update (the
+# package lists may be stale).
+apt_install() {
+    local logfile=$1
+    shift
+    local -a apt=(apt-get -o DPkg::Lock::Timeout=120 -y --no-install-recommends)
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "$@" >>"$logfile" 2>&1 && return 0
+    log "apt-get install failed; running apt-get update and retrying"
+    apt-get -o DPkg::Lock::Timeout=120 update >>"$logfile" 2>&1 || return
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "$@" >>"$logfile" 2>&1
+}
+
 cmd_install() {
     local missing=() c
     for c in containerd containerd-shim-runc-v2 ctr runc nft iptables conntrack ip buildah; do
         command -v "$c" >/dev/null 2>&1 || [[ -x /usr/sbin/$c ]] || missing+=("$c")
     done
     [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] || missing+=(/usr/lib/cni)
-    ((${#missing[@]})) || return 0
-    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; install ${PACKAGES[*]} (needs root)"
+    local -a packages=()
+    if [[ -n ${NODE_PACKAGES:-} ]]; then
+        # Packages named by the user: those dpkg does not have, whatever commands are found.
+        local p named=()
+        read -ra named <<<"$NODE_PACKAGES"
+        for p in "${named[@]}"; do
+            pkg_installed "$p" || { packages+=("$p") && missing+=("package $p"); }
+        done
+        if ((${#packages[@]} == 0)); then
+            ((${#missing[@]} == 0)) || die "missing ${missing[*]}, though the NODE_PACKAGES ($NODE_PACKAGES) are installed"
+            return 0
+        fi
+    else
+        ((${#missing[@]})) || return 0
+        packages=("${PACKAGES[@]}")
+    fi
+    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; install ${packages[*]} (needs root)"
     command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and apt-get is not available to install them"
-    log "installing ${PACKAGES[*]} (missing: ${missing[*]})"
+    mkdir -p "$CACHE"
+    local logfile=$CACHE/node-install.log
+    : >"$logfile"
+    log "installing ${packages[*]} with apt-get (missing: ${missing[*]}; log: $logfile)"
     # The containerd package would start its own service; keep it from doing so while it installs.
     local policy=/usr/sbin/policy-rc.d ours=0 rc=0
     if [[ ! -e $policy ]]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && ours=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PACKAGES[@]}" >&2 || {
-        log "install failed; running apt-get update and retrying"
-        apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PACKAGES[@]}" >&2
-    } || rc=$?
-    ((ours)) && rm -f "$policy"
-    ((rc == 0)) || die "apt-get install ${PACKAGES[*]} failed (apt's output is above)"
+    apt_install "$logfile" "${packages[@]}" || rc=$?
+    ((ours == 0)) || rm -f "$policy"
+    if ((rc)); then
+        log_tail "$logfile"
+        local unknown
+        unknown=$(sed -n -e 's/^E: Unable to locate package //p' \
+            -e "s/^E: Package '\(.*\)' has no installation candidate/\1/p" "$logfile" | sort -u | tr '\n' ' ')
+        [[ -z $unknown ]] ||
+            die "install: apt cannot find the package ${unknown% }${NODE_PACKAGES:+ (named in NODE_PACKAGES)}, even after apt-get update (log: $logfile)"
+        die "install: apt-get install ${packages[*]} failed (log: $logfile)"
+    fi
     [[ -x /usr/lib/cni/bridge ]] && command -v containerd >/dev/null 2>&1 ||
-        die "containerd or /usr/lib/cni/bridge still missing after installing ${PACKAGES[*]}"
+        die "containerd or /usr/lib/cni/bridge still missing after installing ${packages[*]} (log: $logfile)"
 }
 
 # ---------------------------------------------------------------- build
@@ -309,30 +362,61 @@ restore_host() {
     return 0
 }
 
-# What a node leaves on the host if teardown missed it, one line each (nothing when clean).
+# This process and the ones it runs under (the caller of `down` or `check-clean` may name DIR).
+self_and_ancestors() {
+    local pid=$BASHPID ppid
+    echo "$$"
+    while [[ $pid =~ ^[0-9]+$ ]] && ((pid > 1)); do
+        echo "$pid"
+        ppid=$(awk '$1 == "PPid:" { print $2 }' "/proc/$pid/status" 2>/dev/null) || break
+        pid=$ppid
+    done
+}
+
+# What a node in DIR leaves on the host if teardown missed it, one line each (nothing when clean):
+# processes and mounts under DIR (and under each extra directory given), the bridge, the address on
+# lo, netfilter tables and chains the kubelet, kube-proxy or CNI add, cgroups, network namespaces,
+# host directories that did not exist before `up`, ip_forward if it differs from before.
 leftovers() {
-    local f cmd pid
+    local f cmd pid d
+    local -a dirs=("$DIR" "$@")
+    local -A mine=()
+    for pid in $(self_and_ancestors); do mine[$pid]=1; done
     for f in /proc/[0-9]*/cmdline; do
-        cmd=$(tr '\0' ' ' 2>/dev/null <"$f") || continue
         pid=${f#/proc/}
         pid=${pid%/cmdline}
-        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
-        [[ " $cmd " == *" $DIR/"* ]] && echo "process $pid: $cmd"
+        [[ -n ${mine[$pid]:-} ]] && continue
+        cmd=$(tr '\0' ' ' 2>/dev/null <"$f") || continue
+        for d in "${dirs[@]}"; do
+            [[ " $cmd " == *" $d/"* ]] && { echo "process $pid: $cmd"; break; }
+        done
     done
-    awk -v d="$DIR/" 'index($5, d) == 1 { print "mount " $5 }' /proc/self/mountinfo
+    for d in "${dirs[@]}"; do
+        awk -v d="$d/" 'index($5, d) == 1 { print "mount " $5 }' /proc/self/mountinfo
+    done | sort -u
     ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
     ip addr show dev lo | grep -qF " $NODE_IP/32 " && echo "address $NODE_IP on lo"
-    local fam
+    local t fam name
     nft list tables 2>/dev/null | while read -r t fam name; do
         grep -qxF "nft=table $fam $name" "$DIR/host-state" 2>/dev/null || echo "nftables table $fam $name"
     done
-    { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | awk '/^:KUBE-/ { print "iptables chain " substr($1, 2) }' | sort -u
-    for f in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+    { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } |
+        awk '/^:(KUBE|CNI)-/ { print "iptables chain " substr($1, 2) }' | sort -u
+    for f in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods /sys/fs/cgroup/*/kubepods.slice; do
         [[ -d $f ]] && echo "cgroup $f"
     done
     for f in /run/netns/cni-*; do
         [[ -e $f ]] && ! grep -qxF "netns=$f" "$DIR/host-state" 2>/dev/null && echo "netns $f"
     done
+    if [[ -f $DIR/host-state ]]; then
+        for d in /run/containerd /run/netns /var/lib/cni /var/lib/kubelet /var/log/containers /var/log/pods; do
+            [[ -e $d ]] && ! host_had "$d" && echo "directory $d (absent before up)"
+        done
+        local fwd
+        fwd=$(sed -n 's/^ip_forward=//p' "$DIR/host-state")
+        [[ -z $fwd || $(cat /proc/sys/net/ipv4/ip_forward) == "$fwd" ]] ||
+            echo "net.ipv4.ip_forward $(cat /proc/sys/net/ipv4/ip_forward) (was $fwd before up)"
+    fi
     return 0
 }
 
@@ -344,6 +428,15 @@ up_cleanup() {
     ((UP_DONE)) && return 0
     log "up failed; stopping what it started and restoring the host"
     teardown >/dev/null 2>&1 || true
+    local left
+    left=$(leftovers)
+    if [[ -n $left ]]; then
+        log "warning: left behind:"
+        printf '  %s\n' "$left" >&2
+    else
+        log "stopped and restored: no process, mount, bridge, address, netfilter rule or cgroup left"
+    fi
+    final_error up "$rc"
     exit $((rc ? rc : 1))
 }
 
@@ -489,7 +582,7 @@ conntrack:
 EOF
 }
 
-kubectl_() { "$CPBIN/kubectl" --kubeconfig "$DIR/controlplane/kubeconfig" "$@"; }
+kubectl_() { "$CPBIN/kubectl" --kubeconfig "$DIR/controlplane/kubeconfig" --request-timeout 5s "$@"; }
 
 node_ready() {
     [[ $(kubectl_ get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]] &&
@@ -512,6 +605,10 @@ cmd_up() {
     done
     [[ -n $dir_arg ]] || usage_error "up: DIR is required"
     [[ $(id -u) == 0 ]] || die "the node needs root (containerd, the kubelet, network set-up)"
+    local kp=${NODE_KUBELET_PORT:-}
+    if [[ -n $kp ]] && ! { [[ $kp =~ ^[1-9][0-9]{0,4}$ ]] && ((kp < 65536)); }; then
+        usage_error "NODE_KUBELET_PORT: '$kp' is not a TCP port"
+    fi
     if [[ -n $watch_pid ]]; then
         is_alive "$watch_pid" || die "--watch-pid $watch_pid: no such process"
     fi
@@ -542,6 +639,7 @@ cmd_up() {
     for p in /run/netns/cni-* ; do [[ -e $p ]] && log "note: $p exists before up (left alone)"; done
 
     trap up_cleanup EXIT
+    DEFER_ERROR=1
     trap 'exit 130' INT
     trap 'exit 143' TERM
     rm -rf "$DIR/env" "$DIR/pids" "$DIR/reaper.pid" "$DIR/watchers" "$DIR/pki" "$DIR/containerd" \
@@ -552,15 +650,20 @@ cmd_up() {
     save_host_state
     setup_host_network
 
-    local cpenv
-    cpenv=$("$CONTROLPLANE" up "$DIR/controlplane" --node "$NODE_IP" 8>&-) ||
-        die "the control plane did not start (logs: $DIR/controlplane/*.log)"
+    # Its messages pass through; its last error becomes this one's.
+    local cpenv cpmsg=$DIR/controlplane/up.log
+    mkdir -p "$DIR/controlplane"
+    if ! cpenv=$("$CONTROLPLANE" up "$DIR/controlplane" --node "$NODE_IP" 2>"$cpmsg" 8>&-); then
+        grep -v '^controlplane.sh: error: ' "$cpmsg" >&2 || true
+        die "the control plane did not start: $(sed -n 's/^controlplane.sh: error: //p' "$cpmsg" | tail -n 1)"
+    fi
+    cat "$cpmsg" >&2
     local api_server
     api_server=$(awk '$1 == "server:" { print $2; exit }' "$DIR/controlplane/kubeconfig")
     node_pki
 
     local kubelet_port kubelet_healthz proxy_healthz proxy_metrics sched_port
-    kubelet_port=$(free_port)
+    kubelet_port=${NODE_KUBELET_PORT:-$(free_port)}
     kubelet_healthz=$(free_port)
     proxy_healthz=$(free_port)
     proxy_metrics=$(free_port)
@@ -576,15 +679,15 @@ cmd_up() {
     start "$DIR/kubelet.log" "$bin/kubelet" --config "$DIR/kubelet-config.yaml" \
         --kubeconfig "$DIR/kubelet.kubeconfig" --root-dir "$DIR/kubelet" \
         --node-ip "$NODE_IP" --hostname-override "$NODE_NAME"
-    wait_ready kubelet "$LAST_PID" "$DIR/kubelet.log" curl -sf "http://127.0.0.1:$kubelet_healthz/healthz"
+    wait_ready kubelet "$LAST_PID" "$DIR/kubelet.log" curl -sf -m 5 "http://127.0.0.1:$kubelet_healthz/healthz"
 
     start "$DIR/kube-scheduler.log" "$bin/kube-scheduler" \
         --kubeconfig "$DIR/controlplane/kubeconfig" --leader-elect=false \
         --bind-address 127.0.0.1 --secure-port "$sched_port"
-    wait_ready kube-scheduler "$LAST_PID" "$DIR/kube-scheduler.log" curl -sfk "https://127.0.0.1:$sched_port/healthz"
+    wait_ready kube-scheduler "$LAST_PID" "$DIR/kube-scheduler.log" curl -sfk -m 5 "https://127.0.0.1:$sched_port/healthz"
 
     start "$DIR/kube-proxy.log" "$bin/kube-proxy" --config "$DIR/kube-proxy-config.yaml"
-    wait_ready kube-proxy "$LAST_PID" "$DIR/kube-proxy.log" curl -sf "http://127.0.0.1:$proxy_healthz/healthz"
+    wait_ready kube-proxy "$LAST_PID" "$DIR/kube-proxy.log" curl -sf -m 5 "http://127.0.0.1:$proxy_healthz/healthz"
 
     local pid
     pid=$(sed -n 2p "$DIR/pids")
@@ -602,6 +705,7 @@ cmd_up() {
     mv -f "$DIR/env.tmp" "$DIR/env"
     [[ -z $watch_pid ]] || start_node_reaper
     UP_DONE=1
+    DEFER_ERROR=0
     trap - EXIT INT TERM
     flock -u 8
     log "node $NODE_NAME Ready at $NODE_IP (state in $DIR)"
@@ -662,6 +766,28 @@ cmd_down() {
     log "node stopped and host restored ($DIR): no process, mount, bridge, address, netfilter rule or cgroup left"
 }
 
+cmd_check_clean() {
+    (($# >= 1)) || usage_error "check-clean: expected DIR [OTHER_DIR...]"
+    [[ $(id -u) == 0 ]] || die "check-clean needs root (netfilter rules, cgroups)"
+    [[ -d $1 ]] || die "$1 does not exist"
+    DIR=$(abs_dir "$1")
+    shift
+    local d
+    local -a others=()
+    for d in "$@"; do
+        [[ -d $d ]] && others+=("$(abs_dir "$d")")
+    done
+    ! node_running "$DIR" || die "the node in $DIR is running; run '$PROG down $DIR' first"
+    [[ -f $DIR/host-state ]] || log "note: $DIR/host-state is missing (no up ran there): every nftables table counts"
+    local left
+    left=$(leftovers "${others[@]}")
+    if [[ -n $left ]]; then
+        printf '%s\n' "$left"
+        die "the host is not clean after the node in $DIR: $(wc -l <<<"$left") leftovers (listed above)"
+    fi
+    log "clean: no process or mount under ${DIR}${others[*]:+ ${others[*]}}, no bridge $BRIDGE, no address $NODE_IP, no netfilter table or chain, cgroup, netns or host directory left by the node"
+}
+
 # The reaper of a node brought up with --watch-pid: tear down once every watcher has exited.
 cmd_reap() {
     local dir=$1
@@ -697,6 +823,7 @@ case $cmd in
     down) cmd_down "$@" ;;
     reap) cmd_reap "$@" ;;
     env) cmd_env "$@" ;;
+    check-clean) cmd_check_clean "$@" ;;
     import) cmd_import "$@" ;;
     help | -h | --help) usage ;;
     *) usage_error "unknown command '$cmd'" ;;

@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -20,8 +21,149 @@ fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn script(name: &str) -> PathBuf {
+pub fn script(name: &str) -> PathBuf {
     repo_root().join("tests/env").join(name)
+}
+
+/// How a command that may fail ended: its status and what it printed.
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// The last line on stderr: where the scripts put the one line that explains a failure.
+    pub fn last_line(&self) -> &str {
+        self.stderr.trim_end().lines().last().unwrap_or_default()
+    }
+
+    /// The log the last line names, as "(log: PATH)" or "(...; log: PATH)".
+    pub fn named_log(&self) -> Option<PathBuf> {
+        let line = self.last_line();
+        let start = line.rfind("log: ")? + "log: ".len();
+        let end = start + line[start..].find(')')?;
+        Some(PathBuf::from(&line[start..end]))
+    }
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n---- stdout\n{}---- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs a command whose failure is the point.
+pub fn outcome(cmd: &mut Command) -> Outcome {
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    Outcome {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Processes whose command line mentions `dir` (a server started there, or one of its children).
+pub fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = format!(" {}/", dir.display());
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if format!(" {cmdline}").contains(&needle) {
+            found.push(format!("{name}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// What the host's network looks like: netfilter (nftables, which iptables-nft writes too),
+/// links and addresses. Equal before and after a failed start means it undid what it did.
+pub fn host_network() -> String {
+    let mut out = String::new();
+    for args in [
+        &["nft", "list", "ruleset"][..],
+        &["iptables-save"],
+        &["ip", "-br", "link", "show"],
+        &["ip", "-br", "addr", "show"],
+    ] {
+        let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        // Not what changes by itself: iptables-save's time stamps and its chains' packet counters.
+        let text = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| match l.strip_prefix(':') {
+                Some(chain) => format!(":{}\n", chain.split(" [").next().unwrap_or(chain)),
+                None => format!("{l}\n"),
+            })
+            .collect::<String>();
+        out += &format!("---- {}\n{text}", args.join(" "));
+    }
+    out
+}
+
+pub const NODE_IP: &str = "10.254.254.1";
+pub const BRIDGE: &str = "capstan0";
+const OWNER_FILE: &str = "/run/capstan-node.owner";
+
+/// A `node.sh up` that fails after set-up began: the kubelet's port (NODE_KUBELET_PORT) is held by
+/// a listener of this process, so the kubelet exits and the node never becomes Ready. It needs the
+/// machine's one node slot, so it runs once, before this binary's shared node comes up (node()
+/// runs it first), and records what a test then asserts.
+pub struct FailedUp {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub up: Outcome,
+    pub network_before: String,
+    pub network_after: String,
+    pub processes_after: Vec<String>,
+    pub owner_after: Option<String>,
+    pub check_clean: Outcome,
+}
+
+pub fn failed_up() -> &'static FailedUp {
+    static FAILED: OnceLock<FailedUp> = OnceLock::new();
+    FAILED.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node-failed-up");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The kubelet binds the node IP, which only exists while a node runs: hold the port on
+        // every address.
+        let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let network_before = host_network();
+        let up = outcome(
+            Command::new(script("node.sh"))
+                .arg("up")
+                .arg(&dir)
+                .env("NODE_KUBELET_PORT", port.to_string()),
+        );
+        drop(listener);
+        FailedUp {
+            port,
+            up,
+            network_before,
+            network_after: host_network(),
+            processes_after: processes_under(&dir),
+            owner_after: std::fs::read_to_string(OWNER_FILE).ok(),
+            check_clean: outcome(Command::new(script("node.sh")).arg("check-clean").arg(&dir)),
+            dir,
+        }
+    })
 }
 
 /// Runs a command and returns its stdout; panics with its stderr if it fails.
@@ -84,6 +226,8 @@ impl Node {
 pub fn node() -> &'static Node {
     static NODE: OnceLock<Node> = OnceLock::new();
     NODE.get_or_init(|| {
+        // First what needs the machine without a node.
+        failed_up();
         // Not "capstan-<pid>-...": tests/integration removes those directories once their pid is gone.
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node");
         std::fs::create_dir_all(&dir).unwrap();
@@ -146,7 +290,8 @@ pub fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let node = node();
-        let archive = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capstan-image.tar");
+        // image.sh keeps the build's context and log next to the archive.
+        let archive = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image/capstan-image.tar");
         let name = format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}");
         let mut cmd = Command::new(script("image.sh"));
         cmd.args(["build", "--output"])

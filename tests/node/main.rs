@@ -555,3 +555,191 @@ fn a_second_node_is_refused_with_the_running_ones_directory() {
     ]);
     assert_eq!(ready, "True");
 }
+
+/// `node.sh install` with a package apt does not know (NODE_PACKAGES, as on a distribution that
+/// names a package differently): it installs only what dpkg lacks, retries after `apt-get
+/// update`, and ends with one line naming apt, the package and the log holding apt's output.
+#[test]
+fn install_of_a_package_apt_cannot_find_names_it_and_apts_log() {
+    let cache = tempfile::tempdir().unwrap();
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let policy_before = policy.exists();
+    let out = outcome(
+        std::process::Command::new(script("node.sh"))
+            .arg("install")
+            .env("CAPSTAN_CACHE", cache.path())
+            .env("NODE_PACKAGES", "containerd capstan-no-such-package"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let line = out.last_line();
+    assert!(
+        line.contains("error: install: apt cannot find the package capstan-no-such-package")
+            && line.contains("NODE_PACKAGES"),
+        "unclear error: {out:?}"
+    );
+    let log = out.named_log().expect("the error names a log");
+    assert_eq!(log, cache.path().join("node-install.log"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Unable to locate package capstan-no-such-package"),
+        "{log:?} does not hold apt's error:\n{text}"
+    );
+    // containerd is installed (the node runs it), so it was not asked for again.
+    assert!(
+        out.stderr
+            .contains("installing capstan-no-such-package with apt-get"),
+        "{out:?}"
+    );
+    assert_eq!(policy.exists(), policy_before, "policy-rc.d left changed");
+}
+
+/// An image build that fails (a Dockerfile given with --dockerfile whose RUN step fails) ends with
+/// one line naming buildah bud, the Dockerfile and the build log, writes no archive and leaves no
+/// buildah container or image behind, not even the stage it built (in a storage of its own, so
+/// that only this build counts).
+#[test]
+fn an_image_build_that_fails_names_buildah_the_dockerfile_and_the_build_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("storage");
+    let conf = tmp.path().join("storage.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/graph\"\nrunroot = \"{0}/run\"\n",
+            store.display()
+        ),
+    )
+    .unwrap();
+    let dockerfile = tmp.path().join("Dockerfile.broken");
+    std::fs::write(
+        &dockerfile,
+        "FROM scratch AS minimal-root\nCOPY rootfs/ /\n\
+         FROM minimal-root\nCOPY bin/capstan /usr/local/bin/capstan\n\
+         RUN [\"/usr/local/bin/capstan\", \"no-such-command\"]\n",
+    )
+    .unwrap();
+    let archive = tmp.path().join("out/broken.tar");
+    let image = "localhost/capstan-broken:test";
+    let buildah = |args: &[&str]| {
+        run(std::process::Command::new("buildah")
+            .env("CONTAINERS_STORAGE_CONF", &conf)
+            .args(args))
+    };
+    let out = outcome(
+        std::process::Command::new(script("image.sh"))
+            .args(["build", "--binary", env!("CARGO_BIN_EXE_capstan")])
+            .arg("--dockerfile")
+            .arg(&dockerfile)
+            .arg("--output")
+            .arg(&archive)
+            .env("CAPSTAN_IMAGE", image)
+            .env("CONTAINERS_STORAGE_CONF", &conf),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let line = out.last_line();
+    assert!(
+        line.contains("error: the image build failed (buildah bud of")
+            && line.contains(dockerfile.to_str().unwrap()),
+        "unclear error: {out:?}"
+    );
+    let log = out.named_log().expect("the error names a log");
+    assert_eq!(log, tmp.path().join("out/build.log"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("no-such-command") && text.contains("exit status"),
+        "{log:?} does not say which step failed:\n{text}"
+    );
+    assert!(!archive.exists(), "an archive was written");
+    assert_eq!(buildah(&["containers", "-q"]).trim(), "", "containers left");
+    assert_eq!(
+        buildah(&["images", "--all", "--format", "{{.ID}} {{.Name}}:{{.Tag}}"]).trim(),
+        "",
+        "images left (the stage that was built, or {image})"
+    );
+}
+
+/// `controlplane.sh up` whose API server port (CONTROLPLANE_PORT) is already bound: it ends with
+/// one line naming kube-apiserver, the address and its log, and stops etcd, which it had started.
+/// A control plane of its own, beside the node: no node slot needed.
+#[test]
+fn a_control_plane_port_in_use_names_kube_apiserver_and_its_log_and_stops_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let out = outcome(
+        std::process::Command::new(script("controlplane.sh"))
+            .arg("up")
+            .arg(dir.path())
+            .env("CONTROLPLANE_PORT", port.to_string()),
+    );
+    drop(listener);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let log = dir.path().join("kube-apiserver.log");
+    assert_eq!(
+        out.last_line(),
+        format!(
+            "controlplane.sh: error: kube-apiserver could not bind 127.0.0.1:{port}: address \
+             already in use (log: {})",
+            log.display()
+        ),
+        "{out:?}"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("bind: address already in use")
+    );
+    assert!(
+        out.stderr.contains("up failed; stopping what it started"),
+        "{out:?}"
+    );
+    let left = processes_under(dir.path());
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// `node.sh up` whose kubelet cannot become Ready (its port, NODE_KUBELET_PORT, is held by this
+/// test): it ends with one line naming the kubelet, the address and the kubelet's log, after
+/// stopping the control plane and containerd and restoring the host: no process, no bridge, no
+/// address, the same netfilter rules as before, the node slot free, and `node.sh check-clean`
+/// agrees. It runs before the shared node comes up (see env::failed_up).
+#[test]
+fn a_kubelet_that_cannot_become_ready_fails_up_naming_its_log_and_restores_the_host() {
+    let failed = failed_up();
+    let out = &failed.up;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let log = failed.dir.join("kubelet.log");
+    let line = out.last_line();
+    assert!(
+        line.starts_with("node.sh: error: kubelet")
+            && line.contains(&format!(
+                "could not bind {NODE_IP}:{}: address already in use",
+                failed.port
+            ))
+            && line.ends_with(&format!("(log: {})", log.display())),
+        "unclear error: {out:?}"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("bind: address already in use")
+    );
+    // It got that far: the control plane and containerd had started.
+    assert!(failed.dir.join("controlplane/kube-apiserver.log").exists());
+    assert!(failed.dir.join("containerd.log").exists());
+    assert!(
+        failed.processes_after.is_empty(),
+        "left running: {:?}",
+        failed.processes_after
+    );
+    assert_eq!(
+        failed.network_before, failed.network_after,
+        "the host's network changed"
+    );
+    assert!(!failed.network_after.contains(BRIDGE));
+    assert_eq!(failed.owner_after, None, "the node slot is still taken");
+    assert!(
+        failed.check_clean.status.success(),
+        "check-clean found leftovers: {:?}",
+        failed.check_clean
+    );
+}

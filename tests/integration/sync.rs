@@ -171,6 +171,92 @@ async fn refs_branch_tag_and_switching() {
     );
 }
 
+#[tokio::test]
+async fn pinned_commits_and_refs_by_name() {
+    let fx = Fixture::new("pinned").await;
+    let repo = Repo::create("pinned", &[("cm.yaml", &configmap("pin", "1"))]);
+    let first = repo.head();
+    repo.tag("v1.0.0");
+    let second = repo.commit(&[("cm.yaml", &configmap("pin", "2"))], "two");
+    // A pull request's head: a commit on no branch, only under refs/pull/.
+    let pull = repo.branch("topic", &[("cm.yaml", &configmap("pin", "pull"))]);
+    repo.push_ref("refs/pull/1/head");
+    repo.delete_branch("topic");
+    repo.checkout("main");
+    let revision = |gr: &capstan::api::GitRepository| {
+        gr.status
+            .as_ref()
+            .and_then(|s| s.last_applied_revision.clone())
+            .unwrap_or_default()
+    };
+
+    // A commit behind the branch tip, pinned.
+    fx.create(
+        "app",
+        spec(
+            repo.http_url(),
+            json!({"interval": "1h", "ref": {"commit": first}}),
+        ),
+    )
+    .await;
+    let gr = fx.wait_applied("app", &first).await;
+    assert_eq!(revision(&gr), format!("sha1:{first}"));
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "pin").await.unwrap()), "1");
+
+    // The branch moves on; a reconcile asked for after the push keeps the pinned commit.
+    repo.commit(&[("cm.yaml", &configmap("pin", "3"))], "three");
+    fx.patch(
+        "app",
+        json!({"metadata": {"annotations": {"capstan.dev/reconcile-requested-at": "after-push"}}}),
+    )
+    .await;
+    let gr = fx
+        .wait("app", "the reconcile after the push", |gr| {
+            gr.status
+                .as_ref()
+                .and_then(|s| s.last_handled_reconcile_at.as_deref())
+                == Some("after-push")
+        })
+        .await;
+    assert_eq!(revision(&gr), format!("sha1:{first}"));
+    assert_eq!(
+        crate::support::controller::ready(&gr),
+        Some(("True".into(), "ReconciliationSucceeded".into()))
+    );
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "pin").await.unwrap()), "1");
+
+    // A commit pinned with its branch.
+    fx.patch(
+        "app",
+        json!({"spec": {"ref": {"branch": "main", "commit": second}}}),
+    )
+    .await;
+    let gr = fx.wait_applied("app", &second).await;
+    assert_eq!(revision(&gr), format!("main@sha1:{second}"));
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "pin").await.unwrap()), "2");
+
+    // Any ref by name: a pull request's head, then an annotated tag (its commit, not the tag).
+    fx.patch(
+        "app",
+        json!({"spec": {"ref": {"branch": null, "commit": null, "name": "refs/pull/1/head"}}}),
+    )
+    .await;
+    let gr = fx.wait_applied("app", &pull).await;
+    assert_eq!(revision(&gr), format!("refs/pull/1/head@sha1:{pull}"));
+    assert_eq!(
+        value(&fx.get("v1", "ConfigMap", "pin").await.unwrap()),
+        "pull"
+    );
+    fx.patch(
+        "app",
+        json!({"spec": {"ref": {"name": "refs/tags/v1.0.0"}}}),
+    )
+    .await;
+    let gr = fx.wait_applied("app", &first).await;
+    assert_eq!(revision(&gr), format!("refs/tags/v1.0.0@sha1:{first}"));
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "pin").await.unwrap()), "1");
+}
+
 /// A namespaced `Widget` kind in `group`, served at v1.
 fn widget_crd(group: &str) -> String {
     format!(

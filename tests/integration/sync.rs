@@ -318,6 +318,59 @@ async fn crd_and_custom_resource_in_one_commit() {
 }
 
 #[tokio::test]
+async fn a_new_namespace_is_applied_before_the_objects_it_holds() {
+    let fx = Fixture::new("new-ns").await;
+    let new_ns = format!("{}-apps", fx.ns);
+    let in_new_ns = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {new_ns}\ndata:\n  value: \"1\"\n"
+        )
+    };
+    // The objects sort before their Namespace: order in git must not matter.
+    let repo = Repo::create(
+        "new-ns",
+        &[
+            ("a-cm.yaml", &in_new_ns("a")),
+            ("b-cm.yaml", &in_new_ns("b")),
+            (
+                "z-namespace.yaml",
+                &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {new_ns}\n"),
+            ),
+        ],
+    );
+    let mark = audit::mark();
+    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
+        .await;
+    fx.wait_applied("app", &repo.head()).await;
+    assert!(fx.get_in(&new_ns, "v1", "ConfigMap", "b").await.is_some());
+
+    let requests = audit::completed_since(mark);
+    let namespace: Vec<_> = requests
+        .iter()
+        .filter(|r| r.verb == "patch" && r.resource == "namespaces" && r.name == new_ns)
+        .collect();
+    let objects: Vec<_> = requests
+        .iter()
+        .filter(|r| r.verb == "patch" && r.resource == "configmaps" && r.namespace == new_ns)
+        .collect();
+    // One pass: one apply each, none refused for want of the namespace.
+    assert_eq!(namespace.len(), 1, "{namespace:#?}");
+    assert_eq!(objects.len(), 2, "{objects:#?}");
+    for r in namespace.iter().chain(&objects) {
+        assert!((200..300).contains(&r.code), "{r:#?}");
+    }
+    for object in &objects {
+        assert!(
+            namespace[0].completed <= object.received,
+            "{} was sent before its namespace was applied: {namespace:#?} {object:#?}",
+            object.name
+        );
+    }
+    // The namespace is cluster-wide: it must not outlive the test.
+    crate::support::env::control_plane().kubectl(&["delete", "namespace", &new_ns, "--wait=false"]);
+}
+
+#[tokio::test]
 async fn deletion_policies() {
     let fx = Fixture::new("deletion").await;
     let repo = Repo::create("deletion", &[("cm.yaml", &configmap("doomed", "1"))]);

@@ -112,7 +112,11 @@ pub fn resolve(git_ref: &GitRef, refs: &[(String, Oid)]) -> Result<Resolved, Res
         });
     }
     if let Some(name) = &git_ref.name {
-        let oid = lookup(name).ok_or_else(|| ResolveError::RefNotFound(name.clone()))?;
+        // An annotated tag named in full (`refs/tags/v1`) advertises the tag object and, peeled,
+        // its commit: the commit is what is checked out and reported.
+        let oid = lookup(&format!("{name}^{{}}"))
+            .or_else(|| lookup(name))
+            .ok_or_else(|| ResolveError::RefNotFound(name.clone()))?;
         return Ok(Resolved {
             refspecs: vec![format!("+{name}:{name}")],
             oid,
@@ -251,6 +255,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.revision, format!("refs/pull/7/head@sha1:{}", oid(9)));
+        let r = resolve(
+            &git_ref(|r| r.name = Some("refs/tags/v1.10.0".into())),
+            &refs(),
+        )
+        .unwrap();
+        assert_eq!(
+            r.oid,
+            oid(5),
+            "an annotated tag by name peels to its commit"
+        );
+        assert_eq!(r.revision, format!("refs/tags/v1.10.0@sha1:{}", oid(5)));
         let err = resolve(
             &git_ref(|r| r.name = Some("refs/pull/8/head".into())),
             &refs(),

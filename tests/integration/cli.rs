@@ -10,7 +10,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::support::Repo;
-use crate::support::controller::{Fixture, configmap, spec};
+use crate::support::controller::{Fixture, configmap, ready_message, spec};
 use crate::support::env::{control_plane, render_tools};
 
 /// Runs the `capstan` binary with the test control plane's kubeconfig. Awaited, not blocked
@@ -113,6 +113,117 @@ async fn get_reconcile_suspend_and_resume() {
     // A GitRepository that does not exist: an error, not a hang.
     let missing = capstan(&["reconcile", "nope", "-n", &fx.ns]).await;
     assert_eq!(missing.status.code(), Some(1));
+}
+
+/// The cells of a kubectl table, cut at the header's column starts (cells may hold spaces).
+fn table_rows(table: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut lines = table.lines();
+    let header = lines.next().expect("a header");
+    let mut starts: Vec<(usize, &str)> = Vec::new();
+    let mut at = 0;
+    for name in header.split_whitespace() {
+        let start = at + header[at..].find(name).unwrap();
+        starts.push((start, name));
+        at = start + name.len();
+    }
+    lines
+        .map(|line| {
+            starts
+                .iter()
+                .enumerate()
+                .map(|(i, (start, name))| {
+                    let end = starts.get(i + 1).map_or(line.len(), |(s, _)| *s);
+                    let cell = line.get(*start..end.min(line.len())).unwrap_or_default();
+                    (name.to_string(), cell.trim().to_string())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn get_as_yaml_and_the_kubectl_printer_columns() {
+    let fx = Fixture::new("cli-columns").await;
+    let repo = Repo::create("cli-columns", &[("cm.yaml", &configmap("columns", "1"))]);
+    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
+        .await;
+    fx.create(
+        "broken",
+        spec(
+            repo.http_url(),
+            json!({"interval": "1h", "path": "missing"}),
+        ),
+    )
+    .await;
+    let sha = repo.head();
+    fx.wait_applied("app", &sha).await;
+    let broken = fx.wait_failed("broken", "BuildFailed").await;
+
+    // -o yaml: YAML that kubectl reads back, carrying what -o json carries, status included.
+    let yaml = ok(capstan(&["get", "-n", &fx.ns, "-o", "yaml"]).await);
+    let parsed: Value = serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let json: Value =
+        serde_json::from_str(&ok(capstan(&["get", "-n", &fx.ns, "-o", "json"]).await)).unwrap();
+    assert_eq!(parsed, json);
+    assert_eq!(parsed["items"][0]["metadata"]["name"], "app");
+    assert_eq!(
+        parsed["items"][0]["status"]["lastAppliedRevision"],
+        format!("main@sha1:{sha}")
+    );
+    let conditions = parsed["items"][1]["status"]["conditions"]
+        .as_array()
+        .unwrap();
+    assert!(
+        conditions.iter().any(|c| c["type"] == "Ready"
+            && c["status"] == "False"
+            && c["reason"] == "BuildFailed"),
+        "{yaml}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("get.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    // kubectl prints each object it read as its own JSON document.
+    let printed = control_plane().kubectl(&[
+        "create",
+        "--dry-run=client",
+        "-o",
+        "json",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    let read_back: Vec<Value> = serde_json::Deserializer::from_str(&printed)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(read_back.len(), 2, "{printed}");
+    for (i, object) in read_back.iter().enumerate() {
+        assert_eq!(object["status"], json["items"][i]["status"], "{printed}");
+    }
+
+    // The CRD's printer columns, through kubectl, by full name and by short name.
+    for resource in ["gitrepositories.capstan.dev", "cgr"] {
+        let table = control_plane().kubectl(&["get", resource, "-n", &fx.ns]);
+        let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            header,
+            ["NAME", "READY", "REVISION", "DRIFT", "STATUS", "AGE"],
+            "{table}"
+        );
+        let rows = table_rows(&table);
+        assert_eq!(rows.len(), 2, "{table}");
+        let (app, failed) = (&rows[0], &rows[1]);
+        assert_eq!(app["NAME"], "app", "{table}");
+        assert_eq!(app["READY"], "True", "{table}");
+        assert_eq!(app["REVISION"], format!("main@sha1:{sha}"), "{table}");
+        assert_eq!(app["DRIFT"], "0", "{table}");
+        assert!(
+            app["STATUS"].starts_with(&format!("Applied revision main@sha1:{sha}")),
+            "{table}"
+        );
+        assert_eq!(failed["NAME"], "broken", "{table}");
+        assert_eq!(failed["READY"], "False", "{table}");
+        assert_eq!(failed["STATUS"], ready_message(&broken), "{table}");
+    }
 }
 
 #[tokio::test]

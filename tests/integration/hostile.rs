@@ -1,13 +1,16 @@
 //! Hostile and oversized repositories, and a git server that never answers: each refused with a
 //! clear condition, nothing already applied lost, and other GitRepositories unaffected. The
-//! fixture's controller runs with small limits (1 MiB per manifest, 100 manifest files).
+//! fixture's controller runs with small limits (1 MiB per manifest, 100 manifest files); a
+//! controller process is started with a small `--max-fetch-bytes`.
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::json;
 
 use crate::support::Repo;
 use crate::support::controller::{Fixture, configmap, ready_message, spec};
+use crate::support::process::{ControllerProcess, cluster_admin_kubeconfig};
 
 /// Syncs a repository holding `keep`, then pushes `bad` and expects BuildFailed naming `what`.
 async fn refused(test: &str, bad: impl FnOnce(&Repo), what: &str) {
@@ -162,4 +165,89 @@ async fn a_silent_git_server_times_out_while_others_keep_syncing() {
         fx.wait_applied("healthy", &head).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// `n` pseudo-random bytes as base64: text that git's compression cannot shrink much.
+fn incompressible(n: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bytes: Vec<u8> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn a_fetch_past_max_fetch_bytes_is_stopped_and_nothing_of_it_applied() {
+    let fx = Fixture::new_stopped("fetch-limit").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = cluster_admin_kubeconfig(&fx.ns, "capstan", dir.path());
+    let _controller = ControllerProcess::start(
+        &kubeconfig,
+        "fetch-limit",
+        &[
+            &format!("--namespace={}", fx.ns),
+            "--leader-elect=false",
+            "--max-fetch-bytes=1048576",
+        ],
+    );
+    let repo = Repo::create("fetch-limit", &[("keep.yaml", &configmap("keep", "1"))]);
+    fx.create("app", spec(repo.http_url(), json!({}))).await;
+    let first = repo.head();
+    fx.wait_applied("app", &first).await;
+
+    // 3 MiB that compress to well over 1 MiB, outside any manifest, and a new object beside them.
+    let blob = incompressible(3 << 20);
+    let big = repo.commit(
+        &[
+            ("assets/blob.txt", &blob),
+            ("new.yaml", &configmap("new", "1")),
+        ],
+        "a large file",
+    );
+    let gr = fx.wait_failed("app", "FetchFailed").await;
+    let message = ready_message(&gr);
+    assert!(
+        message.contains("stopped past 1048576 bytes") && message.contains("--max-fetch-bytes"),
+        "{message}"
+    );
+    let status = gr.status.unwrap();
+    assert_eq!(
+        status.last_applied_revision,
+        Some(format!("main@sha1:{first}"))
+    );
+    assert_eq!(
+        status.last_attempted_revision,
+        Some(format!("main@sha1:{big}"))
+    );
+    assert!(fx.get("v1", "ConfigMap", "keep").await.is_some(), "kept");
+    assert!(fx.get("v1", "ConfigMap", "new").await.is_none());
+
+    // Too large from its first commit: nothing at all is applied.
+    let whole = Repo::create(
+        "fetch-limit-whole",
+        &[
+            ("assets/blob.txt", &blob),
+            ("cm.yaml", &configmap("whole", "1")),
+        ],
+    );
+    fx.create("whole", spec(whole.http_url(), json!({}))).await;
+    let gr = fx.wait_failed("whole", "FetchFailed").await;
+    assert!(ready_message(&gr).contains("--max-fetch-bytes"));
+    assert!(gr.status.unwrap().last_applied_revision.is_none());
+    assert!(fx.get("v1", "ConfigMap", "whole").await.is_none());
+
+    // Back under the limit, the next revision syncs.
+    let small = repo.remove(&["assets/blob.txt"], "the large file removed");
+    fx.patch(
+        "app",
+        json!({"metadata": {"annotations": {"capstan.dev/reconcile-requested-at": "smaller"}}}),
+    )
+    .await;
+    fx.wait_applied("app", &small).await;
+    assert!(fx.get("v1", "ConfigMap", "new").await.is_some());
 }

@@ -1,5 +1,5 @@
 //! The controller as an operator runs it, as a process: what its log says about the work (and
-//! never says), and how it stops when the API server cannot be reached.
+//! never says), failures at `warn`, and how it stops when the API server cannot be reached.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use kube::config::Kubeconfig;
 use serde_json::json;
 
 use crate::support::Repo;
-use crate::support::controller::{Fixture, configmap, spec};
+use crate::support::controller::{Fixture, configmap, ready, ready_message, spec};
 use crate::support::env::control_plane;
 use crate::support::process::{ControllerProcess, cluster_admin_kubeconfig};
 use crate::support::proxy::Proxy;
@@ -164,6 +164,66 @@ async fn the_log_tells_the_work_in_plain_text_without_secrets() {
         !log.contains(secret_value) && !log.contains(&b64),
         "a Secret's value in the log"
     );
+}
+
+#[tokio::test]
+async fn failures_are_logged_at_warn_with_their_reason_and_message() {
+    let fx = Fixture::new_stopped("warnlog").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = cluster_admin_kubeconfig(&fx.ns, "capstan", dir.path());
+    let controller = ControllerProcess::start(
+        &kubeconfig,
+        "warnlog",
+        &[&format!("--namespace={}", fx.ns), "--leader-elect=false"],
+    );
+    let repo = Repo::create("warnlog", &[("cm.yaml", &configmap("cm", "1"))]);
+    // One failure that only a change fixes (stalled), one retried with backoff.
+    fx.create("stalled", spec(repo.http_url(), json!({"path": "missing"})))
+        .await;
+    let gone = repo.http_url().replace(&repo.name, "no-such-repository");
+    fx.create("retrying", spec(gone, json!({}))).await;
+    let mut failures = Vec::new();
+    for name in ["stalled", "retrying"] {
+        let gr = fx
+            .wait(name, "Ready=False", |gr| {
+                ready(gr).is_some_and(|(status, _)| status == "False")
+            })
+            .await;
+        let (_, reason) = ready(&gr).unwrap();
+        failures.push((name, reason, ready_message(&gr)));
+    }
+    assert_eq!(failures[0].1, "BuildFailed");
+    let stalled = fx.api().get("stalled").await.unwrap();
+    let retrying = fx.api().get("retrying").await.unwrap();
+    let condition = |gr: &capstan::api::GitRepository, t: &str| {
+        gr.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(condition(&stalled, "Stalled").status, "True");
+    assert_eq!(
+        condition(&retrying, "Reconciling").reason,
+        "ProgressingWithRetry"
+    );
+
+    let log = controller.log();
+    for (name, reason, message) in &failures {
+        let name = format!("name=\"{name}\"");
+        let reason = format!("reason={reason}");
+        let lines = lines_with(&log, &[&name, &reason, message]);
+        assert!(
+            !lines.is_empty(),
+            "no line for {name} {reason} {message}:\n{log}"
+        );
+        for line in lines {
+            assert!(line.contains(" WARN "), "not at warn: {line}");
+        }
+    }
 }
 
 #[tokio::test]

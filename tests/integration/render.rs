@@ -1,5 +1,6 @@
-//! Rendering beyond plain YAML, against the real control plane: kustomize overlays, a Helm chart,
-//! postBuild substitution, what is refused, and `capstan render` agreeing with the cluster.
+//! Rendering beyond plain YAML, against the real control plane: JSON manifests and `ignore` in a
+//! plain directory, kustomize overlays, a Helm chart, postBuild substitution, what is refused, and
+//! `capstan render` agreeing with the cluster.
 
 use std::process::Command;
 
@@ -52,6 +53,91 @@ fn settings_name(deployment: &Value) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// The names of the objects in the GitRepository's inventory, sorted.
+fn inventory_names(gr: &capstan::api::GitRepository) -> Vec<String> {
+    let mut names: Vec<String> = gr
+        .status
+        .as_ref()
+        .and_then(|s| s.inventory.as_ref())
+        .map(|i| {
+            i.entries
+                .iter()
+                .map(|e| e.id.split('_').nth(1).unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn json_manifests_are_applied_and_ignored_files_are_not() {
+    let fx = Fixture::new("json-ignore").await;
+    let json_cm = |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"value": "json"}});
+    let object = serde_json::to_string_pretty(&json_cm("json-object")).unwrap();
+    let list = serde_json::to_string(&json!({
+        "apiVersion": "v1", "kind": "List",
+        "items": [json_cm("json-list-a"), json_cm("json-list-b")],
+    }))
+    .unwrap();
+    let kept_local = json_cm("kept-local").to_string();
+    let dev_local = json_cm("dev-local").to_string();
+    let repo = Repo::create(
+        "json-ignore",
+        &[
+            ("deploy/plain.yaml", &configmap("plain", "1")),
+            ("deploy/object.json", &object),
+            ("deploy/list.json", &list),
+            ("deploy/drafts/wip.yaml", &configmap("draft", "1")),
+            ("deploy/dev.local.json", &dev_local),
+            ("deploy/keep.local.json", &kept_local),
+            ("deploy/only-top.yaml", &configmap("top", "1")),
+            ("deploy/sub/only-top.yaml", &configmap("nested", "1")),
+            ("outside.yaml", &configmap("outside", "1")),
+        ],
+    );
+    // Patterns are gitignore's, relative to `path`: a directory, a glob with an exception, and
+    // one anchored at `path` itself.
+    let ignore = "drafts/\n*.local.json\n!keep.local.json\n/only-top.yaml\n";
+    fx.create(
+        "app",
+        spec(repo.http_url(), json!({"path": "deploy", "ignore": ignore})),
+    )
+    .await;
+    let gr = fx.wait_applied("app", &repo.head()).await;
+    assert_eq!(
+        inventory_names(&gr),
+        [
+            "json-list-a",
+            "json-list-b",
+            "json-object",
+            "kept-local",
+            "nested",
+            "plain"
+        ]
+    );
+    let cm = fx.get("v1", "ConfigMap", "json-object").await.unwrap();
+    assert_eq!(cm.data["data"]["value"], "json");
+    assert!(fx.get("v1", "ConfigMap", "json-list-b").await.is_some());
+    for ignored in ["draft", "dev-local", "top", "outside"] {
+        assert!(
+            fx.get("v1", "ConfigMap", ignored).await.is_none(),
+            "{ignored} was applied"
+        );
+    }
+
+    // Without the directory pattern, what it left out is applied.
+    fx.patch(
+        "app",
+        json!({"spec": {"ignore": "*.local.json\n!keep.local.json\n/only-top.yaml\n"}}),
+    )
+    .await;
+    let gr = fx.wait_applied("app", &repo.head()).await;
+    assert!(inventory_names(&gr).contains(&"draft".to_string()));
+    assert!(fx.get("v1", "ConfigMap", "draft").await.is_some());
+    assert!(fx.get("v1", "ConfigMap", "dev-local").await.is_none());
 }
 
 #[tokio::test]

@@ -171,6 +171,92 @@ async fn refs_branch_tag_and_switching() {
     );
 }
 
+#[tokio::test]
+async fn pinned_commits_and_refs_by_name() {
+    let fx = Fixture::new("pinned").await;
+    let repo = Repo::create("pinned", &[("cm.yaml", &configmap("pin", "1"))]);
+    let first = repo.head();
+    repo.tag("v1.0.0");
+    let second = repo.commit(&[("cm.yaml", &configmap("pin", "2"))], "two");
+    // A pull request's head: a commit on no branch, only under refs/pull/.
+    let pull = repo.branch("topic", &[("cm.yaml", &configmap("pin", "pull"))]);
+    repo.push_ref("refs/pull/1/head");
+    repo.delete_branch("topic");
+    repo.checkout("main");
+    let revision = |gr: &capstan::api::GitRepository| {
+        gr.status
+            .as_ref()
+            .and_then(|s| s.last_applied_revision.clone())
+            .unwrap_or_default()
+    };
+
+    // A commit behind the branch tip, pinned.
+    fx.create(
+        "app",
+        spec(
+            repo.http_url(),
+            json!({"interval": "1h", "ref": {"commit": first}}),
+        ),
+    )
+    .await;
+    let gr = fx.wait_applied("app", &first).await;
+    assert_eq!(revision(&gr), format!("sha1:{first}"));
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "pin").await.unwrap()), "1");
+
+    // The branch moves on; a reconcile asked for after the push keeps the pinned commit.
+    repo.commit(&[("cm.yaml", &configmap("pin", "3"))], "three");
+    fx.patch(
+        "app",
+        json!({"metadata": {"annotations": {"capstan.dev/reconcile-requested-at": "after-push"}}}),
+    )
+    .await;
+    let gr = fx
+        .wait("app", "the reconcile after the push", |gr| {
+            gr.status
+                .as_ref()
+                .and_then(|s| s.last_handled_reconcile_at.as_deref())
+                == Some("after-push")
+        })
+        .await;
+    assert_eq!(revision(&gr), format!("sha1:{first}"));
+    assert_eq!(
+        crate::support::controller::ready(&gr),
+        Some(("True".into(), "ReconciliationSucceeded".into()))
+    );
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "pin").await.unwrap()), "1");
+
+    // A commit pinned with its branch.
+    fx.patch(
+        "app",
+        json!({"spec": {"ref": {"branch": "main", "commit": second}}}),
+    )
+    .await;
+    let gr = fx.wait_applied("app", &second).await;
+    assert_eq!(revision(&gr), format!("main@sha1:{second}"));
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "pin").await.unwrap()), "2");
+
+    // Any ref by name: a pull request's head, then an annotated tag (its commit, not the tag).
+    fx.patch(
+        "app",
+        json!({"spec": {"ref": {"branch": null, "commit": null, "name": "refs/pull/1/head"}}}),
+    )
+    .await;
+    let gr = fx.wait_applied("app", &pull).await;
+    assert_eq!(revision(&gr), format!("refs/pull/1/head@sha1:{pull}"));
+    assert_eq!(
+        value(&fx.get("v1", "ConfigMap", "pin").await.unwrap()),
+        "pull"
+    );
+    fx.patch(
+        "app",
+        json!({"spec": {"ref": {"name": "refs/tags/v1.0.0"}}}),
+    )
+    .await;
+    let gr = fx.wait_applied("app", &first).await;
+    assert_eq!(revision(&gr), format!("refs/tags/v1.0.0@sha1:{first}"));
+    assert_eq!(value(&fx.get("v1", "ConfigMap", "pin").await.unwrap()), "1");
+}
+
 /// A namespaced `Widget` kind in `group`, served at v1.
 fn widget_crd(group: &str) -> String {
     format!(
@@ -229,6 +315,59 @@ async fn crd_and_custom_resource_in_one_commit() {
         &format!("widgets.{group}"),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_new_namespace_is_applied_before_the_objects_it_holds() {
+    let fx = Fixture::new("new-ns").await;
+    let new_ns = format!("{}-apps", fx.ns);
+    let in_new_ns = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {new_ns}\ndata:\n  value: \"1\"\n"
+        )
+    };
+    // The objects sort before their Namespace: order in git must not matter.
+    let repo = Repo::create(
+        "new-ns",
+        &[
+            ("a-cm.yaml", &in_new_ns("a")),
+            ("b-cm.yaml", &in_new_ns("b")),
+            (
+                "z-namespace.yaml",
+                &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {new_ns}\n"),
+            ),
+        ],
+    );
+    let mark = audit::mark();
+    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
+        .await;
+    fx.wait_applied("app", &repo.head()).await;
+    assert!(fx.get_in(&new_ns, "v1", "ConfigMap", "b").await.is_some());
+
+    let requests = audit::completed_since(mark);
+    let namespace: Vec<_> = requests
+        .iter()
+        .filter(|r| r.verb == "patch" && r.resource == "namespaces" && r.name == new_ns)
+        .collect();
+    let objects: Vec<_> = requests
+        .iter()
+        .filter(|r| r.verb == "patch" && r.resource == "configmaps" && r.namespace == new_ns)
+        .collect();
+    // One pass: one apply each, none refused for want of the namespace.
+    assert_eq!(namespace.len(), 1, "{namespace:#?}");
+    assert_eq!(objects.len(), 2, "{objects:#?}");
+    for r in namespace.iter().chain(&objects) {
+        assert!((200..300).contains(&r.code), "{r:#?}");
+    }
+    for object in &objects {
+        assert!(
+            namespace[0].completed <= object.received,
+            "{} was sent before its namespace was applied: {namespace:#?} {object:#?}",
+            object.name
+        );
+    }
+    // The namespace is cluster-wide: it must not outlive the test.
+    crate::support::env::control_plane().kubectl(&["delete", "namespace", &new_ns, "--wait=false"]);
 }
 
 #[tokio::test]

@@ -138,6 +138,166 @@ async fn a_signed_push_reconciles_at_once_and_a_bad_one_changes_nothing() {
     );
 }
 
+/// Creates Receiver `name` of `kind` (`gitlab`, `generic-hmac`, ...) with the token of Secret
+/// `hook-token`, selecting `resources`.
+async fn create_receiver(fx: &Fixture, name: &str, kind: &str, resources: Value) {
+    let receivers: Api<capstan::api::Receiver> = Api::namespaced(fx.client.clone(), &fx.ns);
+    receivers
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "capstan.dev/v1alpha1",
+                "kind": "Receiver",
+                "metadata": {"name": name},
+                "spec": {"type": kind, "secretRef": {"name": "hook-token"}, "resources": resources},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+/// The GitRepositories of the fixture's namespace that carry a reconcile request.
+async fn requested(fx: &Fixture) -> Vec<String> {
+    let mut names: Vec<String> = fx
+        .api()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|gr| {
+            gr.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("capstan.dev/reconcile-requested-at"))
+        })
+        .filter_map(|gr| gr.metadata.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn gitlab_and_generic_hmac_receivers_reconcile_exactly_what_their_labels_select() {
+    let fx = Fixture::with_http("webhook-labels").await;
+    let apps = [("web-a", "web"), ("web-b", "web"), ("ops", "ops")];
+    let files: Vec<(String, String)> = apps
+        .iter()
+        .map(|(name, _)| (format!("{name}/cm.yaml"), configmap(name, "1")))
+        .collect();
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let repo = Repo::create("webhook-labels", &borrowed);
+    for (name, team) in apps {
+        fx.create_labelled(
+            name,
+            json!({"team": team, "app": name}),
+            spec(repo.http_url(), json!({"interval": "1h", "path": name})),
+        )
+        .await;
+    }
+    let first = repo.head();
+    for (name, _) in apps {
+        fx.wait_applied(name, &first).await;
+    }
+    put_secret(&fx.client, &fx.ns, "hook-token", &[("token", TOKEN)]).await;
+    create_receiver(
+        &fx,
+        "gitlab",
+        "gitlab",
+        json!([{"matchLabels": {"team": "web"}}]),
+    )
+    .await;
+    create_receiver(
+        &fx,
+        "generic",
+        "generic-hmac",
+        json!([{"matchLabels": {"team": "ops"}}]),
+    )
+    .await;
+    let files: Vec<(String, String)> = apps
+        .iter()
+        .map(|(name, _)| (format!("{name}/cm.yaml"), configmap(name, "2")))
+        .collect();
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let second = repo.commit(&borrowed, "two");
+
+    // GitLab: the token itself in X-Gitlab-Token.
+    let gitlab = format!("/hook/{}/gitlab", fx.ns);
+    let body = json!({
+        "object_kind": "push",
+        "ref": "refs/heads/main",
+        "project": {"git_http_url": repo.http_url(), "web_url": "https://gitlab.example.com/x"},
+    })
+    .to_string()
+    .into_bytes();
+    let as_gitlab = |token: &[u8]| {
+        vec![
+            ("X-Gitlab-Event", "Push Hook".to_string()),
+            ("X-Gitlab-Token", String::from_utf8(token.to_vec()).unwrap()),
+        ]
+    };
+    let (code, _) = post(&fx, &gitlab, &as_gitlab(b"wrong-token"), &body).await;
+    assert_eq!(code, 401);
+    // A GitHub signature made with the right token is not GitLab's header.
+    let mut signed = github(&body, TOKEN);
+    signed.push(("X-Gitlab-Event", "Push Hook".into()));
+    let (code, _) = post(&fx, &gitlab, &signed, &body).await;
+    assert_eq!(code, 401);
+    assert_eq!(
+        requested(&fx).await,
+        Vec::<String>::new(),
+        "nothing requested"
+    );
+
+    let (code, reply) = post(&fx, &gitlab, &as_gitlab(TOKEN), &body).await;
+    assert_eq!(code, 202, "{reply}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply).unwrap()["triggered"],
+        json!(["web-a", "web-b"])
+    );
+    fx.wait_applied("web-a", &second).await;
+    fx.wait_applied("web-b", &second).await;
+    assert_eq!(value_of(&fx, "web-b").await, "2");
+    assert_eq!(requested(&fx).await, ["web-a", "web-b"]);
+    let ops = fx.api().get("ops").await.unwrap();
+    assert_eq!(
+        ops.status.unwrap().last_applied_revision,
+        Some(format!("main@sha1:{first}")),
+        "ops is not selected by team=web"
+    );
+    assert_eq!(value_of(&fx, "ops").await, "1");
+
+    // Generic HMAC: X-Signature over any body; every GitRepository it selects.
+    let generic = format!("/hook/{}/generic", fx.ns);
+    let body = br#"{"anything": "at all"}"#;
+    let with_signature = |token: &[u8]| {
+        vec![(
+            "X-Signature",
+            capstan::webhook::github_signature(body, token),
+        )]
+    };
+    let (code, _) = post(&fx, &generic, &with_signature(b"wrong-token"), body).await;
+    assert_eq!(code, 401);
+    let (code, _) = post(&fx, &generic, &as_gitlab(TOKEN), body).await;
+    assert_eq!(code, 401, "a GitLab token is not an HMAC signature");
+    assert_eq!(requested(&fx).await, ["web-a", "web-b"]);
+    let (code, reply) = post(&fx, &generic, &with_signature(TOKEN), body).await;
+    assert_eq!(code, 202, "{reply}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply).unwrap()["triggered"],
+        json!(["ops"])
+    );
+    fx.wait_applied("ops", &second).await;
+    assert_eq!(value_of(&fx, "ops").await, "2");
+}
+
 /// Reads of Receivers and Secrets in `ns` since `mark`.
 fn lookups_since(mark: usize, ns: &str) -> Vec<String> {
     audit::reads_since(mark, ns)

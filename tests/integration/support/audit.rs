@@ -63,3 +63,39 @@ pub fn requests_for(mark: usize, uri: &str) -> usize {
         .filter(|e| e["stage"] == "ResponseComplete" && e["requestURI"] == uri)
         .count()
 }
+
+/// A completed request, as the audit log records it.
+#[derive(Debug)]
+pub struct Request {
+    pub verb: String,
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+    pub code: u16,
+    pub received: k8s_openapi::jiff::Timestamp,
+    pub completed: k8s_openapi::jiff::Timestamp,
+}
+
+/// Every request completed since `mark`, in the order the API server logged them.
+pub fn completed_since(mark: usize) -> Vec<Request> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let time = |v: &Value| v.as_str().and_then(|t| t.parse().ok());
+    std::fs::read_to_string(&control_plane().audit_log)
+        .unwrap_or_default()
+        .lines()
+        .skip(mark)
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter_map(|e| {
+            Some(Request {
+                verb: text(&e["verb"]),
+                resource: text(&e["objectRef"]["resource"]),
+                namespace: text(&e["objectRef"]["namespace"]),
+                name: text(&e["objectRef"]["name"]),
+                code: e["responseStatus"]["code"].as_u64()? as u16,
+                received: time(&e["requestReceivedTimestamp"])?,
+                completed: time(&e["stageTimestamp"])?,
+            })
+        })
+        .collect()
+}

@@ -120,6 +120,15 @@ impl Repo {
         git(self.work.path(), &["push", "-q", "origin", tag]);
     }
 
+    /// Pushes the current commit to `refname` on the server (`refs/pull/1/head`, as a forge
+    /// writes a pull request's head).
+    pub fn push_ref(&self, refname: &str) {
+        git(
+            self.work.path(),
+            &["push", "-q", "origin", &format!("HEAD:{refname}")],
+        );
+    }
+
     /// Deletes `branch` on the server.
     pub fn delete_branch(&self, branch: &str) {
         git(

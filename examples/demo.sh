@@ -38,7 +38,7 @@ CAPSTAN_IMAGE=localhost/capstan:demo $ENV/image.sh build --binary "${CARGO_TARGE
     --output "$DEMO_DIR/image/capstan-image.tar"
 $ENV/node.sh import "$DEMO_DIR/node" "$DEMO_DIR/image/capstan-image.tar" 2>/dev/null
 # A one-layer image: Debian's static busybox serving one page (no registry, no image builder).
-command -v busybox >/dev/null 2>&1 && busybox --list 2>/dev/null | grep -qx httpd ||
+command -v busybox >/dev/null 2>&1 && grep -qx httpd <<<"$(busybox --list 2>/dev/null)" ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends busybox-static >&2
 web=$DEMO_DIR/web
 rm -rf "$web" && mkdir -p "$web/root/bin" "$web/root/www"

@@ -226,8 +226,8 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     let verdict = result.unwrap_or_else(|failure| {
         let (reason, message) = (failure.reason(), failure.to_string());
         match failure.stalls() {
-            true => warn!(%reason, %message, "stalled until the spec or git changes"),
-            false => warn!(%reason, %message, "failed; retrying with backoff"),
+            true => warn!(%reason, error = %message, "stalled until the spec or git changes"),
+            false => warn!(%reason, error = %message, "failed; retrying with backoff"),
         }
         Some(failure.verdict())
     });

@@ -143,7 +143,7 @@ impl Look<'_> {
         let owned = match reapplied {
             Ok(owned) => owned,
             Err(message) => {
-                warn!(object = %id, %message, "drift correction failed");
+                warn!(object = %id, error = %message, "drift correction failed");
                 return false;
             }
         };

@@ -200,7 +200,7 @@ cmd_up() {
     done
     if [[ -n $node_ip ]]; then
         [[ $node_ip =~ ^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$ ]] || usage_error "--node: '$node_ip' is not an IPv4 address"
-        ip -o addr show 2>/dev/null | grep -qF " $node_ip/" ||
+        grep -qF " $node_ip/" <<<"$(ip -o addr show 2>/dev/null)" ||
             die "--node $node_ip: no interface of this machine has that address (node.sh puts it on lo)"
     fi
 

@@ -260,7 +260,7 @@ wait_http() {
     while ((SECONDS < deadline)); do
         if ! is_alive "$pid"; then
             wait "$pid" 2>/dev/null || true
-            if tail -c "+$((logoff + 1))" "$dir/lighttpd-error.log" | grep -q 'Address already in use'; then
+            if grep -q 'Address already in use' <<<"$(tail -c "+$((logoff + 1))" "$dir/lighttpd-error.log")"; then
                 return 2
             fi
             log "lighttpd exited during startup"
@@ -298,7 +298,7 @@ wait_ssh() {
     while ((SECONDS < deadline)); do
         if ! is_alive "$pid"; then
             wait "$pid" 2>/dev/null || true
-            if tail -c "+$((logoff + 1))" "$dir/sshd.log" | grep -q 'Address already in use'; then
+            if grep -q 'Address already in use' <<<"$(tail -c "+$((logoff + 1))" "$dir/sshd.log")"; then
                 return 2
             fi
             log "sshd exited during startup"

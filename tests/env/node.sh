@@ -274,12 +274,12 @@ save_host_state() {
 host_had() { grep -qxF "existed=$1" "$DIR/host-state" 2>/dev/null; }
 
 setup_host_network() {
-    ip addr show dev lo | grep -qF " $NODE_IP/32 " || ip addr add "$NODE_IP/32" dev lo ||
+    grep -qF " $NODE_IP/32 " <<<"$(ip addr show dev lo)" || ip addr add "$NODE_IP/32" dev lo ||
         die "cannot add $NODE_IP/32 to lo (needs root and iproute2)"
     if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
         ip link add "$BRIDGE" type bridge || die "cannot create the bridge $BRIDGE"
     fi
-    ip addr show dev "$BRIDGE" | grep -qF " $POD_GATEWAY/" || ip addr add "$POD_GATEWAY/24" dev "$BRIDGE"
+    grep -qF " $POD_GATEWAY/" <<<"$(ip addr show dev "$BRIDGE")" || ip addr add "$POD_GATEWAY/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
     # A Pod reaching a ClusterIP Service is DNATed and forwarded.
     echo 1 >/proc/sys/net/ipv4/ip_forward
@@ -395,7 +395,7 @@ leftovers() {
         awk -v d="$d/" 'index($5, d) == 1 { print "mount " $5 }' /proc/self/mountinfo
     done | sort -u
     ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
-    ip addr show dev lo | grep -qF " $NODE_IP/32 " && echo "address $NODE_IP on lo"
+    grep -qF " $NODE_IP/32 " <<<"$(ip addr show dev lo)" && echo "address $NODE_IP on lo"
     local t fam name
     nft list tables 2>/dev/null | while read -r t fam name; do
         grep -qxF "nft=table $fam $name" "$DIR/host-state" 2>/dev/null || echo "nftables table $fam $name"

@@ -12,8 +12,8 @@ DEV_DIR ?= $(HOME)/.cache/capstan/dev
 ## node tests (tests/node: the image, the chart installed with helm, the operator as a Pod; root)
 test: tools
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
-	cargo test
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) FUZZ_BUILD=--dev
 
 # The fuzz smoke run inside `make test`: seconds per target, in an unoptimised build (half the

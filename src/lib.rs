@@ -18,3 +18,11 @@ pub mod source;
 pub mod status;
 pub mod telemetry;
 pub mod webhook;
+
+/// A decision table of `src/fixtures/*.yaml`, for the unit tests that read one.
+#[cfg(test)]
+pub(crate) fn fixture_table<T: serde::de::DeserializeOwned>(yaml: &str) -> Vec<T> {
+    let cases: Vec<T> = serde_saphyr::from_str(yaml).expect("a valid fixture table");
+    assert!(!cases.is_empty(), "an empty fixture table");
+    cases
+}

@@ -295,6 +295,88 @@ mod tests {
         );
     }
 
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Case {
+        name: String,
+        steps: Vec<Step>,
+        expect: Vec<std::collections::BTreeMap<String, serde_json::Value>>,
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Step {
+        at: i64,
+        verdict: Option<String>,
+        reason: Option<String>,
+        message: Option<String>,
+        applying: Option<String>,
+    }
+
+    fn reason_named(name: &str) -> Reason {
+        use Reason::*;
+        [
+            ReconciliationSucceeded,
+            Progressing,
+            FetchFailed,
+            BuildFailed,
+            HealthCheckFailed,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == name)
+        .unwrap_or_else(|| panic!("no reason {name} in this test's list"))
+    }
+
+    #[test]
+    fn conditions_fold_as_the_fixtures_say() {
+        for case in crate::fixture_table::<Case>(include_str!("fixtures/status.yaml")) {
+            let mut status = GitRepositoryStatus::default();
+            let mut before: Option<GitRepositoryStatus> = None;
+            assert_eq!(case.steps.len(), case.expect.len(), "{}", case.name);
+            for (i, (step, expect)) in case.steps.iter().zip(&case.expect).enumerate() {
+                let now = Time(k8s_openapi::jiff::Timestamp::from_second(step.at).unwrap());
+                match (&step.applying, step.verdict.as_deref()) {
+                    (Some(revision), None) => set_progressing(&mut status, revision, Some(1), &now),
+                    (None, Some(kind)) => {
+                        let reason = reason_named(step.reason.as_deref().unwrap());
+                        let message = step.message.clone().unwrap_or_default();
+                        let verdict = match kind {
+                            "ready" => Verdict::Ready { reason, message },
+                            "retrying" => Verdict::Retrying { reason, message },
+                            "progressing" => Verdict::Progressing { reason, message },
+                            "stalled" => Verdict::Stalled { reason, message },
+                            other => panic!("{}: no verdict {other}", case.name),
+                        };
+                        set_conditions(&mut status, &verdict, Some(1), &now);
+                    }
+                    _ => panic!("{}: a step is a verdict or applying", case.name),
+                }
+                let at = format!("{} step {i}", case.name);
+                assert_eq!(
+                    expect["write"].as_bool(),
+                    Some(differs(before.as_ref(), &status)),
+                    "{at}: write"
+                );
+                for type_ in [READY, RECONCILING, STALLED] {
+                    let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+                    let shown = format!(
+                        "{} {} since {}: {}",
+                        c.status,
+                        c.reason,
+                        c.last_transition_time.0.as_second(),
+                        c.message
+                    );
+                    assert_eq!(
+                        expect[type_].as_str(),
+                        Some(shown.as_str()),
+                        "{at}: {type_}"
+                    );
+                }
+                before = Some(status.clone());
+            }
+        }
+    }
+
     #[test]
     fn reasons_keep_the_api_strings() {
         use Reason::*;

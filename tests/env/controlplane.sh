@@ -48,7 +48,6 @@ EOF
 
 # ---------------------------------------------------------------- build
 
-go_pin() { awk -v m="$1" '$1 == m && NF >= 2 { print $2; exit }' "$TOOLS_MOD/go.mod"; }
 
 K8S_VERSION=$(go_pin k8s.io/kubernetes)
 # Stamp the version the binaries report (`kubectl version`, /version), as a release build does.
@@ -64,38 +63,17 @@ bin_dir() {
     echo "$CACHE/k8s-$K8S_VERSION-$key/bin"
 }
 
+build_control_plane() {
+    go build -trimpath -ldflags="$LDFLAGS" -o "$1/" \
+        k8s.io/kubernetes/cmd/kube-apiserver \
+        k8s.io/kubernetes/cmd/kube-controller-manager \
+        k8s.io/kubernetes/cmd/kubectl
+    go build -trimpath -ldflags='-s -w' -o "$1/etcd" go.etcd.io/etcd/server/v3
+}
+
 cmd_build() {
-    local bin
-    bin=$(bin_dir)
-    if [[ -x $bin/kube-apiserver && -x $bin/kube-controller-manager && -x $bin/kubectl && -x $bin/etcd ]]; then
-        echo "$bin"
-        return
-    fi
-    command -v go >/dev/null 2>&1 || die "go is not installed; it builds the control plane from Go modules"
-    mkdir -p "$CACHE"
-    # One build at a time, even when several test binaries start at once.
-    exec 9>"$CACHE/build.lock"
-    flock 9
-    if [[ ! -x $bin/etcd ]]; then
-        local tmp
-        tmp=$(mktemp -d "$CACHE/build.XXXXXX")
-        log "building kubernetes $K8S_VERSION and etcd $(go_pin go.etcd.io/etcd/server/v3) from Go modules (first run only; several minutes)"
-        # go.sum pins every module; the checksum database is not needed (nor reachable here).
-        (
-            cd "$TOOLS_MOD"
-            export GOFLAGS=-mod=readonly GOSUMDB=off
-            go build -trimpath -ldflags="$LDFLAGS" -o "$tmp/" \
-                k8s.io/kubernetes/cmd/kube-apiserver \
-                k8s.io/kubernetes/cmd/kube-controller-manager \
-                k8s.io/kubernetes/cmd/kubectl
-            go build -trimpath -ldflags='-s -w' -o "$tmp/etcd" go.etcd.io/etcd/server/v3
-        ) >&2 || { rm -rf "$tmp"; die "building the control plane from Go modules failed (see above)"; }
-        mkdir -p "${bin%/*}"
-        rm -rf "$bin"
-        mv "$tmp" "$bin"
-    fi
-    flock -u 9
-    echo "$bin"
+    go_cached "$(bin_dir)" "kubernetes $K8S_VERSION and etcd $(go_pin go.etcd.io/etcd/server/v3)" \
+        build_control_plane kube-apiserver kube-controller-manager kubectl etcd
 }
 
 # ---------------------------------------------------------------- up
@@ -306,11 +284,6 @@ cmd_down() {
     down_recorded "$1" "the control plane"
 }
 
-cmd_env() {
-    (($# == 1)) || usage_error "env: expected exactly DIR"
-    [[ -f $1/env ]] || die "$1/env not found; run '$PROG up $1' first"
-    cat "$1/env"
-}
 
 (($#)) || usage_error "missing command"
 cmd=$1

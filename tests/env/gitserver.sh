@@ -506,11 +506,6 @@ cmd_down() {
     down_recorded "$1" "the git servers"
 }
 
-cmd_env() {
-    (($# == 1)) || usage_error "env: expected exactly DIR"
-    [[ -f $1/env ]] || die "$1/env not found; run '$PROG up $1' first"
-    cat "$1/env"
-}
 
 # ---------------------------------------------------------------- create-repo
 

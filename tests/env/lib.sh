@@ -21,6 +21,55 @@ final_error() {
 }
 usage_error() { log "$*"; usage >&2; exit 2; }
 
+# `env DIR`: what `up DIR` exported, for `eval` or a test to read.
+cmd_env() {
+    (($# == 1)) || usage_error "env: expected exactly DIR"
+    [[ -f $1/env ]] || die "$1/env not found; run '$PROG up $1' first"
+    cat "$1/env"
+}
+
+# The version $TOOLS_MOD/go.mod pins of module $1.
+go_pin() { awk -v m="$1" '$1 == m && NF >= 2 { print $2; exit }' "$TOOLS_MOD/go.mod"; }
+
+# go_cached BIN WHAT BUILD FILE...: prints BIN once every FILE is in it. Otherwise builds it
+# first, one build at a time on the machine (the lock is shared by every script in tests/env):
+# the caller's function BUILD TMP fills a fresh directory from Go modules, in $TOOLS_MOD, which
+# then becomes BIN. WHAT names the build in messages. The caller sets CACHE and TOOLS_MOD.
+go_cached() {
+    local bin=$1 what=$2 build=$3
+    shift 3
+    if has_files "$bin" "$@"; then
+        echo "$bin"
+        return
+    fi
+    command -v go >/dev/null 2>&1 || die "go is not installed; it builds $what from Go modules"
+    mkdir -p "$CACHE"
+    exec 9>"$CACHE/build.lock"
+    flock 9
+    if ! has_files "$bin" "$@"; then
+        local tmp
+        tmp=$(mktemp -d "$CACHE/build.XXXXXX")
+        log "building $what from Go modules (first run only; minutes)"
+        # go.sum pins every module; the checksum database is not needed (nor reachable here).
+        (
+            cd "$TOOLS_MOD"
+            export GOFLAGS=-mod=readonly GOSUMDB=off
+            "$build" "$tmp"
+        ) >&2 || { rm -rf "$tmp"; die "building $what from Go modules failed (see above)"; }
+        mkdir -p "${bin%/*}"
+        rm -rf "$bin"
+        mv "$tmp" "$bin"
+    fi
+    flock -u 9
+    echo "$bin"
+}
+
+has_files() {
+    local dir=$1 f
+    shift
+    for f; do [[ -e $dir/$f ]] || return 1; done
+}
+
 # Single-quote a value for POSIX shells (the env file may be sourced by sh or parsed by tests).
 shquote() {
     local sq="'" rep="'\\''"

@@ -151,7 +151,6 @@ cmd_install() {
 
 # ---------------------------------------------------------------- build
 
-go_pin() { awk -v m="$1" '$1 == m && NF >= 2 { print $2; exit }' "$TOOLS_MOD/go.mod"; }
 
 K8S_VERSION=$(go_pin k8s.io/kubernetes)
 CP_K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" && NF >= 2 { print $2; exit }' "${SELF%/*}/tools/go.mod")
@@ -182,47 +181,29 @@ docker_archive() {
     rm -rf "$work"
 }
 
+build_node() {
+    local tmp=$1 src
+    go build -trimpath -ldflags="$LDFLAGS" -o "$tmp/" \
+        k8s.io/kubernetes/cmd/kubelet \
+        k8s.io/kubernetes/cmd/kube-scheduler \
+        k8s.io/kubernetes/cmd/kube-proxy
+    src=$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
+    [[ -f $src ]] || die "pause.c not found at $src"
+    mkdir -p "$tmp/pause-root"
+    gcc -Os -static -DVERSION="v$PAUSE_VERSION-capstan" -o "$tmp/pause-root/pause" "$src" &&
+        strip "$tmp/pause-root/pause" ||
+        die "compiling the pause image from $src with gcc -static failed (is libc6-dev installed?)"
+    docker_archive "$tmp/pause-root" "$PAUSE_IMAGE" "$tmp/pause.tar" /pause
+    rm -rf "$tmp/pause-root"
+}
+
 cmd_build() {
-    local bin
-    bin=$(node_bin_dir)
-    if [[ -x $bin/kubelet && -x $bin/kube-scheduler && -x $bin/kube-proxy && -f $bin/pause.tar ]]; then
-        echo "$bin"
-        return
-    fi
     [[ $K8S_VERSION == "$CP_K8S_VERSION" ]] ||
         die "tests/env/node-tools pins k8s.io/kubernetes $K8S_VERSION but tests/env/tools pins $CP_K8S_VERSION; they must match"
-    command -v go >/dev/null 2>&1 || die "go is not installed; it builds the kubelet from Go modules"
-    command -v gcc >/dev/null 2>&1 || die "gcc is not installed; it compiles the pause image"
-    mkdir -p "$CACHE"
-    # One build at a time, shared with controlplane.sh and rendertools.sh.
-    exec 9>"$CACHE/build.lock"
-    flock 9
-    if [[ ! -f $bin/pause.tar ]]; then
-        local tmp src
-        tmp=$(mktemp -d "$CACHE/build.XXXXXX")
-        log "building kubelet, kube-scheduler and kube-proxy $K8S_VERSION from Go modules (first run only; several minutes)"
-        (
-            cd "$TOOLS_MOD"
-            export GOFLAGS=-mod=readonly GOSUMDB=off
-            go build -trimpath -ldflags="$LDFLAGS" -o "$tmp/" \
-                k8s.io/kubernetes/cmd/kubelet \
-                k8s.io/kubernetes/cmd/kube-scheduler \
-                k8s.io/kubernetes/cmd/kube-proxy
-        ) >&2 || { rm -rf "$tmp"; die "building kubelet, kube-scheduler and kube-proxy from Go modules failed (see above)"; }
-        src=$(cd "$TOOLS_MOD" && GOFLAGS=-mod=readonly GOSUMDB=off go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
-        [[ -f $src ]] || { rm -rf "$tmp"; die "pause.c not found at $src"; }
-        mkdir -p "$tmp/pause-root"
-        gcc -Os -static -DVERSION="v$PAUSE_VERSION-capstan" -o "$tmp/pause-root/pause" "$src" >&2 &&
-            strip "$tmp/pause-root/pause" ||
-            { rm -rf "$tmp"; die "compiling the pause image from $src with gcc -static failed (is libc6-dev installed?)"; }
-        docker_archive "$tmp/pause-root" "$PAUSE_IMAGE" "$tmp/pause.tar" /pause
-        rm -rf "$tmp/pause-root"
-        mkdir -p "${bin%/*}"
-        rm -rf "$bin"
-        mv "$tmp" "$bin"
-    fi
-    flock -u 9
-    echo "$bin"
+    has_files "$(node_bin_dir)" pause.tar || command -v gcc >/dev/null 2>&1 ||
+        die "gcc is not installed; it compiles the pause image"
+    go_cached "$(node_bin_dir)" "kubelet, kube-scheduler and kube-proxy $K8S_VERSION" \
+        build_node kubelet kube-scheduler kube-proxy pause.tar
 }
 
 # ---------------------------------------------------------------- helpers
@@ -797,11 +778,6 @@ cmd_reap() {
     exec bash "$SELF" down "$dir" --if-unwatched
 }
 
-cmd_env() {
-    (($# == 1)) || usage_error "env: expected exactly DIR"
-    [[ -f $1/env ]] || die "$1/env not found; run '$PROG up $1' first"
-    cat "$1/env"
-}
 
 cmd_import() {
     (($# == 2)) || usage_error "import: expected DIR ARCHIVE"

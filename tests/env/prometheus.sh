@@ -56,37 +56,21 @@ cmd_install() {
     [[ -x /usr/bin/prometheus ]] || die "/usr/bin/prometheus still missing after installing the package"
 }
 
-go_pin() { awk -v m="$1" '$1 == m && NF >= 2 { print $2; exit }' "$TOOLS_MOD/go.mod"; }
+
+PROMETHEUS_TAGS=remove_all_sd,enable_kubernetes_sd
+
+build_prometheus() {
+    go build -trimpath -tags "$PROMETHEUS_TAGS" -ldflags='-s -w' -o "$1/prometheus" \
+        github.com/prometheus/prometheus/cmd/prometheus
+}
 
 cmd_build() {
-    local version key bin tags=remove_all_sd,enable_kubernetes_sd
+    local version key bin
     version=$(go_pin github.com/prometheus/prometheus)
     [[ -n $version ]] || die "$TOOLS_MOD/go.mod pins no github.com/prometheus/prometheus"
-    key=$(cat "$TOOLS_MOD/go.mod" "$TOOLS_MOD/go.sum" <(echo "$tags") | sha256sum | cut -c1-12)
-    bin="$CACHE/prometheus-$key/bin"
-    if [[ -x $bin/prometheus ]]; then
-        echo "$bin/prometheus"
-        return
-    fi
-    command -v go >/dev/null 2>&1 || die "go is not installed; it builds Prometheus from Go modules"
-    mkdir -p "$CACHE"
-    exec 9>"$CACHE/build.lock"
-    flock 9
-    if [[ ! -x $bin/prometheus ]]; then
-        local tmp
-        tmp=$(mktemp -d "$CACHE/build.XXXXXX")
-        log "building Prometheus ($version) with Kubernetes service discovery from Go modules (first run only; a few minutes)"
-        (
-            cd "$TOOLS_MOD"
-            export GOFLAGS=-mod=readonly GOSUMDB=off
-            go build -trimpath -tags "$tags" -ldflags='-s -w' -o "$tmp/prometheus" \
-                github.com/prometheus/prometheus/cmd/prometheus
-        ) >&2 || { rm -rf "$tmp"; die "building Prometheus from Go modules failed (see above)"; }
-        mkdir -p "${bin%/*}"
-        rm -rf "$bin"
-        mv "$tmp" "$bin"
-    fi
-    flock -u 9
+    key=$(cat "$TOOLS_MOD/go.mod" "$TOOLS_MOD/go.sum" <(echo "$PROMETHEUS_TAGS") | sha256sum | cut -c1-12)
+    bin=$(go_cached "$CACHE/prometheus-$key/bin" \
+        "Prometheus ($version) with Kubernetes service discovery" build_prometheus prometheus)
     echo "$bin/prometheus"
 }
 

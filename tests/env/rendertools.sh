@@ -22,7 +22,6 @@ Usage:
 EOF2
 }
 
-go_pin() { awk -v m="$1" '$1 == m && NF >= 2 { print $2; exit }' "$TOOLS_MOD/go.mod"; }
 
 HELM_VERSION=$(go_pin helm.sh/helm/v4)
 KUSTOMIZE_VERSION=$(go_pin sigs.k8s.io/kustomize/kustomize/v5)
@@ -30,36 +29,16 @@ KUSTOMIZE_VERSION=$(go_pin sigs.k8s.io/kustomize/kustomize/v5)
 LDFLAGS="-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
 LDFLAGS+=" -X sigs.k8s.io/kustomize/api/provenance.version=kustomize/$KUSTOMIZE_VERSION"
 
+build_render_tools() {
+    go build -trimpath -ldflags="$LDFLAGS" -o "$1/" \
+        sigs.k8s.io/kustomize/kustomize/v5 helm.sh/helm/v4/cmd/helm
+}
+
 cmd_build() {
-    local key bin
+    local key
     key=$(cat "$TOOLS_MOD/go.mod" "$TOOLS_MOD/go.sum" <(echo "$LDFLAGS") | sha256sum | cut -c1-12)
-    bin="$CACHE/render-$key/bin"
-    if [[ -x $bin/kustomize && -x $bin/helm ]]; then
-        echo "$bin"
-        return
-    fi
-    command -v go >/dev/null 2>&1 || die "go is not installed; it builds kustomize and helm from Go modules"
-    mkdir -p "$CACHE"
-    # One build at a time, even when several test binaries start at once.
-    exec 9>"$CACHE/build.lock"
-    flock 9
-    if [[ ! -x $bin/helm ]]; then
-        local tmp
-        tmp=$(mktemp -d "$CACHE/build.XXXXXX")
-        log "building kustomize $KUSTOMIZE_VERSION and helm $HELM_VERSION from Go modules (first run only; a few minutes)"
-        # go.sum pins every module; the checksum database is not needed (nor reachable here).
-        (
-            cd "$TOOLS_MOD"
-            export GOFLAGS=-mod=readonly GOSUMDB=off
-            go build -trimpath -ldflags="$LDFLAGS" -o "$tmp/" \
-                sigs.k8s.io/kustomize/kustomize/v5 helm.sh/helm/v4/cmd/helm
-        ) >&2 || { rm -rf "$tmp"; die "building kustomize and helm from Go modules failed (see above)"; }
-        mkdir -p "${bin%/*}"
-        rm -rf "$bin"
-        mv "$tmp" "$bin"
-    fi
-    flock -u 9
-    echo "$bin"
+    go_cached "$CACHE/render-$key/bin" "kustomize $KUSTOMIZE_VERSION and helm $HELM_VERSION" \
+        build_render_tools kustomize helm
 }
 
 case ${1:-help} in

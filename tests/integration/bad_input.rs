@@ -73,10 +73,12 @@ async fn unknown_kind() {
 
 #[tokio::test]
 async fn one_object_rejected_among_valid_ones() {
-    let fx = Fixture::new("rejected").await;
-    let repo = Repo::create("rejected", &[("keep.yaml", &configmap("keep", "1"))]);
-    fx.create("app", spec(repo.http_url(), json!({}))).await;
-    fx.wait_applied("app", &repo.head()).await;
+    let (fx, repo, _) = Fixture::synced(
+        "rejected",
+        &[("keep.yaml", &configmap("keep", "1"))],
+        json!({}),
+    )
+    .await;
 
     // A Service with an invalid port is refused by the API server; its neighbours still apply,
     // and `keep`, which left git in the same commit, is not pruned after a partial apply.
@@ -126,11 +128,12 @@ async fn one_object_rejected_among_valid_ones() {
 
 #[tokio::test]
 async fn path_that_does_not_exist_and_emptied_directory() {
-    let fx = Fixture::new("paths").await;
-    let repo = Repo::create("paths", &[("deploy/keep.yaml", &configmap("keep", "1"))]);
-    fx.create("app", spec(repo.http_url(), json!({"path": "deploy"})))
-        .await;
-    fx.wait_applied("app", &repo.head()).await;
+    let (fx, repo, _) = Fixture::synced(
+        "paths",
+        &[("deploy/keep.yaml", &configmap("keep", "1"))],
+        json!({"path": "deploy"}),
+    )
+    .await;
 
     // A commit that empties the directory is an error, never "prune everything".
     repo.change(

@@ -44,11 +44,12 @@ fn drift_of(gr: &capstan::api::GitRepository) -> Vec<capstan::api::DriftEntry> {
 
 #[tokio::test]
 async fn drift_is_corrected_and_deleted_objects_come_back() {
-    let fx = Fixture::new("drift-correct").await;
-    let repo = Repo::create("drift-correct", &[("cm.yaml", &configmap("cm", "git"))]);
-    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
-        .await;
-    fx.wait_applied("app", &repo.head()).await;
+    let (fx, _repo, _) = Fixture::synced(
+        "drift-correct",
+        &[("cm.yaml", &configmap("cm", "git"))],
+        json!({"interval": "1h"}),
+    )
+    .await;
 
     kubectl_patch(&fx.ns, "configmap/cm", r#"{"data":{"value":"by hand"}}"#);
     let gr = fx

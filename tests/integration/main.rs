@@ -2,7 +2,7 @@
 //! started once for this test binary by the scripts in tests/env. Each test works in its own
 //! namespace and its own repositories.
 
-mod support;
+use capstan_testkit as support;
 
 mod admission;
 mod bad_input;

@@ -209,17 +209,15 @@ async fn kustomize_base_with_two_overlays() {
 
 #[tokio::test]
 async fn kustomize_remote_base_is_refused_and_nothing_is_lost() {
-    let fx = Fixture::new("remote-base").await;
-    let repo = Repo::create(
+    let (fx, repo, _) = Fixture::synced(
         "remote-base",
         &[
             ("app/kustomization.yaml", "resources: [cm.yaml]\n"),
             ("app/cm.yaml", &configmap("keep", "1")),
         ],
-    );
-    fx.create("app", spec(repo.http_url(), json!({"path": "app"})))
-        .await;
-    fx.wait_applied("app", &repo.head()).await;
+        json!({"path": "app"}),
+    )
+    .await;
 
     repo.commit(
         &[(

@@ -15,18 +15,16 @@ fn value(obj: &kube::api::DynamicObject) -> String {
 
 #[tokio::test]
 async fn sync_update_and_prune() {
-    let fx = Fixture::new("sync").await;
-    let repo = Repo::create(
+    let (fx, repo, gr) = Fixture::synced(
         "sync",
         &[
             ("deploy/a.yaml", &configmap("a", "1")),
             ("deploy/b.yaml", &configmap("b", "1")),
             ("README.md", "not a manifest"),
         ],
-    );
-    fx.create("app", spec(repo.http_url(), json!({"path": "./deploy"})))
-        .await;
-    let gr = fx.wait_applied("app", &repo.head()).await;
+        json!({"path": "./deploy"}),
+    )
+    .await;
     let status = gr.status.unwrap();
     assert_eq!(
         status.last_applied_revision,
@@ -417,11 +415,12 @@ async fn deletion_policies() {
 
 #[tokio::test]
 async fn suspend_and_reconcile_now() {
-    let fx = Fixture::new("suspend").await;
-    let repo = Repo::create("suspend", &[("cm.yaml", &configmap("s", "1"))]);
-    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
-        .await;
-    fx.wait_applied("app", &repo.head()).await;
+    let (fx, repo, _) = Fixture::synced(
+        "suspend",
+        &[("cm.yaml", &configmap("s", "1"))],
+        json!({"interval": "1h"}),
+    )
+    .await;
 
     // With an hour's interval, only the annotation brings the new commit in.
     repo.commit(&[("cm.yaml", &configmap("s", "2"))], "two");

@@ -182,18 +182,6 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn parse_exports(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter_map(|line| line.strip_prefix("export "))
-        .filter_map(|kv| kv.split_once('='))
-        .filter_map(|(k, v)| {
-            let v = v.strip_prefix('\'')?;
-            let v = v.strip_suffix('\'').unwrap_or(v.split("':").next()?);
-            Some((k.to_string(), v.replace("'\\''", "'")))
-        })
-        .collect()
-}
-
 /// `script up DIR --watch-pid <this process>` (plus env), parsed into its exports.
 fn up(name: &str, dir: &Path, env: &[(&str, &str)]) -> HashMap<String, String> {
     let mut cmd = Command::new(script(name));
@@ -204,7 +192,7 @@ fn up(name: &str, dir: &Path, env: &[(&str, &str)]) -> HashMap<String, String> {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    parse_exports(&run(&mut cmd))
+    capstan_testkit::env::parse_exports(&run(&mut cmd))
 }
 
 pub struct Node {

@@ -77,14 +77,40 @@ impl GitServer {
     }
 }
 
+/// The repository's top directory (this crate lives in `testkit/`).
 fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Cargo's build directory of the running test or bench binary (`target/debug`,
+/// `target/release`): the binary itself is in its `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("a test binary in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The `capstan` binary cargo built beside the running test or bench.
+pub fn capstan_binary() -> PathBuf {
+    profile_dir().join("capstan")
+}
+
+/// Cargo's temporary directory for tests and benches (`CARGO_TARGET_TMPDIR`: `<target>/tmp`).
+pub fn target_tmpdir() -> PathBuf {
+    let dir = profile_dir()
+        .parent()
+        .expect("<target>/<profile>")
+        .join("tmp");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A directory for this test binary's servers, under cargo's per-target temp dir. Directories
 /// left by earlier binaries whose process is gone are removed.
 fn run_dir(name: &str) -> PathBuf {
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let base = target_tmpdir();
     if let Ok(entries) = std::fs::read_dir(&base) {
         for entry in entries.flatten() {
             let file_name = entry.file_name();
@@ -120,7 +146,8 @@ fn up(script: &str, dir: &Path) -> HashMap<String, String> {
     parse_exports(&String::from_utf8_lossy(&output.stdout))
 }
 
-fn parse_exports(text: &str) -> HashMap<String, String> {
+/// The `export NAME='value'` lines that the scripts' `up` and `env` print, as a map.
+pub fn parse_exports(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter_map(|line| line.strip_prefix("export "))
         .filter_map(|kv| kv.split_once('='))

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 
+use super::Repo;
 use super::env::{client, kube_config, namespace};
 
 /// One test's world: a namespace, a client, and a controller reconciling that namespace.
@@ -38,6 +39,20 @@ impl Fixture {
         let mut fixture = Fixture::new_stopped(test).await;
         fixture.start_controller();
         fixture
+    }
+
+    /// The prologue most tests share: a fixture, a repository named `test` holding `files`, and
+    /// the GitRepository `app` on it (`spec(url, extra)`), applied at the repository's head.
+    pub async fn synced(
+        test: &str,
+        files: &[(&str, &str)],
+        extra: serde_json::Value,
+    ) -> (Fixture, Repo, GitRepository) {
+        let fx = Fixture::new(test).await;
+        let repo = Repo::create(test, files);
+        fx.create("app", spec(repo.http_url(), extra)).await;
+        let gr = fx.wait_applied("app", &repo.head()).await;
+        (fx, repo, gr)
     }
 
     /// A fixture whose controller also serves metrics, probes and webhooks, on free loopback

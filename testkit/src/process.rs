@@ -90,7 +90,7 @@ impl ControllerProcess {
         };
         let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
         let tools = render_tools();
-        let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        let child = Command::new(super::env::capstan_binary())
             .arg("controller")
             .arg(format!("--metrics-bind-address={metrics}"))
             .arg(format!("--health-probe-bind-address={probes}"))

@@ -1,4 +1,5 @@
-//! Test support: the shared control plane and git servers, clients, namespaces, repositories,
+//! The harness of Capstan's integration tests and benchmarks (a dev-dependency of both): the
+//! shared control plane and git servers, clients, namespaces, repositories,
 //! an in-process controller per test (or controller processes with their own identities), and
 //! the API server's audit log.
 

@@ -1,0 +1,161 @@
+//! Scenario 5: scale: 1000 GitRepositories over 100 repositories.
+
+use super::*;
+
+pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
+    // A controller of its own, for a namespace of its own: its figures are the 1000 alone.
+    let ns = namespace(&b.client, "bench-scale").await;
+    let target = namespace(&b.client, "bench-scale-objects").await;
+    let controller = Controller::start(&ns, shard_of(&ns), b.dir.path());
+    // The process with no GitRepository yet: what the count adds is the difference.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (idle_rss, _) = controller.rss_mib();
+    let repos: Vec<Repo> = (0..100)
+        .map(|r| {
+            let files: Vec<(String, String)> = (0..10)
+                .map(|d| {
+                    (
+                        format!("d{d}/cm.yaml"),
+                        configmap(&format!("cm-{r}-{d}"), "1"),
+                    )
+                })
+                .collect();
+            let borrowed: Vec<(&str, &str)> = files
+                .iter()
+                .map(|(p, c)| (p.as_str(), c.as_str()))
+                .collect();
+            Repo::create(&format!("scale{r}"), &borrowed)
+        })
+        .collect();
+    let started = Instant::now();
+    let specs: Vec<(String, Value)> = (0..1000)
+        .map(|i| {
+            let (r, d) = (i / 10, i % 10);
+            (
+                format!("app-{i}"),
+                json!({"url": repos[r].http_url(), "path": format!("d{d}"), "interval": "1m", "targetNamespace": target, "prune": true}),
+            )
+        })
+        .collect();
+    stream::iter(
+        specs
+            .iter()
+            .map(|(name, spec)| create_gr(&b.client, &ns, name, spec.clone())),
+    )
+    .buffer_unordered(16)
+    .collect::<Vec<_>>()
+    .await;
+    let created = started.elapsed();
+    let api: Api<GitRepository> = Api::namespaced(b.client.clone(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let all_ready = loop {
+        let list = api.list(&Default::default()).await.unwrap();
+        let ready = list
+            .items
+            .iter()
+            .filter(|gr| applied_revision(gr).is_some())
+            .count();
+        if ready == 1000 {
+            break started.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {ready} of 1000 Ready after 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (_, peak_sync) = controller.rss_mib();
+    let list = api.list(&Default::default()).await.unwrap();
+    let mut delays: Vec<f64> = list
+        .items
+        .iter()
+        .filter_map(|gr| {
+            let created = gr.metadata.creation_timestamp.as_ref()?.0;
+            let ready = capstan::status::ready(gr.status.as_ref())?
+                .last_transition_time
+                .0;
+            Some((ready.as_millisecond() - created.as_millisecond()) as f64 / 1000.0)
+        })
+        .collect();
+    // Steady state: a minute of polls with nothing new.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cpu = controller.cpu_seconds();
+    let mark = audit_mark();
+    let git_mark = git_log_mark().await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let cpu_minute = controller.cpu_seconds() - cpu;
+    let counts = requests_by(&controller.user, mark);
+    let log = git_server().access_log().await;
+    let in_minute = |what: &str| {
+        log.lines()
+            .skip(git_mark)
+            .filter(|l| l.contains("/scale") && l.contains(what))
+            .count()
+    };
+    let (polls, fetches) = (in_minute("info/refs"), in_minute("\"POST "));
+    let (rss, peak) = controller.rss_mib();
+    figures.add(
+        "created_s",
+        created.as_secs_f64(),
+        format!(
+            "{:.1} s to create 1000 GitRepositories",
+            created.as_secs_f64()
+        ),
+    );
+    figures.add(
+        "all_ready_s",
+        all_ready.as_secs_f64(),
+        format!(
+            "{:.1} s from the first create to all 1000 Ready",
+            all_ready.as_secs_f64()
+        ),
+    );
+    figures.add(
+        "rss_idle_mib",
+        idle_rss,
+        format!("{idle_rss:.1} MiB before the first GitRepository"),
+    );
+    figures.add(
+        "rss_steady_mib",
+        rss,
+        format!(
+            "{rss:.1} MiB ({:.1} KiB per GitRepository over idle)",
+            (rss - idle_rss) * 1024.0 / 1000.0
+        ),
+    );
+    figures.add(
+        "rss_peak_mib",
+        peak.max(peak_sync),
+        format!("{:.1} MiB", peak.max(peak_sync)),
+    );
+    figures.add(
+        "cpu_per_minute_s",
+        cpu_minute,
+        format!("{cpu_minute:.2} CPU seconds in a minute at steady state"),
+    );
+    figures.add(
+        "steady_ref_checks_per_minute",
+        polls,
+        format!("{polls} ref advertisements and {fetches} upload-pack requests in that minute"),
+    );
+    figures.add(
+        "steady_mutating_per_minute",
+        mutating(&counts),
+        mutating(&counts).to_string(),
+    );
+    figures.add(
+        "steady_get_list_per_minute",
+        reads(&counts),
+        reads(&counts).to_string(),
+    );
+    let (p50, p90, max) = (
+        percentile(&mut delays, 0.5),
+        percentile(&mut delays, 0.9),
+        percentile(&mut delays, 1.0),
+    );
+    figures.add(
+        "create_to_ready_spread_s",
+        json!({"p50": p50, "p90": p90, "max": max}),
+        format!("creation to Ready per GitRepository: p50 {p50:.1} s, p90 {p90:.1} s, max {max:.1} s (1 s resolution)"),
+    );
+}

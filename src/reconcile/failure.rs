@@ -135,6 +135,7 @@ mod tests {
     use super::*;
     use crate::source::resolve::ResolveError;
 
+    // Long: one table with a row per failure, read top to bottom.
     #[test]
     fn each_failure_has_one_reason_and_one_decision() {
         let fetch = || SourceError::Fetch {

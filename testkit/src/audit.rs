@@ -27,13 +27,20 @@ pub fn reads_since(mark: usize, namespace: &str) -> Vec<String> {
     since(mark, namespace, &["get", "list"])
 }
 
-fn since(mark: usize, namespace: &str, verbs: &[&str]) -> Vec<String> {
+/// The audit events completed since line `mark` of the log.
+fn completed(mark: usize) -> Vec<Value> {
     std::fs::read_to_string(&control_plane().audit_log)
         .unwrap_or_default()
         .lines()
         .skip(mark)
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|e| e["stage"] == "ResponseComplete")
+        .collect()
+}
+
+fn since(mark: usize, namespace: &str, verbs: &[&str]) -> Vec<String> {
+    completed(mark)
+        .into_iter()
         .filter(|e| e["verb"].as_str().is_some_and(|v| verbs.contains(&v)))
         .filter(|e| e["objectRef"]["namespace"] == namespace)
         .map(|e| {
@@ -80,12 +87,8 @@ pub struct Request {
 pub fn completed_since(mark: usize) -> Vec<Request> {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let time = |v: &Value| v.as_str().and_then(|t| t.parse().ok());
-    std::fs::read_to_string(&control_plane().audit_log)
-        .unwrap_or_default()
-        .lines()
-        .skip(mark)
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|e| e["stage"] == "ResponseComplete")
+    completed(mark)
+        .into_iter()
         .filter_map(|e| {
             Some(Request {
                 verb: text(&e["verb"]),

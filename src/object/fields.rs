@@ -285,42 +285,14 @@ mod tests {
 
     /// The same entry after `kubectl scale` and `kubectl set image` took two fields.
     fn drifted() -> Value {
-        json!({
-            "f:metadata": {
-                "f:annotations": {
-                    "f:capstan.dev/source": {}
-                },
-                "f:labels": {
-                    "f:app": {},
-                    "f:app.kubernetes.io/managed-by": {}
-                }
-            },
-            "f:spec": {
-                "f:selector": {},
-                "f:template": {
-                    "f:metadata": {
-                        "f:labels": {
-                            "f:app": {}
-                        }
-                    },
-                    "f:spec": {
-                        "f:containers": {
-                            "k:{\"name\":\"web\"}": {
-                                ".": {},
-                                "f:name": {},
-                                "f:ports": {
-                                    "k:{\"containerPort\":80,\"protocol\":\"TCP\"}": {
-                                        ".": {},
-                                        "f:containerPort": {},
-                                        "f:protocol": {}
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        })
+        let mut entry = applied();
+        let spec = entry["f:spec"].as_object_mut().expect("f:spec");
+        spec.remove("f:replicas");
+        let web = &mut spec["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"];
+        web.as_object_mut()
+            .expect("the web container")
+            .remove("f:image");
+        entry
     }
 
     fn deployment(managed_fields: Value) -> Value {

@@ -2,6 +2,7 @@
 //! watches; drift (fields Capstan manages that someone else changed) and health (kstatus).
 
 pub mod health;
+mod wakes;
 mod watch;
 
 pub use watch::{Live, Observed};

@@ -12,11 +12,10 @@ use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::warn;
 
 use super::health::{Health, health};
+use super::wakes::Wakes;
 use crate::api::{FIELD_MANAGER, GitRepository, OWNER_ANNOTATION, OWNER_NAME_LABEL, SHARD_LABEL};
 use crate::object::fields::FieldSet;
 use crate::object::{Kind, ObjectId};
@@ -43,7 +42,7 @@ pub struct Live {
     /// resourceVersion it has delivered.
     synced: Arc<RwLock<HashMap<String, u64>>>,
     objects: Arc<RwLock<HashMap<String, Observed>>>,
-    wake: mpsc::UnboundedSender<ObjectRef<GitRepository>>,
+    wakes: Arc<Wakes>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -61,8 +60,11 @@ impl Live {
         client: Client,
         namespace: Option<String>,
         shard: Option<&str>,
-    ) -> (Arc<Live>, UnboundedReceiverStream<ObjectRef<GitRepository>>) {
-        let (wake, rx) = mpsc::unbounded_channel();
+    ) -> (
+        Arc<Live>,
+        impl futures::Stream<Item = ObjectRef<GitRepository>> + Send + 'static,
+    ) {
+        let wakes = Arc::new(Wakes::default());
         let live = Live {
             client,
             namespace,
@@ -73,10 +75,10 @@ impl Live {
             watched: Mutex::default(),
             synced: Arc::default(),
             objects: Arc::default(),
-            wake,
+            wakes: wakes.clone(),
             tasks: Mutex::default(),
         };
-        (Arc::new(live), UnboundedReceiverStream::new(rx))
+        (Arc::new(live), wakes.stream())
     }
 
     /// What the cluster shows of `id`; None when it is not there (or its kind is not synced yet:
@@ -138,7 +140,7 @@ impl Live {
             },
             objects: self.objects.clone(),
             synced: self.synced.clone(),
-            wake: self.wake.clone(),
+            wakes: self.wakes.clone(),
             listing: None,
         };
         let task = tokio::spawn(async move {
@@ -176,7 +178,7 @@ struct KindWatch {
     types: kube::api::TypeMeta,
     objects: Arc<RwLock<HashMap<String, Observed>>>,
     synced: Arc<RwLock<HashMap<String, u64>>>,
-    wake: mpsc::UnboundedSender<ObjectRef<GitRepository>>,
+    wakes: Arc<Wakes>,
     /// During a (re-)list: the ids listed so far.
     listing: Option<HashSet<String>>,
 }
@@ -216,7 +218,7 @@ impl KindWatch {
         self.seen_up_to(observed.resource_version);
         let previous = self.objects.write().insert(id, observed.clone());
         if previous.as_ref() != Some(&observed) {
-            wake_owner(&self.wake, &observed.owner);
+            self.wakes.wake(&observed.owner);
         }
     }
 
@@ -225,7 +227,7 @@ impl KindWatch {
         self.seen_up_to(rv.and_then(|v| v.parse::<u64>().ok()));
         let removed = self.objects.write().remove(&self.id_of(obj));
         if let Some(gone) = removed {
-            wake_owner(&self.wake, &gone.owner);
+            self.wakes.wake(&gone.owner);
         }
     }
 
@@ -242,7 +244,7 @@ impl KindWatch {
             .collect();
         for id in stale {
             if let Some(gone) = map.remove(&id) {
-                wake_owner(&self.wake, &gone.owner);
+                self.wakes.wake(&gone.owner);
             }
         }
         let latest = map
@@ -253,7 +255,7 @@ impl KindWatch {
             .unwrap_or(0);
         for id in &seen {
             if let Some(o) = map.get(id) {
-                wake_owner(&self.wake, &o.owner);
+                self.wakes.wake(&o.owner);
             }
         }
         drop(map);
@@ -316,11 +318,5 @@ fn observe(mut obj: DynamicObject, types: &kube::api::TypeMeta) -> Observed {
             .resource_version
             .as_deref()
             .and_then(|rv| rv.parse().ok()),
-    }
-}
-
-fn wake_owner(wake: &mpsc::UnboundedSender<ObjectRef<GitRepository>>, owner: &str) {
-    if let Some((ns, name)) = owner.split_once('/') {
-        let _ = wake.send(ObjectRef::new(name).within(ns));
     }
 }

@@ -13,8 +13,7 @@ use super::plan::Plan;
 use crate::api::GitRepository;
 use crate::render::{self, HelmOptions, Limits, Manifest, RenderError, Tools, Variables};
 
-/// Renders the checkout. The checkout directory is deleted by the blocking task once the render
-/// is done with it, even when the reconcile stopped waiting at the deadline.
+/// Renders the checkout.
 pub(super) async fn render(
     ctx: &Context,
     gr: &GitRepository,
@@ -30,20 +29,31 @@ pub(super) async fn render(
         ctx.tools.clone(),
         timeout,
     );
+    // The tools stop themselves at `timeout`; this bounds the rest of the work.
+    let rendered = render_within(build, checkout, timeout + Duration::from_secs(5)).await?;
+    Ok(rendered.map_err(|error| BuildError::Render {
+        revision: source.resolved.revision.clone(),
+        error,
+    })?)
+}
+
+/// Renders off the async runtime, waiting at most `wait`. The blocking task owns the checkout
+/// and deletes it once the render is done with it, also when the wait ended first.
+async fn render_within(
+    build: Build,
+    checkout: Checkout,
+    wait: Duration,
+) -> Result<Result<Vec<Manifest>, RenderError>, BuildError> {
+    let timeout = build.timeout;
     let task = tokio::task::spawn_blocking(move || {
         let rendered = build.render(checkout.work.path());
         drop(checkout);
         rendered
     });
-    // The tools stop themselves at `timeout`; this bounds the rest of the work.
-    let rendered = tokio::time::timeout(timeout + Duration::from_secs(5), task)
+    tokio::time::timeout(wait, task)
         .await
         .map_err(|_| BuildError::Timeout(timeout))?
-        .map_err(|e| BuildError::Crashed(e.to_string()))?;
-    Ok(rendered.map_err(|error| BuildError::Render {
-        revision: source.resolved.revision.clone(),
-        error,
-    })?)
+        .map_err(|e| BuildError::Crashed(e.to_string()))
 }
 
 /// How a GitRepository's checkout is rendered: `spec.path`, `spec.ignore`, the Helm release, the
@@ -108,5 +118,83 @@ pub fn helm_options(gr: &GitRepository) -> HelmOptions {
             .unwrap_or_else(|| "default".into()),
         values: helm.values,
         values_files: helm.values_files,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A GitRepository rendering `app/` with kustomize.
+    fn kustomized() -> GitRepository {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "capstan.dev/v1alpha1",
+            "kind": "GitRepository",
+            "metadata": {"name": "app", "namespace": "shop"},
+            "spec": {"url": "https://git.example/app.git", "interval": "1m", "path": "app"}
+        }))
+        .unwrap()
+    }
+
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_render_that_outlasts_the_wait_keeps_its_checkout_until_it_is_done() {
+        let tools_dir = tempfile::tempdir().unwrap();
+        let seen = tools_dir.path().join("seen");
+        let go = tools_dir.path().join("go");
+        // A kustomize that waits for the test's signal, then records whether its input is
+        // still there.
+        let kustomize = tools_dir.path().join("kustomize");
+        std::fs::write(
+            &kustomize,
+            format!(
+                "#!/bin/sh\nwhile [ ! -e {go} ]; do /bin/sleep 0.02; done\n\
+                 if [ -f \"$2/kustomization.yaml\" ]; then echo present; else echo missing; fi > {seen}\n",
+                go = go.display(),
+                seen = seen.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&kustomize, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let work = tempfile::tempdir().unwrap();
+        std::fs::create_dir(work.path().join("app")).unwrap();
+        std::fs::write(
+            work.path().join("app/kustomization.yaml"),
+            "resources: []\n",
+        )
+        .unwrap();
+        let root = work.path().to_path_buf();
+        let tools = Tools {
+            kustomize,
+            ..Tools::default()
+        };
+        let build = Build::of(
+            &kustomized(),
+            None,
+            Limits::default(),
+            tools,
+            Duration::from_secs(30),
+        );
+        let checkout = Checkout {
+            work,
+            committed_at: 0,
+        };
+
+        let waited = render_within(build, checkout, Duration::from_millis(50)).await;
+        assert!(matches!(waited, Err(BuildError::Timeout(_))), "{waited:?}");
+        assert!(root.exists(), "the checkout outlives the wait");
+
+        std::fs::write(&go, "").unwrap();
+        wait_for("the render finishes", || seen.exists() && !root.exists());
+        assert_eq!(std::fs::read_to_string(&seen).unwrap(), "present\n");
     }
 }

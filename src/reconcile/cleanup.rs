@@ -68,3 +68,61 @@ pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action,
     ctx.forget(gr);
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::mock;
+
+    /// A GitRepository being deleted that applied one ConfigMap as its ServiceAccount.
+    fn deleted() -> GitRepository {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "capstan.dev/v1alpha1",
+            "kind": "GitRepository",
+            "metadata": {
+                "name": "app", "namespace": "shop", "uid": "u-1",
+                "deletionTimestamp": "2026-12-01T00:00:00Z",
+                "finalizers": ["capstan.dev/cleanup"]
+            },
+            "spec": {
+                "url": "https://git.example/app.git",
+                "interval": "1m",
+                "serviceAccountName": "deployer"
+            },
+            "status": {"inventory": {"entries": [{"id": "shop_settings__ConfigMap", "v": "v1"}]}}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_namespace_read_is_retried_and_deletes_nothing_as_the_controller() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, mut api) = mock::context(dir.path());
+        let server = tokio::spawn(async move {
+            let (request, answer) = api.next_request().await.expect("a request");
+            assert_eq!(request.method(), "GET");
+            assert_eq!(request.uri().path(), "/api/v1/namespaces/shop");
+            answer.send_response(mock::status(500, "InternalError", "etcd is unavailable"));
+            // Anything asked after that is recorded, and answered as if the object were gone.
+            let mut later = Vec::new();
+            while let Some((request, answer)) = api.next_request().await {
+                later.push(format!("{} {}", request.method(), request.uri().path()));
+                answer.send_response(mock::status(404, "NotFound", "not found"));
+            }
+            later
+        });
+
+        let result = cleanup(&deleted(), &ctx).await;
+        drop(ctx);
+        let later = server.await.unwrap();
+        assert!(
+            later.is_empty(),
+            "nothing is asked after the failed read: {later:?}"
+        );
+        let Err(Error::Cleanup(message)) = result else {
+            panic!("expected a cleanup error, got {result:?}");
+        };
+        assert!(message.contains("reading namespace shop"), "{message}");
+        assert!(message.contains("etcd is unavailable"), "{message}");
+    }
+}

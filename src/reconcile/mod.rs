@@ -43,6 +43,8 @@ mod cleanup;
 mod deploy;
 mod failure;
 mod fetch;
+#[cfg(test)]
+mod mock;
 mod observe;
 mod plan;
 mod prune;

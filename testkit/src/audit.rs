@@ -78,6 +78,9 @@ pub struct Request {
     pub resource: String,
     pub namespace: String,
     pub name: String,
+    /// The path and query, label selectors included.
+    pub uri: String,
+    pub user: String,
     pub code: u16,
     pub received: k8s_openapi::jiff::Timestamp,
     pub completed: k8s_openapi::jiff::Timestamp,
@@ -95,6 +98,8 @@ pub fn completed_since(mark: usize) -> Vec<Request> {
                 resource: text(&e["objectRef"]["resource"]),
                 namespace: text(&e["objectRef"]["namespace"]),
                 name: text(&e["objectRef"]["name"]),
+                uri: text(&e["requestURI"]),
+                user: text(&e["user"]["username"]),
                 code: e["responseStatus"]["code"].as_u64()? as u16,
                 received: time(&e["requestReceivedTimestamp"])?,
                 completed: time(&e["stageTimestamp"])?,

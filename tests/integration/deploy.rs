@@ -253,6 +253,16 @@ fn writes_by(mark: usize, ns: &str, user: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `labelSelector` of a request URI, decoded.
+fn label_selector(uri: &str) -> String {
+    url::Url::parse(&format!("https://api{uri}"))
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "labelSelector")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
 async fn lease_holder(fx: &Fixture) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(fx.client.clone(), &fx.ns);
     leases
@@ -387,6 +397,27 @@ async fn shards_each_sync_only_their_own() {
                 .iter()
                 .any(|w| w.contains("cm-none") || w.contains("gitrepositories/none")),
             "{mine:?}"
+        );
+    }
+    // Each shard lists and watches only its own objects: the selector names the shard.
+    for shard in ["one", "two"] {
+        let user = sa_user(&fx.ns, shard);
+        let object_reads: Vec<String> = audit::completed_since(mark)
+            .into_iter()
+            .filter(|r| r.user == user && r.resource == "configmaps")
+            .filter(|r| r.verb == "list" || r.verb == "watch")
+            .map(|r| label_selector(&r.uri))
+            .collect();
+        assert!(
+            !object_reads.is_empty(),
+            "shard {shard} watches its ConfigMaps"
+        );
+        let own = format!("capstan.dev/shard={shard}");
+        assert!(
+            object_reads
+                .iter()
+                .all(|s| s.split(',').any(|term| term == own)),
+            "{object_reads:?}"
         );
     }
     // A few more intervals: the unlabelled GitRepository stays untouched by both shards.

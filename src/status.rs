@@ -298,7 +298,6 @@ mod tests {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Case {
-        name: String,
         steps: Vec<Step>,
         expect: Vec<std::collections::BTreeMap<String, serde_json::Value>>,
     }
@@ -329,10 +328,10 @@ mod tests {
 
     #[test]
     fn conditions_fold_as_the_fixtures_say() {
-        for case in crate::fixture_table::<Case>(include_str!("fixtures/status.yaml")) {
+        for (name, case) in crate::fixture_table::<Case>(include_str!("fixtures/status.yaml")) {
             let mut status = GitRepositoryStatus::default();
             let mut before: Option<GitRepositoryStatus> = None;
-            assert_eq!(case.steps.len(), case.expect.len(), "{}", case.name);
+            assert_eq!(case.steps.len(), case.expect.len(), "{}", name);
             for (i, (step, expect)) in case.steps.iter().zip(&case.expect).enumerate() {
                 let now = Time(k8s_openapi::jiff::Timestamp::from_second(step.at).unwrap());
                 match (&step.applying, step.verdict.as_deref()) {
@@ -345,13 +344,13 @@ mod tests {
                             "retrying" => Verdict::Retrying { reason, message },
                             "progressing" => Verdict::Progressing { reason, message },
                             "stalled" => Verdict::Stalled { reason, message },
-                            other => panic!("{}: no verdict {other}", case.name),
+                            other => panic!("{}: no verdict {other}", name),
                         };
                         set_conditions(&mut status, &verdict, Some(1), &now);
                     }
-                    _ => panic!("{}: a step is a verdict or applying", case.name),
+                    _ => panic!("{}: a step is a verdict or applying", name),
                 }
-                let at = format!("{} step {i}", case.name);
+                let at = format!("{} step {i}", name);
                 assert_eq!(
                     expect["write"].as_bool(),
                     Some(differs(before.as_ref(), &status)),

@@ -434,13 +434,10 @@ mod tests {
     }
 
     fn gr(url: &str, git_ref: Value) -> GitRepository {
-        serde_json::from_value(json!({
-            "apiVersion": "capstan.dev/v1alpha1",
-            "kind": "GitRepository",
+        crate::git_repository(json!({
             "metadata": {"name": "x"},
             "spec": {"url": url, "interval": "1m", "ref": git_ref},
         }))
-        .unwrap()
     }
 
     #[test]

@@ -226,7 +226,6 @@ mod tests {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Case {
-        name: String,
         applied: Value,
         now: Value,
         drifted: Vec<String>,
@@ -234,10 +233,10 @@ mod tests {
 
     #[test]
     fn drift_from_the_fixtures() {
-        for case in crate::fixture_table::<Case>(include_str!("../fixtures/drift.yaml")) {
-            let applied = FieldSet::from_fields_v1(&case.applied).expect(&case.name);
-            let now = FieldSet::from_fields_v1(&case.now).expect(&case.name);
-            assert_eq!(applied.missing_from(&now), case.drifted, "{}", case.name);
+        for (name, case) in crate::fixture_table::<Case>(include_str!("../fixtures/drift.yaml")) {
+            let applied = FieldSet::from_fields_v1(&case.applied).expect(&name);
+            let now = FieldSet::from_fields_v1(&case.now).expect(&name);
+            assert_eq!(applied.missing_from(&now), case.drifted, "{}", name);
         }
     }
 

@@ -128,13 +128,10 @@ mod tests {
 
     /// A GitRepository rendering `app/` with kustomize.
     fn kustomized() -> GitRepository {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "capstan.dev/v1alpha1",
-            "kind": "GitRepository",
+        crate::git_repository(serde_json::json!({
             "metadata": {"name": "app", "namespace": "shop"},
             "spec": {"url": "https://git.example/app.git", "interval": "1m", "path": "app"}
         }))
-        .unwrap()
     }
 
     fn wait_for(what: &str, done: impl Fn() -> bool) {

@@ -76,9 +76,7 @@ mod tests {
 
     /// A GitRepository being deleted that applied one ConfigMap as its ServiceAccount.
     fn deleted() -> GitRepository {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "capstan.dev/v1alpha1",
-            "kind": "GitRepository",
+        crate::git_repository(serde_json::json!({
             "metadata": {
                 "name": "app", "namespace": "shop", "uid": "u-1",
                 "deletionTimestamp": "2026-12-01T00:00:00Z",
@@ -91,7 +89,6 @@ mod tests {
             },
             "status": {"inventory": {"entries": [{"id": "shop_settings__ConfigMap", "v": "v1"}]}}
         }))
-        .unwrap()
     }
 
     #[tokio::test]

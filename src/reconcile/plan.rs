@@ -145,7 +145,6 @@ mod tests {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     struct Case {
-        name: String,
         interval: String,
         generation: i64,
         observed_generation: Option<i64>,
@@ -170,18 +169,15 @@ mod tests {
     }
 
     fn app() -> GitRepository {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "capstan.dev/v1alpha1",
-            "kind": "GitRepository",
+        crate::git_repository(serde_json::json!({
             "metadata": {"name": "app", "namespace": "team"},
             "spec": {"url": "https://git.example/app.git", "interval": "1m"},
         }))
-        .unwrap()
     }
 
     #[test]
     fn plans_from_the_fixtures() {
-        for case in crate::fixture_table::<Case>(include_str!("../fixtures/plan.yaml")) {
+        for (name, case) in crate::fixture_table::<Case>(include_str!("../fixtures/plan.yaml")) {
             let mut gr = app();
             gr.spec.interval = case.interval.clone();
             gr.metadata.generation = Some(case.generation);
@@ -196,7 +192,6 @@ mod tests {
                 ..Default::default()
             };
             let plan = Plan::new(&gr, &status, case.since_check.map(Duration::from_secs));
-            let name = &case.name;
             assert_eq!(plan.git_due, case.git_due, "{name}: git due");
             assert_eq!(
                 plan.pending.is_some(),

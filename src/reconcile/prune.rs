@@ -92,7 +92,6 @@ mod tests {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     struct Case {
-        name: String,
         candidates: usize,
         managed: usize,
         max_prune: Option<IntOrString>,
@@ -104,11 +103,11 @@ mod tests {
 
     #[test]
     fn the_guard_from_the_fixtures() {
-        for case in crate::fixture_table::<Case>(include_str!("../fixtures/prune.yaml")) {
+        for (name, case) in crate::fixture_table::<Case>(include_str!("../fixtures/prune.yaml")) {
             let got = apply::prune_blocked(case.candidates, case.managed, case.max_prune.as_ref());
             match case.invalid {
-                Some(message) => assert_eq!(got, Err(message), "{}", case.name),
-                None => assert_eq!(got, Ok(case.blocked), "{}", case.name),
+                Some(message) => assert_eq!(got, Err(message), "{}", name),
+                None => assert_eq!(got, Ok(case.blocked), "{}", name),
             }
         }
     }

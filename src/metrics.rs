@@ -24,7 +24,7 @@ pub struct Metrics {
 }
 
 /// The `action` label values of `capstan_apply_objects_total`.
-pub const ACTIONS: [&str; 4] = ["created", "configured", "unchanged", "pruned"];
+pub const ACTIONS: [&str; 5] = ["created", "configured", "unchanged", "recreated", "pruned"];
 
 const GR: &[&str] = &["namespace", "name"];
 

@@ -311,6 +311,9 @@ pub struct Summary {
     pub created: i64,
     pub configured: i64,
     pub unchanged: i64,
+    /// Deleted and created again because a field that cannot change in place changed (force).
+    #[serde(default)]
+    pub recreated: i64,
     pub pruned: i64,
     pub drifted: i64,
 }

@@ -19,6 +19,9 @@ pub const OWNER_NAME_LABEL: &str = "capstan.dev/name";
 pub const OWNER_NAMESPACE_LABEL: &str = "capstan.dev/namespace";
 /// Annotation on every applied object: `<namespace>/<name>` of the owning GitRepository, in full.
 pub const OWNER_ANNOTATION: &str = "capstan.dev/owner";
+/// Annotation a user sets on an object in git (`enabled`) so that Capstan deletes and re-creates
+/// it when a field that cannot change in place changed, as `spec.force` does for all objects.
+pub const FORCE_ANNOTATION: &str = "capstan.dev/force";
 /// Annotation a user sets on an applied object so that Capstan never prunes it.
 pub const PRUNE_ANNOTATION: &str = "capstan.dev/prune";
 /// Annotation a user sets on a GitRepository to ask for a reconcile now; echoed in

@@ -22,8 +22,8 @@ use serde_json::Value;
 pub use inventory::{prune_blocked, prune_candidates};
 
 use crate::api::{
-    FIELD_MANAGER, GitRepository, InventoryEntry, OWNER_ANNOTATION, OWNER_NAME_LABEL,
-    OWNER_NAMESPACE_LABEL, PRUNE_ANNOTATION, SHARD_LABEL,
+    FIELD_MANAGER, FORCE_ANNOTATION, GitRepository, InventoryEntry, OWNER_ANNOTATION,
+    OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, PRUNE_ANNOTATION, SHARD_LABEL,
 };
 use crate::object::fields::FieldSet;
 use crate::object::{Kind, ObjectId, apply_tier};
@@ -101,7 +101,50 @@ pub enum Action {
     Created,
     Configured,
     Unchanged,
+    /// Deleted and created again: a field that cannot change in place changed (force).
+    Recreated,
     Failed(String),
+}
+
+/// Why one server-side apply failed.
+#[derive(Debug)]
+enum SendError {
+    /// The API server refused to change these fields of the existing object in place: each
+    /// as `<field>: <what the server said of it>`.
+    Immutable(Vec<String>),
+    Other(String),
+}
+
+impl SendError {
+    fn message(self) -> String {
+        match self {
+            SendError::Immutable(fields) => fields.join("; "),
+            SendError::Other(message) => message,
+        }
+    }
+}
+
+/// The fields an invalid-request answer says cannot change in place (a Job's template, a
+/// Service's clusterIP, a selector, a RoleBinding's roleRef), each as `<field>: <saying>`
+/// without the value the server prints (a whole Pod template, for a Job); empty for any other
+/// answer.
+fn immutable_fields(status: &kube::core::Status) -> Vec<String> {
+    const SAYINGS: [&str; 3] = ["immutable", "may not change once set", "cannot change"];
+    if status.code != 422 {
+        return Vec::new();
+    }
+    let mut fields: Vec<String> = status
+        .details
+        .iter()
+        .flat_map(|d| &d.causes)
+        .filter(|c| SAYINGS.iter().any(|s| c.message.contains(s)))
+        .map(|c| {
+            let saying = c.message.rsplit(": ").next().unwrap_or_default();
+            format!("{}: {saying}", c.field)
+        })
+        .collect();
+    fields.dedup();
+    fields
 }
 
 /// The outcome of applying a rendered set.
@@ -181,6 +224,9 @@ pub struct ApplyOptions<'a> {
     /// nothing (`Unchanged`, though it was sent).
     pub previous_versions: &'a HashMap<String, u64>,
     pub timeout: Duration,
+    /// Delete and re-create every object whose fields cannot change in place (`spec.force`);
+    /// without it only objects annotated `capstan.dev/force: enabled` are.
+    pub force: bool,
 }
 
 enum KindError {
@@ -332,7 +378,12 @@ impl Applier {
                 if let Some(kind) = kind.filter(|k| !report.kinds.contains(k)) {
                     report.kinds.push(kind);
                 }
-                if id.is_crd() && matches!(action, Action::Created | Action::Configured) {
+                if id.is_crd()
+                    && matches!(
+                        action,
+                        Action::Created | Action::Configured | Action::Recreated
+                    )
+                {
                     new_crds.push(id.name.clone());
                 }
                 tracing::debug!(object = %id, action = ?action, "apply");
@@ -386,7 +437,11 @@ impl Applier {
                 }
                 Ok(owned) if opts.previous.contains(&id_str) => (Action::Configured, Some(owned)),
                 Ok(owned) => (Action::Created, Some(owned)),
-                Err(message) => (Action::Failed(message), None),
+                Err(SendError::Immutable(fields)) => {
+                    self.recreate_or_refuse(client, &prepared, opts, &fields)
+                        .await
+                }
+                Err(other) => (Action::Failed(other.message()), None),
             }
         };
         Outcome {
@@ -402,8 +457,68 @@ impl Applier {
         }
     }
 
+    /// An object whose `fields` cannot change in place: deleted and created again where force
+    /// is asked for (the GitRepository's `spec.force` or the object's annotation), else refused
+    /// with the fields named.
+    async fn recreate_or_refuse(
+        &self,
+        client: &Client,
+        prepared: &Prepared,
+        opts: &ApplyOptions<'_>,
+        fields: &[String],
+    ) -> (Action, Option<Owned>) {
+        let annotated = prepared.object["metadata"]["annotations"][FORCE_ANNOTATION].as_str()
+            == Some("enabled");
+        if !opts.force && !annotated {
+            return (
+                Action::Failed(format!(
+                    "{}: it cannot change in place; set spec.force: true, or annotate the object \
+                     {FORCE_ANNOTATION}: enabled, to delete and re-create it",
+                    fields.join("; ")
+                )),
+                None,
+            );
+        }
+        tracing::info!(object = %prepared.id, fields = %fields.join("; "), "re-creating");
+        match self.recreate(client, prepared, opts.timeout).await {
+            Ok(owned) => (Action::Recreated, Some(owned)),
+            Err(message) => (Action::Failed(format!("re-creating it: {message}")), None),
+        }
+    }
+
+    /// Deletes the object, waits until it is gone (within `timeout`), and applies it again.
+    async fn recreate(
+        &self,
+        client: &Client,
+        prepared: &Prepared,
+        timeout: Duration,
+    ) -> Result<Owned, String> {
+        let api = prepared.kind.api(client, &prepared.object);
+        let name = &prepared.id.name;
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let deadline = Instant::now() + timeout;
+        while api
+            .get_opt(name)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            if Instant::now() >= deadline {
+                return Err(format!("still deleting after {timeout:?} (a finalizer?)"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.send(client, &prepared.kind, &prepared.object)
+            .await
+            .map_err(SendError::message)
+    }
+
     /// One server-side apply, conflicts forced; returns what Capstan owns afterwards.
-    async fn send(&self, client: &Client, kind: &Kind, object: &Value) -> Result<Owned, String> {
+    async fn send(&self, client: &Client, kind: &Kind, object: &Value) -> Result<Owned, SendError> {
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
         let api = kind.api(client, object);
         let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -426,9 +541,14 @@ impl Applier {
                     // The kind went away since discovery: look it up afresh next time.
                     self.kinds.lock().remove(&gvk_of(object));
                 }
-                Err(s.message)
+                let fields = immutable_fields(&s);
+                Err(if fields.is_empty() {
+                    SendError::Other(s.message)
+                } else {
+                    SendError::Immutable(fields)
+                })
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(SendError::Other(e.to_string())),
         }
     }
 
@@ -494,7 +614,9 @@ impl Applier {
             resource,
             namespaced: caps.scope == Scope::Namespaced,
         };
-        self.send(client, &kind, object).await
+        self.send(client, &kind, object)
+            .await
+            .map_err(SendError::message)
     }
 
     async fn prepare(
@@ -847,6 +969,54 @@ fn digest(object: &Value) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An invalid-request answer with these causes, as the API server writes it.
+    fn invalid(causes: &[(&str, &str)]) -> kube::core::Status {
+        serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "code": 422,
+            "reason": "Invalid",
+            "message": "the object is invalid",
+            "details": {"causes": causes.iter().map(|(field, message)| serde_json::json!({
+                "reason": "FieldValueInvalid", "field": field, "message": message,
+            })).collect::<Vec<_>>()},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn immutable_fields_are_read_from_the_causes() {
+        let job = invalid(&[(
+            "spec.template",
+            "Invalid value: core.PodTemplateSpec{...}: field is immutable",
+        )]);
+        assert_eq!(
+            immutable_fields(&job),
+            ["spec.template: field is immutable"]
+        );
+        let service = invalid(&[(
+            "spec.clusterIPs[0]",
+            "Invalid value: []string{\"10.0.0.9\"}: may not change once set",
+        )]);
+        assert_eq!(
+            immutable_fields(&service),
+            ["spec.clusterIPs[0]: may not change once set"]
+        );
+        let binding = invalid(&[("roleRef", "Invalid value: ...: cannot change roleRef")]);
+        assert_eq!(
+            immutable_fields(&binding),
+            ["roleRef: cannot change roleRef"]
+        );
+        // Another invalid value is not a reason to re-create anything.
+        let bad_port = invalid(&[(
+            "spec.ports[0].port",
+            "Invalid value: 0: must be between 1 and 65535, inclusive",
+        )]);
+        assert!(immutable_fields(&bad_port).is_empty());
+        let mut conflict = job.clone();
+        conflict.code = 409;
+        assert!(immutable_fields(&conflict).is_empty());
+    }
 
     #[test]
     fn long_names_are_hashed_into_label_values() {

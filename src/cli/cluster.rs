@@ -400,6 +400,7 @@ async fn dry_run(
         previous_digests: &digests,
         previous_versions: &versions,
         timeout,
+        force: gr.spec.force,
     };
     let dry = Applier::new(1).dry_run(client, manifests, &opts).await;
     let row = |object, action, changes, error| Row {

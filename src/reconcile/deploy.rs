@@ -62,6 +62,7 @@ pub(super) async fn apply(
         previous_digests: &previous_digests,
         previous_versions: &previous_versions(ctx, state, &previous),
         timeout: plan.timeout,
+        force: gr.spec.force,
     };
     let client = ctx.client_for(gr, state).map_err(Failure::Identity)?;
     progressing(ctx, gr, state, status, &source.resolved.revision).await;
@@ -92,6 +93,7 @@ pub(super) async fn apply(
             created: report.count(|a| *a == Applied::Created),
             configured: report.count(|a| *a == Applied::Configured),
             unchanged: report.count(|a| *a == Applied::Unchanged),
+            recreated: report.count(|a| *a == Applied::Recreated),
             ..Summary::default()
         },
         previous: previous_entries,
@@ -148,6 +150,7 @@ impl Outcome {
             self.summary.created,
             self.summary.configured,
             self.summary.unchanged,
+            self.summary.recreated,
             self.summary.pruned,
         ];
         let owner = &self.owner;
@@ -173,8 +176,12 @@ pub(super) fn conclude(
 ) -> Verdict {
     let revision = &source.resolved.revision;
     let s = &outcome.summary;
+    let recreated = match s.recreated {
+        0 => String::new(),
+        n => format!(", {n} recreated"),
+    };
     let message = format!(
-        "Applied revision {revision} ({} objects: {} created, {} configured, {} unchanged, {} pruned)",
+        "Applied revision {revision} ({} objects: {} created, {} configured, {} unchanged{recreated}, {} pruned)",
         s.total, s.created, s.configured, s.unchanged, s.pruned
     );
     info!(
@@ -183,6 +190,7 @@ pub(super) fn conclude(
         created = s.created,
         configured = s.configured,
         unchanged = s.unchanged,
+        recreated = s.recreated,
         pruned = s.pruned,
         duration_ms = started.elapsed().as_millis() as u64,
         "applied revision"

@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod credentials;
 mod deploy;
+mod force;
 mod git;
 mod hostile;
 mod live;

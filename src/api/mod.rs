@@ -22,6 +22,9 @@ pub const OWNER_ANNOTATION: &str = "capstan.dev/owner";
 /// Annotation a user sets on an object in git (`enabled`) so that Capstan deletes and re-creates
 /// it when a field that cannot change in place changed, as `spec.force` does for all objects.
 pub const FORCE_ANNOTATION: &str = "capstan.dev/force";
+/// Annotation a user sets on an applied object to hand it to another GitRepository:
+/// `<namespace>/<name>` of the one that may take it over from its current owner.
+pub const HANDOVER_ANNOTATION: &str = "capstan.dev/owner-handover";
 /// Annotation a user sets on an applied object so that Capstan never prunes it.
 pub const PRUNE_ANNOTATION: &str = "capstan.dev/prune";
 /// Annotation a user sets on a GitRepository to ask for a reconcile now; echoed in

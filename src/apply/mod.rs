@@ -22,8 +22,8 @@ use serde_json::Value;
 pub use inventory::{prune_blocked, prune_candidates};
 
 use crate::api::{
-    FIELD_MANAGER, FORCE_ANNOTATION, GitRepository, InventoryEntry, OWNER_ANNOTATION,
-    OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, PRUNE_ANNOTATION, SHARD_LABEL,
+    FIELD_MANAGER, FORCE_ANNOTATION, GitRepository, HANDOVER_ANNOTATION, InventoryEntry,
+    OWNER_ANNOTATION, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, PRUNE_ANNOTATION, SHARD_LABEL,
 };
 use crate::object::fields::FieldSet;
 use crate::object::{Kind, ObjectId, apply_tier};
@@ -85,6 +85,15 @@ pub struct ApplyError {
     failed: usize,
     total: usize,
     first: String,
+    /// How many of the failed objects are managed by another GitRepository.
+    pub conflicts: usize,
+}
+
+impl ApplyError {
+    /// Every failure is an object another GitRepository manages.
+    pub fn only_conflicts(&self) -> bool {
+        self.conflicts == self.failed
+    }
 }
 
 /// An object that could not be pruned; it stays in the inventory.
@@ -104,6 +113,15 @@ pub enum Action {
     /// Deleted and created again: a field that cannot change in place changed (force).
     Recreated,
     Failed(String),
+    /// Not applied: another GitRepository manages the object (the message names both).
+    Conflict(String),
+}
+
+impl Action {
+    /// The object is not as the revision says: it failed or was refused.
+    pub fn failed(&self) -> bool {
+        matches!(self, Action::Failed(_) | Action::Conflict(_))
+    }
 }
 
 /// Why one server-side apply failed.
@@ -112,6 +130,8 @@ enum SendError {
     /// The API server refused to change these fields of the existing object in place: each
     /// as `<field>: <what the server said of it>`.
     Immutable(Vec<String>),
+    /// Another GitRepository manages the object; nothing was sent. The message names both.
+    Owned(String),
     Other(String),
 }
 
@@ -119,8 +139,35 @@ impl SendError {
     fn message(self) -> String {
         match self {
             SendError::Immutable(fields) => fields.join("; "),
-            SendError::Other(message) => message,
+            SendError::Owned(message) | SendError::Other(message) => message,
         }
+    }
+}
+
+/// Refuses to send `object` (which carries its owner's annotation) when the live object is
+/// managed by another GitRepository, unless that one handed it to this one. Objects without an
+/// owner (created by hand, or released) are taken.
+async fn owned_by_another(api: &Api<DynamicObject>, object: &Value) -> Result<(), SendError> {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let ours = object["metadata"]["annotations"][OWNER_ANNOTATION]
+        .as_str()
+        .unwrap_or_default();
+    let live = match api.get_metadata_opt(name).await {
+        Ok(live) => live,
+        Err(kube::Error::Api(s)) => return Err(SendError::Other(s.message)),
+        Err(e) => return Err(SendError::Other(e.to_string())),
+    };
+    let annotations = live.as_ref().map(ResourceExt::annotations);
+    let owner = annotations.and_then(|a| a.get(OWNER_ANNOTATION));
+    let handed_to = annotations.and_then(|a| a.get(HANDOVER_ANNOTATION));
+    match owner {
+        Some(other) if other != ours && handed_to.map(String::as_str) != Some(ours) => {
+            Err(SendError::Owned(format!(
+                "managed by GitRepository {other}, not {ours}: left as it is (to hand it over, \
+                 annotate it {HANDOVER_ANNOTATION}: {ours})"
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -190,7 +237,7 @@ impl Kind {
 impl ApplyReport {
     pub fn failures(&self) -> impl Iterator<Item = (&ObjectId, &str)> {
         self.objects.iter().filter_map(|(id, _, a)| match a {
-            Action::Failed(m) => Some((id, m.as_str())),
+            Action::Failed(m) | Action::Conflict(m) => Some((id, m.as_str())),
             _ => None,
         })
     }
@@ -207,6 +254,7 @@ impl ApplyReport {
             failed: 1 + failures.count(),
             total: self.objects.len(),
             first: format!("{}: {message}", id.display_name()),
+            conflicts: self.count(|a| matches!(a, Action::Conflict(_))) as usize,
         })
     }
 }
@@ -372,7 +420,7 @@ impl Applier {
                 kind,
             } in results
             {
-                if let (Some(sent), false) = (sent, matches!(action, Action::Failed(_))) {
+                if let (Some(sent), false) = (sent, action.failed()) {
                     report.sent.insert(id.to_string(), sent);
                 }
                 if let Some(kind) = kind.filter(|k| !report.kinds.contains(k)) {
@@ -441,6 +489,7 @@ impl Applier {
                     self.recreate_or_refuse(client, &prepared, opts, &fields)
                         .await
                 }
+                Err(SendError::Owned(message)) => (Action::Conflict(message), None),
                 Err(other) => (Action::Failed(other.message()), None),
             }
         };
@@ -521,6 +570,7 @@ impl Applier {
     async fn send(&self, client: &Client, kind: &Kind, object: &Value) -> Result<Owned, SendError> {
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
         let api = kind.api(client, object);
+        owned_by_another(&api, object).await?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
         match api.patch(name, &params, &Patch::Apply(object)).await {
             Ok(applied) => {

@@ -81,7 +81,7 @@ pub(super) async fn apply(
         entries: report
             .objects
             .iter()
-            .filter(|(_, _, action)| !matches!(action, Applied::Failed(_)))
+            .filter(|(_, _, action)| !action.failed())
             .map(|(id, v, _)| InventoryEntry {
                 id: id.to_string(),
                 v: v.clone(),

@@ -84,6 +84,7 @@ impl Failure {
             Failure::Resolve(e) | Failure::Checkout(e) => e.reason(),
             Failure::WorkDir(_) => Reason::FetchFailed,
             Failure::Variables(_) | Failure::Build(_) => Reason::BuildFailed,
+            Failure::Apply(e) if e.only_conflicts() => Reason::OwnershipConflict,
             Failure::Identity(_) | Failure::Apply(_) => Reason::ApplyFailed,
             Failure::PruneBlocked(_) => Reason::PruneBlocked,
             Failure::Prune(_) => Reason::PruneFailed,
@@ -133,6 +134,8 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apply::{Action, ApplyReport};
+    use crate::object::ObjectId;
     use crate::source::resolve::ResolveError;
 
     // Long: one table with a row per failure, read top to bottom.
@@ -146,6 +149,24 @@ mod tests {
             message: "postBuild".into(),
             transient,
         };
+        // An apply whose failed objects are these.
+        let apply = |actions: Vec<Action>| {
+            let report = ApplyReport {
+                objects: actions
+                    .into_iter()
+                    .map(|a| {
+                        (
+                            ObjectId::parse("team_app__ConfigMap").unwrap(),
+                            "v1".into(),
+                            a,
+                        )
+                    })
+                    .collect(),
+                ..ApplyReport::default()
+            };
+            Failure::Apply(report.error().expect("a failed apply"))
+        };
+        let conflict = || Action::Conflict("managed by GitRepository team/other".into());
         let not_found = || CredentialsError::NotFound {
             namespace: "team".into(),
             name: "git".into(),
@@ -223,6 +244,18 @@ mod tests {
                 Reason::ApplyFailed,
                 false,
                 false,
+            ),
+            (
+                apply(vec![conflict(), Action::Created]),
+                Reason::OwnershipConflict,
+                false,
+                true,
+            ),
+            (
+                apply(vec![conflict(), Action::Failed("invalid".into())]),
+                Reason::ApplyFailed,
+                false,
+                true,
             ),
             (
                 Failure::PruneBlocked("over the limit".into()),

@@ -402,16 +402,24 @@ async fn shards_each_sync_only_their_own() {
     // Each shard lists and watches only its own objects: the selector names the shard.
     for shard in ["one", "two"] {
         let user = sa_user(&fx.ns, shard);
-        let object_reads: Vec<String> = audit::completed_since(mark)
-            .into_iter()
-            .filter(|r| r.user == user && r.resource == "configmaps")
-            .filter(|r| r.verb == "list" || r.verb == "watch")
-            .map(|r| label_selector(&r.uri))
-            .collect();
-        assert!(
-            !object_reads.is_empty(),
-            "shard {shard} watches its ConfigMaps"
-        );
+        let object_reads = || -> Vec<String> {
+            audit::completed_since(mark)
+                .into_iter()
+                .filter(|r| r.user == user && r.resource == "configmaps")
+                .filter(|r| r.verb == "list" || r.verb == "watch")
+                .map(|r| label_selector(&r.uri))
+                .collect()
+        };
+        // The watch starts beside the apply; its first list may complete after the status.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while object_reads().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "shard {shard} lists its ConfigMaps"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let object_reads = object_reads();
         let own = format!("capstan.dev/shard={shard}");
         assert!(
             object_reads

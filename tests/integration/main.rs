@@ -14,6 +14,7 @@ mod git;
 mod hostile;
 mod live;
 mod operations;
+mod ownership;
 mod render;
 mod sync;
 mod tenancy;

@@ -144,6 +144,27 @@ impl SendError {
     }
 }
 
+/// Removes `owner`'s labels and annotation from the object `name`.
+async fn unmark(api: &Api<DynamicObject>, name: &str, owner: &Owner) -> Result<(), String> {
+    let labels: serde_json::Map<String, Value> = owner
+        .labels()
+        .into_keys()
+        .map(|key| (key, Value::Null))
+        .collect();
+    let patch = serde_json::json!({"metadata": {
+        "labels": labels,
+        "annotations": {OWNER_ANNOTATION: null},
+    }});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Refuses to send `object` (which carries its owner's annotation) when the live object is
 /// managed by another GitRepository, unless that one handed it to this one. Objects without an
 /// owner (created by hand, or released) are taken.
@@ -799,6 +820,16 @@ impl Applier {
         if live.metadata.deletion_timestamp.is_some() {
             return Ok(PruneResult::Pending);
         }
+        if id.group.is_empty()
+            && id.kind == "Namespace"
+            && let Some(held) = self.held_by_another(client, &id.name, owner).await?
+        {
+            // Deleting it would delete what another GitRepository manages: released instead,
+            // without this owner's markers, so that the other may take it.
+            tracing::warn!(namespace = %id.name, %held, "not pruning a namespace that holds another GitRepository's objects");
+            unmark(&api, &id.name, owner).await?;
+            return Ok(PruneResult::Released);
+        }
         let params = DeleteParams {
             preconditions: live.uid().map(|uid| Preconditions {
                 uid: Some(uid),
@@ -817,6 +848,46 @@ impl Applier {
             Err(kube::Error::Api(s)) => Err(s.message),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// An object in `namespace` that another GitRepository manages, as `<kind> <name> (managed
+    /// by <owner>)`: looked for among the namespaced kinds this process has applied.
+    async fn held_by_another(
+        &self,
+        client: &Client,
+        namespace: &str,
+        owner: &Owner,
+    ) -> Result<Option<String>, String> {
+        let kinds: Vec<ApiResource> = self
+            .kinds
+            .lock()
+            .values()
+            .filter(|(_, caps)| caps.scope == Scope::Namespaced)
+            .map(|(resource, _)| resource.clone())
+            .collect();
+        let ours = owner.annotation();
+        let params = kube::api::ListParams::default().labels(OWNER_NAME_LABEL);
+        for resource in kinds {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), namespace, &resource);
+            let listed = api
+                .list_metadata(&params)
+                .await
+                .map_err(|e| format!("listing {} in {namespace}: {e}", resource.plural))?;
+            for item in listed.items {
+                match item.annotations().get(OWNER_ANNOTATION) {
+                    Some(other) if *other != ours => {
+                        return Ok(Some(format!(
+                            "{} {} (managed by {other})",
+                            resource.kind,
+                            item.name_any()
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Removes this owner's markers from the objects in `entries` (deletionPolicy Orphan).
@@ -838,22 +909,9 @@ impl Applier {
                 if live.annotations().get(OWNER_ANNOTATION) != Some(&owner.annotation()) {
                     return Ok(());
                 }
-                let mut labels = serde_json::Map::new();
-                for key in owner.labels().keys() {
-                    labels.insert(key.clone(), Value::Null);
-                }
-                let patch = serde_json::json!({"metadata": {
-                    "labels": labels,
-                    "annotations": {OWNER_ANNOTATION: null},
-                }});
-                match api
-                    .patch(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
+                unmark(&api, &id.name, owner)
                     .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                    Err(e) => Err(format!("{}: {e}", entry.id)),
-                }
+                    .map_err(|e| format!("{}: {e}", entry.id))
             })
             .collect();
         stream::iter(futures)

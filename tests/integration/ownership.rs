@@ -96,3 +96,68 @@ async fn a_second_owner_is_refused_until_the_object_is_handed_over() {
         ("second".to_string(), second)
     );
 }
+
+/// A Namespace and a ConfigMap in it, as YAML.
+fn namespace_with(ns: &str, cm: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\n{}",
+        configmap_in(ns, cm)
+    )
+}
+
+fn configmap_in(ns: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"1\"\n"
+    )
+}
+
+#[tokio::test]
+async fn a_namespace_holding_another_gitrepositorys_objects_is_not_pruned() {
+    let fx = Fixture::new("shared-namespace").await;
+    let shared = format!("{}-shared", fx.ns);
+    let first = Repo::create(
+        "shared-namespace-first",
+        &[
+            ("ns.yaml", &namespace_with(&shared, "first-cm")),
+            ("keep.yaml", &configmap("keep", "1")),
+        ],
+    );
+    fx.create("first", spec(first.http_url(), json!({"prune": true})))
+        .await;
+    fx.wait_applied("first", &first.head()).await;
+    let second = Repo::create(
+        "shared-namespace-second",
+        &[("cm.yaml", &configmap_in(&shared, "second-cm"))],
+    );
+    fx.create("second", spec(second.http_url(), json!({})))
+        .await;
+    fx.wait_applied("second", &second.head()).await;
+
+    // The first no longer declares the namespace: its own ConfigMap is pruned, the namespace
+    // (which holds the second's ConfigMap) is left, without the first's markers.
+    let head = first.remove(&["ns.yaml"], "leave the namespace");
+    let gr = fx.wait_applied("first", &head).await;
+    fx.wait_gone(&shared, "v1", "ConfigMap", "first-cm").await;
+    let entries = gr.status.unwrap().inventory.unwrap().entries;
+    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, [format!("{}_keep__ConfigMap", fx.ns)]);
+    let namespace = fx.get_in("", "v1", "Namespace", &shared).await;
+    let namespace = namespace.expect("the namespace is not deleted");
+    assert!(namespace.metadata.deletion_timestamp.is_none());
+    let annotations = namespace.metadata.annotations.unwrap_or_default();
+    assert!(
+        !annotations.contains_key("capstan.dev/owner"),
+        "{annotations:?}"
+    );
+    assert!(
+        fx.get_in(&shared, "v1", "ConfigMap", "second-cm")
+            .await
+            .is_some()
+    );
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(fx.client.clone());
+    namespaces
+        .delete(&shared, &DeleteParams::default())
+        .await
+        .unwrap();
+}

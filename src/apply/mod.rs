@@ -862,7 +862,10 @@ impl Applier {
             .kinds
             .lock()
             .values()
-            .filter(|(_, caps)| caps.scope == Scope::Namespaced)
+            .filter(|(_, caps)| {
+                caps.scope == Scope::Namespaced
+                    && caps.supports_operation(kube::discovery::verbs::LIST)
+            })
             .map(|(resource, _)| resource.clone())
             .collect();
         let ours = owner.annotation();

@@ -336,6 +336,14 @@ pub fn ready_message(gr: &GitRepository) -> String {
         .unwrap_or_default()
 }
 
+/// The summary of the last apply (default when there is none).
+pub fn summary(gr: &GitRepository) -> capstan::api::Summary {
+    gr.status
+        .as_ref()
+        .and_then(|s| s.summary.clone())
+        .unwrap_or_default()
+}
+
 pub fn configmap(name: &str, data: &str) -> String {
     format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {data:?}\n"

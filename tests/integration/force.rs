@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::support::controller::{Fixture, configmap, ready_message};
+use crate::support::controller::{Fixture, configmap, ready_message, summary};
 
 /// A suspended Job (so nothing runs) whose Pod template runs `image`.
 fn job(image: &str, annotations: &str) -> String {
@@ -67,16 +67,7 @@ async fn immutable_fields_are_refused_without_force_and_recreated_with_it() {
     let (second_uid, image) = job_uid_and_image(&fx).await;
     assert_ne!(second_uid, first_uid, "a new Job");
     assert_eq!(image, "busybox:1.37");
-    assert_eq!(
-        gr.status
-            .as_ref()
-            .unwrap()
-            .summary
-            .as_ref()
-            .unwrap()
-            .recreated,
-        1
-    );
+    assert_eq!(summary(&gr).recreated, 1);
     let message = ready_message(&gr);
     assert!(message.contains("1 recreated"), "{message}");
 
@@ -93,14 +84,5 @@ async fn immutable_fields_are_refused_without_force_and_recreated_with_it() {
     let (third_uid, image) = job_uid_and_image(&fx).await;
     assert_ne!(third_uid, second_uid, "a new Job again");
     assert_eq!(image, "busybox:1.38");
-    assert_eq!(
-        gr.status
-            .as_ref()
-            .unwrap()
-            .summary
-            .as_ref()
-            .unwrap()
-            .recreated,
-        1
-    );
+    assert_eq!(summary(&gr).recreated, 1);
 }

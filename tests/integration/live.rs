@@ -8,7 +8,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use crate::support::Repo;
-use crate::support::controller::{Fixture, configmap, ready, ready_message, spec};
+use crate::support::controller::{Fixture, configmap, ready, ready_message, spec, summary};
 use crate::support::env::control_plane;
 
 fn value(obj: &kube::api::DynamicObject) -> String {
@@ -137,16 +137,7 @@ async fn drift_is_only_reported_in_warn_mode_and_ignored_when_disabled() {
     assert_eq!(drift.len(), 1, "{drift:?}");
     assert_eq!(drift[0].fields, [".data.value"]);
     assert!(!drift[0].corrected);
-    assert_eq!(
-        gr.status
-            .as_ref()
-            .unwrap()
-            .summary
-            .as_ref()
-            .unwrap()
-            .drifted,
-        1
-    );
+    assert_eq!(summary(&gr).drifted, 1);
     assert!(
         event_reasons(&fx)
             .await

@@ -51,10 +51,20 @@ pub(super) async fn resolve(
     let steady = plan.settled && state.applied_ok;
     let mut auth = credentials(ctx, gr, state, !steady).await?;
     let git_ref = gr.spec.git_ref();
-    let mut resolved = ctx.cache.resolve(&url, &auth, &git_ref, plan.timeout).await;
+    // In a steady state, what the remote told another GitRepository of the URL (with the same
+    // credentials) within this one's interval is as good as asking: one ref check per URL and
+    // interval. A reconcile asked for, or one after a failure, asks afresh.
+    let reuse = steady.then(|| super::plan::interval(gr));
+    let mut resolved = ctx
+        .cache
+        .resolve(&url, &auth, &git_ref, plan.timeout, reuse)
+        .await;
     if steady && matches!(&resolved, Err(e) if e.reason() == Reason::AuthenticationFailed) {
         auth = credentials(ctx, gr, state, true).await?;
-        resolved = ctx.cache.resolve(&url, &auth, &git_ref, plan.timeout).await;
+        resolved = ctx
+            .cache
+            .resolve(&url, &auth, &git_ref, plan.timeout, None)
+            .await;
     }
     let resolved = resolved.map_err(Failure::Resolve)?;
 
@@ -178,7 +188,7 @@ pub async fn check_out(
         None => Auth::default(),
     };
     let resolved = cache
-        .resolve(&url, &auth, &gr.spec.git_ref(), timeout)
+        .resolve(&url, &auth, &gr.spec.git_ref(), timeout, None)
         .await
         .map_err(|e| failed(Failure::Resolve(e)))?;
     cache

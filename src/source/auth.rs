@@ -43,6 +43,22 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
+    /// Tells credentials apart in memory (never persisted): two GitRepositories share what a
+    /// remote told one of them only when they ask with the same credentials.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.basic.hash(&mut h);
+        self.bearer_token.hash(&mut h);
+        self.identity.hash(&mut h);
+        self.known_hosts.hash(&mut h);
+        for cert in self.ca.iter().flatten() {
+            cert.as_ref().hash(&mut h);
+        }
+        self.ca.is_some().hash(&mut h);
+        h.finish()
+    }
+
     /// Reads the keys Flux users know: `username`+`password`, `bearerToken`, `identity`
     /// (+ `password` as its passphrase), `known_hosts`, `ca.crt`.
     pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, SourceError> {

@@ -35,6 +35,18 @@ impl CheckError {
     }
 }
 
+/// A ref advertisement, and when it was asked for.
+struct Advert {
+    at: Instant,
+    refs: Arc<Vec<(String, git2::Oid)>>,
+}
+
+/// The last advertisement of one URL and credentials, locked while a check runs.
+type AdvertSlot = tokio::sync::Mutex<Option<Advert>>;
+
+/// How long an advertisement no one asks for is kept: longer than any sensible interval.
+const ADVERT_KEPT: Duration = Duration::from_secs(2 * 3600);
+
 /// What the per-URL maps are keyed by: a digest, so no URL (with its credentials) stays in
 /// memory for longer than its work.
 fn key_of(url: &RemoteUrl) -> String {
@@ -44,6 +56,9 @@ fn key_of(url: &RemoteUrl) -> String {
 pub struct Cache {
     root: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per URL and credentials: the refs the remote advertised last, behind a lock that one ref
+    /// check at a time holds, so that the GitRepositories of one URL share one check.
+    adverts: Mutex<HashMap<(String, u64), Arc<AdvertSlot>>>,
     permits: Semaphore,
     /// URLs with git work still running past its deadline, and how many such calls.
     stuck: Arc<Mutex<HashMap<String, usize>>>,
@@ -55,6 +70,7 @@ impl Cache {
         Cache {
             root,
             locks: Mutex::new(HashMap::new()),
+            adverts: Mutex::default(),
             permits: Semaphore::new(concurrency.max(1)),
             stuck: Arc::default(),
             max_fetch_bytes,
@@ -138,20 +154,59 @@ impl Cache {
         Ok(())
     }
 
-    /// Asks the remote which commit `git_ref` names now: one ref advertisement, no fetch.
+    /// Which commit `git_ref` names: from an advertisement of the same URL and credentials
+    /// asked for less than `reuse` ago, or else from a new one (no fetch). One check per URL and
+    /// credentials runs at a time; those waiting for it use its answer.
     pub async fn resolve(
         &self,
         url: &RemoteUrl,
         auth: &Auth,
         git_ref: &GitRef,
         timeout: Duration,
+        reuse: Option<Duration>,
     ) -> Result<Resolved, CheckError> {
-        let (url2, auth, git_ref) = (url.clone(), auth.clone(), git_ref.clone());
-        self.blocking(url, timeout, (), move |_deadline| {
-            let refs = ls_remote(&url2, &auth)?;
-            Ok(resolve::resolve(&git_ref, &refs)?)
-        })
-        .await
+        let slot = {
+            let mut adverts = self.adverts.lock();
+            adverts.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot.try_lock().map_or(true, |a| {
+                        a.as_ref().is_some_and(|a| a.at.elapsed() < ADVERT_KEPT)
+                    })
+            });
+            adverts
+                .entry((key_of(url), auth.digest()))
+                .or_default()
+                .clone()
+        };
+        let asked = Instant::now();
+        let mut advert = tokio::time::timeout(timeout, slot.lock())
+            .await
+            .map_err(|_| CheckError::Timeout {
+                url: url.redacted().to_string(),
+                timeout,
+            })?;
+        let fresh = advert.as_ref().filter(|a| {
+            // An answer given while this call waited is as new as one it would ask for.
+            a.at >= asked || reuse.is_some_and(|max| a.at.elapsed() < max)
+        });
+        let refs = match fresh {
+            Some(a) => a.refs.clone(),
+            None => {
+                let (url2, auth) = (url.clone(), auth.clone());
+                let refs = self
+                    .blocking(url, timeout, (), move |_deadline| {
+                        Ok(ls_remote(&url2, &auth)?)
+                    })
+                    .await;
+                let refs = Arc::new(refs.inspect_err(|_| *advert = None)?);
+                *advert = Some(Advert {
+                    at: Instant::now(),
+                    refs: refs.clone(),
+                });
+                refs
+            }
+        };
+        Ok(resolve::resolve(git_ref, &refs)?)
     }
 
     /// Makes sure `resolved.oid` is in the cache (fetching only when it is not) and writes its

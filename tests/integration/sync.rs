@@ -682,3 +682,59 @@ async fn a_long_apply_shows_reconciling_and_conditions_carry_the_time_they_chang
         progressing.last_transition_time
     );
 }
+
+#[tokio::test]
+async fn gitrepositories_of_one_url_share_their_ref_checks() {
+    let fx = Fixture::new("shared-checks").await;
+    let apps = ["a", "b", "c", "d"];
+    let files: Vec<(String, String)> = apps
+        .iter()
+        .map(|app| {
+            (
+                format!("{app}/cm.yaml"),
+                configmap(&format!("cm-{app}"), "1"),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let repo = Repo::create("shared-checks", &files);
+    for app in apps {
+        fx.create(app, spec(repo.http_url(), json!({"path": app})))
+            .await;
+    }
+    for app in apps {
+        fx.wait_applied(app, &repo.head()).await;
+    }
+    // Four GitRepositories on one URL, 2 s intervals, over about four intervals: each asking
+    // on its own would make some 16 ref advertisements.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let before = git_server().requests(&repo, "GET", "/info/refs").await;
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    let polls = git_server().requests(&repo, "GET", "/info/refs").await - before;
+    assert!(
+        (2..=8).contains(&polls),
+        "one ref check per URL and interval, give or take the jitter ({polls} in 8 s)"
+    );
+
+    // A push still reaches every one of them.
+    let files: Vec<(String, String)> = apps
+        .iter()
+        .map(|app| {
+            (
+                format!("{app}/cm.yaml"),
+                configmap(&format!("cm-{app}"), "2"),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let sha = repo.commit(&files, "change all four");
+    for app in apps {
+        fx.wait_applied(app, &sha).await;
+    }
+}

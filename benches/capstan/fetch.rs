@@ -73,7 +73,10 @@ pub(crate) async fn fetch(b: &Bench, figures: &mut Figures) {
         let cache = capstan::source::Cache::new(scratch.join("repos"), 1, 1 << 30);
         let mark = git_log_mark().await;
         let started = Instant::now();
-        let resolved = cache.resolve(&url, &auth, &main, timeout, None).await.unwrap();
+        let resolved = cache
+            .resolve(&url, &auth, &main, timeout, None)
+            .await
+            .unwrap();
         cache
             .checkout(&url, &auth, &resolved, &scratch.join("tree"), timeout)
             .await
@@ -133,7 +136,10 @@ pub(crate) async fn fetch(b: &Bench, figures: &mut Figures) {
         git(&["push", "-q", "origin", "main"]);
         let mark = git_log_mark().await;
         let started = Instant::now();
-        let resolved = cache.resolve(&url, &auth, &main, timeout, None).await.unwrap();
+        let resolved = cache
+            .resolve(&url, &auth, &main, timeout, None)
+            .await
+            .unwrap();
         inc_resolve.push(started.elapsed().as_secs_f64());
         let tree = scratch.join(format!("tree-{i}"));
         let fetching = Instant::now();
@@ -174,7 +180,10 @@ pub(crate) async fn fetch(b: &Bench, figures: &mut Figures) {
 
     // A poll with nothing new: the ref advertisement only.
     let mark = git_log_mark().await;
-    let resolved = cache.resolve(&url, &auth, &main, timeout, None).await.unwrap();
+    let resolved = cache
+        .resolve(&url, &auth, &main, timeout, None)
+        .await
+        .unwrap();
     cache
         .checkout(&url, &auth, &resolved, &scratch.join("tree-poll"), timeout)
         .await

@@ -37,6 +37,7 @@ impl CheckError {
 
 /// A ref advertisement, and when it was asked for.
 struct Advert {
+    /// When the check began: the advertisement shows every push before then.
     at: Instant,
     refs: Arc<Vec<(String, git2::Oid)>>,
 }
@@ -186,13 +187,14 @@ impl Cache {
                 timeout,
             })?;
         let fresh = advert.as_ref().filter(|a| {
-            // An answer given while this call waited is as new as one it would ask for.
+            // A check begun while this call waited is as new as one it would begin.
             a.at >= asked || reuse.is_some_and(|max| a.at.elapsed() < max)
         });
         let refs = match fresh {
             Some(a) => a.refs.clone(),
             None => {
                 let (url2, auth) = (url.clone(), auth.clone());
+                let began = Instant::now();
                 let refs = self
                     .blocking(url, timeout, (), move |_deadline| {
                         Ok(ls_remote(&url2, &auth)?)
@@ -200,7 +202,7 @@ impl Cache {
                     .await;
                 let refs = Arc::new(refs.inspect_err(|_| *advert = None)?);
                 *advert = Some(Advert {
-                    at: Instant::now(),
+                    at: began,
                     refs: refs.clone(),
                 });
                 refs

@@ -687,20 +687,18 @@ async fn a_long_apply_shows_reconciling_and_conditions_carry_the_time_they_chang
 async fn gitrepositories_of_one_url_share_their_ref_checks() {
     let fx = Fixture::new("shared-checks").await;
     let apps = ["a", "b", "c", "d"];
-    let files: Vec<(String, String)> = apps
-        .iter()
-        .map(|app| {
-            (
-                format!("{app}/cm.yaml"),
-                configmap(&format!("cm-{app}"), "1"),
-            )
-        })
-        .collect();
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_str()))
-        .collect();
-    let repo = Repo::create("shared-checks", &files);
+    // `<app>/cm.yaml` holding ConfigMap `cm-<app>` with `value`, for each app.
+    let files = |value: &str| -> Vec<(String, String)> {
+        apps.iter()
+            .map(|app| {
+                (
+                    format!("{app}/cm.yaml"),
+                    configmap(&format!("cm-{app}"), value),
+                )
+            })
+            .collect()
+    };
+    let repo = Repo::create("shared-checks", &as_refs(&files("1")));
     for app in apps {
         fx.create(app, spec(repo.http_url(), json!({"path": app})))
             .await;
@@ -720,21 +718,15 @@ async fn gitrepositories_of_one_url_share_their_ref_checks() {
     );
 
     // A push still reaches every one of them.
-    let files: Vec<(String, String)> = apps
-        .iter()
-        .map(|app| {
-            (
-                format!("{app}/cm.yaml"),
-                configmap(&format!("cm-{app}"), "2"),
-            )
-        })
-        .collect();
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_str()))
-        .collect();
-    let sha = repo.commit(&files, "change all four");
+    let sha = repo.commit(&as_refs(&files("2")), "change all four");
     for app in apps {
         fx.wait_applied(app, &sha).await;
     }
+}
+
+fn as_refs(files: &[(String, String)]) -> Vec<(&str, &str)> {
+    files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect()
 }

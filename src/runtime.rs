@@ -17,9 +17,9 @@ use tracing::{error, info, warn};
 
 use crate::api::{GitRepository, SHARD_LABEL};
 use crate::leader::{Election, Leadership};
-use crate::live::Live;
+use crate::live::{Live, Wakes};
 use crate::metrics::Metrics;
-use crate::reconcile::{Context, error_policy, reconcile, trigger_hash, uid};
+use crate::reconcile::{Context, Dependents, error_policy, reconcile, trigger_hash, uid};
 use crate::render::{self, Limits, Tools};
 use crate::server::{self, Readiness};
 use crate::source::Cache;
@@ -327,6 +327,7 @@ async fn control(
         config.namespace.clone(),
         config.shard.as_deref(),
     );
+    let (reader, writer) = reflector::store();
     let ctx = Context::new(
         kube_config.clone(),
         client.clone(),
@@ -334,6 +335,7 @@ async fn control(
         disk,
         live,
         metrics,
+        reader.clone(),
     );
     let api: Api<GitRepository> = match &config.namespace {
         Some(ns) => Api::namespaced(client, ns),
@@ -343,8 +345,10 @@ async fn control(
         Some(shard) => format!("{SHARD_LABEL}={shard}"),
         None => format!("!{SHARD_LABEL}"),
     };
-    let (reader, writer) = reflector::store();
     let listed = readiness.clone();
+    // A GitRepository that changed wakes those that wait on it (dependsOn).
+    let mut dependents = Dependents::default();
+    let waiting = Arc::new(Wakes::default());
     // Our own status writes change neither of these, so they never trigger a reconcile.
     let triggers = watcher(
         api,
@@ -356,9 +360,16 @@ async fn control(
     .reflect(writer)
     .inspect({
         let (ctx, store) = (ctx.clone(), reader.clone());
+        let waiting = waiting.clone();
         move |event| match event {
             // What the process knows of a GitRepository goes with it, finalizer or not.
-            Ok(watcher::Event::Delete(gr)) => ctx.forget(gr),
+            Ok(watcher::Event::Delete(gr)) => {
+                ctx.forget(gr);
+                dependents.deleted(gr).iter().for_each(|d| waiting.wake(d));
+            }
+            Ok(watcher::Event::Apply(gr) | watcher::Event::InitApply(gr)) => {
+                dependents.changed(gr).iter().for_each(|d| waiting.wake(d));
+            }
             Ok(watcher::Event::InitDone) => {
                 // A re-list after a gap in the watch sees no Delete of what went meanwhile.
                 let exists: HashSet<String> = store.state().iter().map(|gr| uid(gr)).collect();
@@ -376,6 +387,7 @@ async fn control(
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         // A managed object changed: its GitRepository looks at drift and health at once.
         .reconcile_on(wake)
+        .reconcile_on(waiting.stream())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -22,6 +22,8 @@ pub enum Reason {
     Progressing,
     ProgressingWithRetry,
     InvalidSpec,
+    /// A GitRepository of `dependsOn` is not Ready at its latest revision, or they form a cycle.
+    DependencyNotReady,
     InvalidSource,
     FetchFailed,
     AuthenticationFailed,
@@ -48,6 +50,7 @@ impl Reason {
             Reason::Progressing => "Progressing",
             Reason::ProgressingWithRetry => "ProgressingWithRetry",
             Reason::InvalidSpec => "InvalidSpec",
+            Reason::DependencyNotReady => "DependencyNotReady",
             Reason::InvalidSource => "InvalidSource",
             Reason::FetchFailed => "FetchFailed",
             Reason::AuthenticationFailed => "AuthenticationFailed",

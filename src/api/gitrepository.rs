@@ -140,6 +140,23 @@ pub struct GitRepositorySpec {
     /// Stop all changes to the cluster for this GitRepository.
     #[serde(default)]
     pub suspend: bool,
+
+    /// GitRepositories that must be Ready at their latest revision before this one applies;
+    /// when they are all deleted together, this one's objects are deleted first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub depends_on: Vec<DependencyReference>,
+}
+
+/// A GitRepository another one depends on.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DependencyReference {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Defaults to the namespace of the GitRepository that depends on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
+    pub namespace: Option<String>,
 }
 
 /// The revision to sync: exactly one of `branch`, `tag`, `semver`, `name`, or `commit`

@@ -5,4 +5,5 @@ pub mod health;
 mod wakes;
 mod watch;
 
+pub use wakes::Wakes;
 pub use watch::{Live, Observed};

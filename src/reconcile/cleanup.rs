@@ -41,6 +41,15 @@ pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action,
         DeletionPolicy::MirrorPrune => gr.spec.prune,
     };
     if delete {
+        // Deleted together, the GitRepositories that depend on this one go first: a custom
+        // resource before its CRD and controller.
+        let first = super::depends::deleted_first(gr, &ctx.repositories);
+        if !first.is_empty() {
+            return Err(Error::Cleanup(format!(
+                "waiting for {} to be deleted first: they depend on this GitRepository",
+                first.join(", ")
+            )));
+        }
         let mut ordered = entries;
         ordered.sort_by_key(|e| {
             ObjectId::parse(&e.id).map(|id| (std::cmp::Reverse(apply_tier(&id)), e.id.clone()))

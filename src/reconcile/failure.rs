@@ -16,6 +16,12 @@ pub(super) enum Failure {
     /// A field of the spec the CRD's schema cannot check (durations, maxPrune).
     #[error("{0}")]
     Spec(String),
+    /// A GitRepository of `dependsOn` is missing or not Ready at its latest revision.
+    #[error("waiting for dependencies: {0}")]
+    DependencyNotReady(String),
+    /// `dependsOn` leads back to the GitRepository.
+    #[error("dependency cycle: {0}")]
+    DependencyCycle(String),
     #[error("{0}")]
     Url(SourceError),
     #[error(transparent)]
@@ -78,6 +84,9 @@ impl Failure {
     pub fn reason(&self) -> Reason {
         match self {
             Failure::Spec(_) => Reason::InvalidSpec,
+            Failure::DependencyNotReady(_) | Failure::DependencyCycle(_) => {
+                Reason::DependencyNotReady
+            }
             Failure::Url(e) => e.reason(),
             Failure::Credentials(CredentialsError::Invalid(e)) => e.reason(),
             Failure::Credentials(_) => Reason::AuthenticationFailed,
@@ -96,6 +105,7 @@ impl Failure {
     pub fn stalls(&self) -> bool {
         match self {
             Failure::Spec(_)
+            | Failure::DependencyCycle(_)
             | Failure::Url(_)
             | Failure::Credentials(CredentialsError::Invalid(_))
             | Failure::Build(_)
@@ -103,7 +113,8 @@ impl Failure {
             // An invalid semver range or commit is in the spec; a missing ref may yet be pushed.
             Failure::Resolve(e) => e.reason() == Reason::InvalidSpec,
             Failure::Variables(e) => !e.transient,
-            Failure::Credentials(_)
+            Failure::DependencyNotReady(_)
+            | Failure::Credentials(_)
             | Failure::WorkDir(_)
             | Failure::Checkout(_)
             | Failure::Identity(_)
@@ -176,6 +187,18 @@ mod tests {
             (
                 Failure::Spec("invalid interval".into()),
                 Reason::InvalidSpec,
+                true,
+                false,
+            ),
+            (
+                Failure::DependencyNotReady("team/crds not found".into()),
+                Reason::DependencyNotReady,
+                false,
+                false,
+            ),
+            (
+                Failure::DependencyCycle("team/a -> team/a".into()),
+                Reason::DependencyNotReady,
                 true,
                 false,
             ),

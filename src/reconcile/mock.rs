@@ -40,6 +40,7 @@ pub(super) fn context(dir: &Path) -> (Arc<Context>, Handle<Request<Body>, Respon
         &disk,
         live,
         Arc::new(Metrics::default()),
+        kube::runtime::reflector::store().0,
     );
     (ctx, api)
 }

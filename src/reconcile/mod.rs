@@ -25,6 +25,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::predicates;
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
@@ -40,6 +41,7 @@ use crate::status::{self, Reason, Verdict};
 
 mod build;
 mod cleanup;
+mod depends;
 mod deploy;
 mod failure;
 mod fetch;
@@ -58,6 +60,7 @@ use plan::Plan;
 use state::{State, States};
 
 pub use build::{Build, helm_options};
+pub(crate) use depends::Dependents;
 pub use fetch::{VariablesError, check_out, read_variables};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,8 @@ pub struct Context {
     kube_config: kube::Config,
     default_service_account: Option<String>,
     states: States,
+    /// The controller's cache of GitRepositories, for `dependsOn`.
+    repositories: Store<GitRepository>,
 }
 
 impl Context {
@@ -95,6 +100,7 @@ impl Context {
         disk: &Disk,
         live: Arc<Live>,
         metrics: Arc<Metrics>,
+        repositories: Store<GitRepository>,
     ) -> Arc<Context> {
         Arc::new(Context {
             recorder: Recorder::new(
@@ -115,6 +121,7 @@ impl Context {
             kube_config,
             default_service_account: config.default_service_account.clone(),
             states: States::default(),
+            repositories,
         })
     }
 
@@ -291,6 +298,7 @@ async fn pipeline(
 ) -> Result<Option<Verdict>, Failure> {
     let started = Instant::now();
     Plan::check(gr)?;
+    depends::check(gr, &ctx.repositories)?;
     let Some(source) = fetch::resolve(ctx, gr, state, status, plan).await? else {
         return Ok(None);
     };

@@ -28,6 +28,8 @@ pub enum Reason {
     FetchFailed,
     AuthenticationFailed,
     RefNotFound,
+    /// The revision's signatures are missing, not by a trusted key, or do not match it.
+    VerificationFailed,
     BuildFailed,
     ApplyFailed,
     /// An object of the revision is managed by another GitRepository.
@@ -55,6 +57,7 @@ impl Reason {
             Reason::FetchFailed => "FetchFailed",
             Reason::AuthenticationFailed => "AuthenticationFailed",
             Reason::RefNotFound => "RefNotFound",
+            Reason::VerificationFailed => "VerificationFailed",
             Reason::BuildFailed => "BuildFailed",
             Reason::ApplyFailed => "ApplyFailed",
             Reason::OwnershipConflict => "OwnershipConflict",

@@ -146,6 +146,43 @@ pub struct GitRepositorySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub depends_on: Vec<DependencyReference>,
+
+    /// Signatures a revision must carry, by a trusted key, before anything of it is applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+}
+
+/// Commit and tag signature verification.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// What must be signed: the commit (`HEAD`, the default), the annotated tag the ref names
+    /// (`Tag`), or both (`TagAndHEAD`).
+    #[serde(default)]
+    pub mode: VerifyMode,
+    /// Secret in the same namespace with the trusted keys: armored OpenPGP public keys in
+    /// entries named `*.asc`, SSH public keys in `allowed_signers` (git's allowed signers format).
+    pub secret_ref: LocalObjectReference,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VerifyMode {
+    #[default]
+    #[serde(rename = "HEAD")]
+    Head,
+    Tag,
+    #[serde(rename = "TagAndHEAD")]
+    TagAndHead,
+}
+
+impl VerifyMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VerifyMode::Head => "HEAD",
+            VerifyMode::Tag => "Tag",
+            VerifyMode::TagAndHead => "TagAndHEAD",
+        }
+    }
 }
 
 /// A GitRepository another one depends on.

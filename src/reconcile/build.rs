@@ -184,6 +184,7 @@ mod tests {
         let checkout = Checkout {
             work,
             committed_at: 0,
+            signatures: Default::default(),
         };
 
         let waited = render_within(build, checkout, Duration::from_millis(50)).await;

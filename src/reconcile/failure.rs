@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::apply::{ApplyError, PruneError};
 use crate::render::RenderError;
+use crate::source::verify::VerifyError;
 use crate::source::{CheckError, SourceError};
 use crate::status::{Reason, Verdict};
 
@@ -36,6 +37,12 @@ pub(super) enum Failure {
     /// Fetching and checking out the commit.
     #[error("{0}")]
     Checkout(CheckError),
+    /// Reading the Secret of `spec.verify`.
+    #[error("verify: {0}")]
+    VerifySecret(CredentialsError),
+    /// The revision's signatures are missing, unknown or wrong.
+    #[error("{0}")]
+    Verification(VerifyError),
     #[error(transparent)]
     Build(#[from] BuildError),
     /// The client that applies as the GitRepository's ServiceAccount could not be made.
@@ -92,6 +99,7 @@ impl Failure {
             Failure::Credentials(_) => Reason::AuthenticationFailed,
             Failure::Resolve(e) | Failure::Checkout(e) => e.reason(),
             Failure::WorkDir(_) => Reason::FetchFailed,
+            Failure::VerifySecret(_) | Failure::Verification(_) => Reason::VerificationFailed,
             Failure::Variables(_) | Failure::Build(_) => Reason::BuildFailed,
             Failure::Apply(e) if e.only_conflicts() => Reason::OwnershipConflict,
             Failure::Identity(_) | Failure::Apply(_) => Reason::ApplyFailed,
@@ -109,6 +117,7 @@ impl Failure {
             | Failure::Url(_)
             | Failure::Credentials(CredentialsError::Invalid(_))
             | Failure::Build(_)
+            | Failure::Verification(_)
             | Failure::PruneBlocked(_) => true,
             // An invalid semver range or commit is in the spec; a missing ref may yet be pushed.
             Failure::Resolve(e) => e.reason() == Reason::InvalidSpec,
@@ -117,6 +126,7 @@ impl Failure {
             | Failure::Credentials(_)
             | Failure::WorkDir(_)
             | Failure::Checkout(_)
+            | Failure::VerifySecret(_)
             | Failure::Identity(_)
             | Failure::Apply(_)
             | Failure::Prune(_) => false,
@@ -242,6 +252,20 @@ mod tests {
                 Failure::Checkout(fetch().into()),
                 Reason::FetchFailed,
                 false,
+                false,
+            ),
+            (
+                Failure::VerifySecret(not_found()),
+                Reason::VerificationFailed,
+                false,
+                false,
+            ),
+            (
+                Failure::Verification(VerifyError::Unsigned {
+                    object: "commit 1234".into(),
+                }),
+                Reason::VerificationFailed,
+                true,
                 false,
             ),
             (

@@ -17,6 +17,7 @@ use super::plan::Plan;
 use super::state::{CREDENTIALS_MAX_AGE, Credentials, State};
 use crate::api::{GitRepository, GitRepositoryStatus, SubstituteKind};
 use crate::render::{self, Variables};
+use crate::source::verify::Signatures;
 use crate::source::{Auth, Cache, RemoteUrl, Resolved};
 use crate::status::Reason;
 
@@ -34,6 +35,8 @@ pub(super) struct Checkout {
     pub work: TempDir,
     /// The commit's time, in seconds since the epoch.
     pub committed_at: i64,
+    /// The commit's (and tag's) signatures, for `spec.verify`.
+    pub signatures: Signatures,
 }
 
 /// The revision the ref names now, or `None` when it is applied already and nothing else asks
@@ -111,8 +114,12 @@ pub(super) async fn checkout(
             if fetched.is_ok() { "ok" } else { "error" },
         ])
         .observe(started.elapsed().as_secs_f64());
-    let committed_at = fetched.map_err(Failure::Checkout)?;
-    Ok(Checkout { work, committed_at })
+    let fetched = fetched.map_err(Failure::Checkout)?;
+    Ok(Checkout {
+        work,
+        committed_at: fetched.committed_at,
+        signatures: fetched.signatures,
+    })
 }
 
 /// The credentials of `spec.secretRef`: the copy read last while it is fresh enough and `fresh`
@@ -149,6 +156,16 @@ async fn read_credentials(
     gr: &GitRepository,
     name: &str,
 ) -> Result<Auth, CredentialsError> {
+    let data = read_secret(client, gr, name).await?;
+    Auth::from_secret_data(&data).map_err(CredentialsError::Invalid)
+}
+
+/// The data of the Secret `name` in `gr`'s namespace, read by `client`.
+pub(super) async fn read_secret(
+    client: &Client,
+    gr: &GitRepository,
+    name: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, CredentialsError> {
     let namespace = gr.namespace().unwrap_or_default();
     let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
         .get_opt(name)
@@ -161,13 +178,12 @@ async fn read_credentials(
             namespace: namespace.clone(),
             name: name.to_string(),
         })?;
-    let data = secret
+    Ok(secret
         .data
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, v.0))
-        .collect();
-    Auth::from_secret_data(&data).map_err(CredentialsError::Invalid)
+        .collect())
 }
 
 /// The source step for `capstan diff`: the commit `gr`'s ref names now, checked out at `dest`,

@@ -2,7 +2,8 @@
 //!
 //! 1. [`plan`]: pure decisions: ask the remote now or look only at drift; is the revision
 //!    applied already; re-send everything; when to come back;
-//! 2. [`fetch`]: the revision the ref names, the credentials and variables, the checkout;
+//! 2. [`fetch`]: the revision the ref names, the credentials and variables, the checkout, and
+//!    [`verify`]: its signatures, when `spec.verify` asks;
 //! 3. [`build`]: render the checkout (pure, off the runtime);
 //! 4. [`deploy`]: server-side apply of what changed, and what is managed afterwards;
 //! 5. [`prune`]: what left git, behind the blast-radius guard;
@@ -52,6 +53,7 @@ mod plan;
 mod prune;
 mod report;
 mod state;
+mod verify;
 
 use crate::runtime::{Config, Disk};
 use failure::Failure;
@@ -311,6 +313,7 @@ async fn pipeline(
         });
     }
     let checkout = fetch::checkout(ctx, gr, &source, plan).await?;
+    verify::verify(ctx, gr, state, &checkout).await?;
     let committed_at = checkout.committed_at;
     let manifests = build::render(ctx, gr, &source, checkout, plan).await?;
     let applied = deploy::apply(ctx, gr, state, status, plan, &source, &manifests).await?;

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
 use super::resolve::{self, ResolveError, Resolved};
+use super::verify::Signatures;
 use super::{Auth, FetchLimits, RemoteUrl, SourceError, fetch, ls_remote};
 use crate::api::GitRef;
 
@@ -211,8 +212,8 @@ impl Cache {
         Ok(resolve::resolve(git_ref, &refs)?)
     }
 
-    /// Makes sure `resolved.oid` is in the cache (fetching only when it is not) and writes its
-    /// tree into `dest`. Returns the commit's committer time, in seconds since the epoch.
+    /// Makes sure `resolved.oid` (and the annotated tag naming it) is in the cache, fetching only
+    /// when it is not, and writes its tree into `dest`.
     pub async fn checkout(
         &self,
         url: &RemoteUrl,
@@ -220,7 +221,7 @@ impl Cache {
         resolved: &Resolved,
         dest: &Path,
         timeout: Duration,
-    ) -> Result<i64, CheckError> {
+    ) -> Result<CheckedOut, CheckError> {
         let lock = {
             let mut locks = self.locks.lock();
             // Locks no fetch holds or waits for go: the map is only as large as the work in
@@ -248,7 +249,7 @@ impl Cache {
         // the next one out of the same repository.
         self.blocking(url, timeout, guard, move |deadline| {
             let repo = match Repository::open_bare(&git_dir) {
-                Ok(repo) if repo.find_commit(resolved.oid).is_ok() => repo,
+                Ok(repo) if has_objects(&repo, &resolved) => repo,
                 _ => {
                     let refspecs: Vec<&str> =
                         resolved.refspecs.iter().map(String::as_str).collect();
@@ -261,15 +262,35 @@ impl Cache {
                     fetch(&git_dir, &url2, &refspecs, depth, &auth, limits)?
                 }
             };
-            write_tree(&repo, &resolved, &dest)
-                .map_err(|e| SourceError::Cache {
-                    path: git_dir.display().to_string(),
-                    message: e.message().to_string(),
-                })
-                .map_err(CheckError::from)
+            let cache_error = |e: git2::Error| SourceError::Cache {
+                path: git_dir.display().to_string(),
+                message: e.message().to_string(),
+            };
+            let committed_at = write_tree(&repo, &resolved, &dest).map_err(cache_error)?;
+            let signatures = Signatures::read(&repo, &resolved).map_err(cache_error)?;
+            Ok(CheckedOut {
+                committed_at,
+                signatures,
+            })
         })
         .await
     }
+}
+
+/// A commit written out, with what its signatures are checked against.
+pub struct CheckedOut {
+    /// The commit's committer time, in seconds since the epoch.
+    pub committed_at: i64,
+    pub signatures: Signatures,
+}
+
+/// Whether the cache holds the commit and, when the ref names an annotated tag, the tag.
+fn has_objects(repo: &Repository, resolved: &Resolved) -> bool {
+    repo.find_commit(resolved.oid).is_ok()
+        && resolved
+            .tag
+            .as_ref()
+            .is_none_or(|(_, tag)| repo.find_tag(*tag).is_ok())
 }
 
 fn write_tree(repo: &Repository, resolved: &Resolved, dest: &Path) -> Result<i64, git2::Error> {

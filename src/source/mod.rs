@@ -4,6 +4,7 @@
 mod auth;
 mod cache;
 pub mod resolve;
+pub mod verify;
 
 use std::path::Path;
 use std::time::Instant;
@@ -13,7 +14,7 @@ use git2::{AutotagOption, FetchOptions, Oid, RemoteCallbacks, RemoteRedirect, Re
 use crate::status::Reason;
 
 pub use auth::Auth;
-pub use cache::{Cache, CheckError};
+pub use cache::{Cache, CheckError, CheckedOut};
 pub use resolve::Resolved;
 
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,8 @@ pub struct Resolved {
     pub revision: String,
     /// Whether a shallow fetch of depth 1 is enough.
     pub shallow: bool,
+    /// The annotated tag the ref names, when it names one: its name and object.
+    pub tag: Option<(String, Oid)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,6 +64,12 @@ pub fn resolve(git_ref: &GitRef, refs: &[(String, Oid)]) -> Result<Resolved, Res
     let tag_commit = |tag: &str| {
         lookup(&format!("refs/tags/{tag}^{{}}")).or_else(|| lookup(&format!("refs/tags/{tag}")))
     };
+    // Only an annotated tag is advertised twice: as its object and, peeled, as the commit.
+    let annotated = |name: &str| {
+        lookup(&format!("{name}^{{}}"))?;
+        let tag = name.strip_prefix("refs/tags/").unwrap_or(name);
+        Some((tag.to_string(), lookup(name)?))
+    };
     if let Some(commit) = &git_ref.commit {
         let oid = Oid::from_str(commit).map_err(|_| ResolveError::InvalidCommit(commit.clone()))?;
         // The commit need not be a ref tip: fetch whole branches (not shallow) and find it there.
@@ -79,6 +87,7 @@ pub fn resolve(git_ref: &GitRef, refs: &[(String, Oid)]) -> Result<Resolved, Res
             oid,
             revision: revision(name, oid),
             shallow: false,
+            tag: None,
         });
     }
     if let Some(tag) = &git_ref.tag {
@@ -88,6 +97,7 @@ pub fn resolve(git_ref: &GitRef, refs: &[(String, Oid)]) -> Result<Resolved, Res
             oid,
             revision: revision(tag, oid),
             shallow: true,
+            tag: annotated(&format!("refs/tags/{tag}")),
         });
     }
     if let Some(range) = &git_ref.semver {
@@ -109,6 +119,7 @@ pub fn resolve(git_ref: &GitRef, refs: &[(String, Oid)]) -> Result<Resolved, Res
             oid,
             revision: revision(tag, oid),
             shallow: true,
+            tag: annotated(&format!("refs/tags/{tag}")),
         });
     }
     if let Some(name) = &git_ref.name {
@@ -122,6 +133,7 @@ pub fn resolve(git_ref: &GitRef, refs: &[(String, Oid)]) -> Result<Resolved, Res
             oid,
             revision: revision(name, oid),
             shallow: true,
+            tag: annotated(name),
         });
     }
     let branch = git_ref.branch.as_deref().unwrap_or("main");
@@ -132,6 +144,7 @@ pub fn resolve(git_ref: &GitRef, refs: &[(String, Oid)]) -> Result<Resolved, Res
         oid,
         revision: revision(branch, oid),
         shallow: true,
+        tag: None,
     })
 }
 
@@ -206,8 +219,12 @@ mod tests {
         let r = resolve(&git_ref(|r| r.tag = Some("v1.10.0".into())), &refs()).unwrap();
         assert_eq!(r.oid, oid(5));
         assert_eq!(r.revision, format!("v1.10.0@sha1:{}", oid(5)));
+        assert_eq!(r.tag, Some(("v1.10.0".into(), oid(4))), "the tag object");
         let r = resolve(&git_ref(|r| r.tag = Some("v1.2.0".into())), &refs()).unwrap();
         assert_eq!(r.oid, oid(3));
+        assert_eq!(r.tag, None, "a lightweight tag has no object of its own");
+        let r = resolve(&git_ref(|r| r.semver = Some("^1.10".into())), &refs()).unwrap();
+        assert_eq!(r.tag, Some(("v1.10.0".into(), oid(4))));
     }
 
     #[test]

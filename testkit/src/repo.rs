@@ -86,6 +86,33 @@ impl Repo {
         self.head()
     }
 
+    /// Sets `key` to `value` in the work tree's git configuration (signing keys, for one).
+    pub fn configure(&self, key: &str, value: &str) {
+        git(self.work.path(), &["config", key, value]);
+    }
+
+    /// Commits `files` (signed, when the configuration says so) without pushing, then pushes
+    /// in its place a copy whose message is `message`, every other byte kept, its signature
+    /// included: a commit changed after it was signed. Returns the copy's SHA.
+    pub fn tamper(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (path, content) in files {
+            std::fs::write(self.work.path().join(path), content).unwrap();
+        }
+        git(self.work.path(), &["commit", "-q", "-a", "-m", "as signed"]);
+        let raw = git(self.work.path(), &["cat-file", "commit", "HEAD"]);
+        let (headers, _) = raw.split_once("\n\n").expect("a commit has a message");
+        let object = self.work.path().join(".git/tampered-commit");
+        std::fs::write(&object, format!("{headers}\n\n{message}\n")).unwrap();
+        let path = object.to_str().unwrap();
+        let sha = git(
+            self.work.path(),
+            &["hash-object", "-t", "commit", "-w", path],
+        );
+        git(self.work.path(), &["reset", "-q", "--hard", &sha]);
+        git(self.work.path(), &["push", "-q", "-f", "origin", "HEAD"]);
+        sha
+    }
+
     /// The commit the work tree's current branch points at (what was pushed last).
     pub fn head(&self) -> String {
         git(self.work.path(), &["rev-parse", "HEAD"])

@@ -104,11 +104,13 @@ ensure_packages() {
     [[ -x /usr/sbin/sshd ]] || missing+=(/usr/sbin/sshd)
     command -v ssh >/dev/null 2>&1 || missing+=(ssh)
     command -v ssh-keygen >/dev/null 2>&1 || missing+=(ssh-keygen)
+    # Tests sign commits and tags the way people do: gpg, and ssh-keygen -Y sign.
+    command -v gpg >/dev/null 2>&1 || missing+=(gpg)
     ((${#missing[@]})) || return 0
-    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; install lighttpd, lighttpd-mod-openssl, openssl, openssh-server and openssh-client (needs root)"
+    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; install lighttpd, lighttpd-mod-openssl, openssl, openssh-server, openssh-client and gnupg (needs root)"
     command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and apt-get is not available to install them"
-    log "installing lighttpd lighttpd-mod-openssl openssl openssh-server openssh-client (missing: ${missing[*]})"
-    local pkgs=(lighttpd lighttpd-mod-openssl openssl openssh-server openssh-client)
+    log "installing lighttpd lighttpd-mod-openssl openssl openssh-server openssh-client gnupg (missing: ${missing[*]})"
+    local pkgs=(lighttpd lighttpd-mod-openssl openssl openssh-server openssh-client gnupg)
     # apt output goes to stderr: stdout is reserved for the export lines.
     if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}" >&2; then
         # Usually a stale or missing package index on a fresh machine.

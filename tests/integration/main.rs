@@ -19,4 +19,5 @@ mod ownership;
 mod render;
 mod sync;
 mod tenancy;
+mod verify;
 mod webhook;

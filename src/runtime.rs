@@ -113,6 +113,9 @@ pub struct RenderConfig {
     /// The helm binary that renders charts.
     #[arg(long, env = "CAPSTAN_HELM_PATH", default_value = "helm")]
     pub helm_path: PathBuf,
+    /// The sops binary that decrypts SOPS-encrypted files (`spec.decryption`).
+    #[arg(long, env = "CAPSTAN_SOPS_PATH", default_value = "sops")]
+    pub sops_path: PathBuf,
 }
 
 impl RenderConfig {
@@ -129,6 +132,7 @@ impl RenderConfig {
         Tools {
             kustomize: self.kustomize_path.clone(),
             helm: self.helm_path.clone(),
+            sops: self.sops_path.clone(),
         }
     }
 }

@@ -28,6 +28,8 @@ pub enum Reason {
     FetchFailed,
     AuthenticationFailed,
     RefNotFound,
+    /// A SOPS-encrypted file could not be decrypted with the keys given.
+    DecryptionFailed,
     /// The revision's signatures are missing, not by a trusted key, or do not match it.
     VerificationFailed,
     BuildFailed,
@@ -57,6 +59,7 @@ impl Reason {
             Reason::FetchFailed => "FetchFailed",
             Reason::AuthenticationFailed => "AuthenticationFailed",
             Reason::RefNotFound => "RefNotFound",
+            Reason::DecryptionFailed => "DecryptionFailed",
             Reason::VerificationFailed => "VerificationFailed",
             Reason::BuildFailed => "BuildFailed",
             Reason::ApplyFailed => "ApplyFailed",

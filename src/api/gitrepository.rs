@@ -147,9 +147,29 @@ pub struct GitRepositorySpec {
     #[schemars(length(max = 64))]
     pub depends_on: Vec<DependencyReference>,
 
+    /// Decrypt the files SOPS encrypted before they are rendered and applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decryption: Option<DecryptionSpec>,
+
     /// Signatures a revision must carry, by a trusted key, before anything of it is applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
+}
+
+/// SOPS decryption.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DecryptionSpec {
+    pub provider: DecryptionProvider,
+    /// Secret in the same namespace with the private keys: age identities in entries named
+    /// `*.agekey`, armored OpenPGP secret keys (without a passphrase) in entries named `*.asc`.
+    pub secret_ref: LocalObjectReference,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecryptionProvider {
+    #[serde(rename = "sops")]
+    Sops,
 }
 
 /// Commit and tag signature verification.

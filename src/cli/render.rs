@@ -139,6 +139,8 @@ pub fn render_tree(
             limits: config.limits(),
             tools: config.tools(),
             timeout,
+            // Offline: the keys are in the cluster.
+            decryption: None,
         },
     )
     .map_err(|e| match e {

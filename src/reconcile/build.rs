@@ -1,5 +1,5 @@
 //! Render: the checkout at `spec.path` -> the objects to apply (pure; the external tools run
-//! with a deadline), off the async runtime.
+//! with a deadline), off the async runtime; SOPS-encrypted files decrypted first.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,33 +8,58 @@ use kube::ResourceExt;
 
 use super::Context;
 use super::failure::{BuildError, Failure};
-use super::fetch::{Checkout, Source};
+use super::fetch::{Checkout, Source, read_secret};
 use super::plan::Plan;
+use super::state::State;
 use crate::api::GitRepository;
-use crate::render::{self, HelmOptions, Limits, Manifest, RenderError, Tools, Variables};
+use crate::render::{
+    self, Decryption, HelmOptions, Limits, Manifest, RenderError, Tools, Variables,
+};
 
 /// Renders the checkout.
 pub(super) async fn render(
     ctx: &Context,
     gr: &GitRepository,
+    state: &mut State,
     source: &Source,
     checkout: Checkout,
     plan: &Plan,
 ) -> Result<Vec<Manifest>, Failure> {
     let timeout = plan.timeout;
-    let build = Build::of(
+    let mut build = Build::of(
         gr,
         source.variables.clone(),
         ctx.limits,
         ctx.tools.clone(),
         timeout,
     );
+    build.decryption = decryption_keys(ctx, gr, state).await?;
     // The tools stop themselves at `timeout`; this bounds the rest of the work.
     let rendered = render_within(build, checkout, timeout + Duration::from_secs(5)).await?;
     Ok(rendered.map_err(|error| BuildError::Render {
         revision: source.resolved.revision.clone(),
         error,
     })?)
+}
+
+/// The keys of `spec.decryption`, read as the GitRepository's own identity, and only when a
+/// revision is rendered: a steady state reads nothing.
+async fn decryption_keys(
+    ctx: &Context,
+    gr: &GitRepository,
+    state: &mut State,
+) -> Result<Option<Decryption>, Failure> {
+    let Some(spec) = &gr.spec.decryption else {
+        return Ok(None);
+    };
+    let client = ctx.client_for(gr, state).map_err(Failure::Identity)?;
+    let name = &spec.secret_ref.name;
+    let data = read_secret(&client, gr, name)
+        .await
+        .map_err(Failure::DecryptionSecret)?;
+    Decryption::from_secret_data(&data)
+        .map(Some)
+        .map_err(|e| Failure::DecryptionKeys(format!("decryption secret {name}: {e}")))
 }
 
 /// Renders off the async runtime, waiting at most `wait`. The blocking task owns the checkout
@@ -66,6 +91,8 @@ pub struct Build {
     limits: Limits,
     tools: Tools,
     timeout: Duration,
+    /// The keys that decrypt SOPS-encrypted files; none decrypts nothing.
+    pub decryption: Option<Decryption>,
 }
 
 impl Build {
@@ -84,6 +111,7 @@ impl Build {
             limits,
             tools,
             timeout,
+            decryption: None,
         }
     }
 
@@ -99,6 +127,7 @@ impl Build {
                 limits: self.limits,
                 tools: self.tools.clone(),
                 timeout: self.timeout,
+                decryption: self.decryption.as_ref(),
             },
         )
     }

@@ -37,6 +37,12 @@ pub(super) enum Failure {
     /// Fetching and checking out the commit.
     #[error("{0}")]
     Checkout(CheckError),
+    /// Reading the Secret of `spec.decryption`.
+    #[error("decryption: {0}")]
+    DecryptionSecret(CredentialsError),
+    /// The Secret of `spec.decryption` holds no usable key.
+    #[error("{0}")]
+    DecryptionKeys(String),
     /// Reading the Secret of `spec.verify`.
     #[error("verify: {0}")]
     VerifySecret(CredentialsError),
@@ -100,6 +106,11 @@ impl Failure {
             Failure::Resolve(e) | Failure::Checkout(e) => e.reason(),
             Failure::WorkDir(_) => Reason::FetchFailed,
             Failure::VerifySecret(_) | Failure::Verification(_) => Reason::VerificationFailed,
+            Failure::DecryptionSecret(_) | Failure::DecryptionKeys(_) => Reason::DecryptionFailed,
+            Failure::Build(BuildError::Render {
+                error: RenderError::Decryption { .. },
+                ..
+            }) => Reason::DecryptionFailed,
             Failure::Variables(_) | Failure::Build(_) => Reason::BuildFailed,
             Failure::Apply(e) if e.only_conflicts() => Reason::OwnershipConflict,
             Failure::Identity(_) | Failure::Apply(_) => Reason::ApplyFailed,
@@ -118,6 +129,7 @@ impl Failure {
             | Failure::Credentials(CredentialsError::Invalid(_))
             | Failure::Build(_)
             | Failure::Verification(_)
+            | Failure::DecryptionKeys(_)
             | Failure::PruneBlocked(_) => true,
             // An invalid semver range or commit is in the spec; a missing ref may yet be pushed.
             Failure::Resolve(e) => e.reason() == Reason::InvalidSpec,
@@ -127,6 +139,7 @@ impl Failure {
             | Failure::WorkDir(_)
             | Failure::Checkout(_)
             | Failure::VerifySecret(_)
+            | Failure::DecryptionSecret(_)
             | Failure::Identity(_)
             | Failure::Apply(_)
             | Failure::Prune(_) => false,
@@ -265,6 +278,31 @@ mod tests {
                     object: "commit 1234".into(),
                 }),
                 Reason::VerificationFailed,
+                true,
+                false,
+            ),
+            (
+                Failure::DecryptionSecret(not_found()),
+                Reason::DecryptionFailed,
+                false,
+                false,
+            ),
+            (
+                Failure::DecryptionKeys("decryption secret sops: no keys".into()),
+                Reason::DecryptionFailed,
+                true,
+                false,
+            ),
+            (
+                BuildError::Render {
+                    revision: "main@sha1:1".into(),
+                    error: RenderError::Decryption {
+                        file: "secret.yaml".into(),
+                        message: "MAC mismatch".into(),
+                    },
+                }
+                .into(),
+                Reason::DecryptionFailed,
                 true,
                 false,
             ),

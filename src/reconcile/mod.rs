@@ -315,7 +315,7 @@ async fn pipeline(
     let checkout = fetch::checkout(ctx, gr, &source, plan).await?;
     verify::verify(ctx, gr, state, &checkout).await?;
     let committed_at = checkout.committed_at;
-    let manifests = build::render(ctx, gr, &source, checkout, plan).await?;
+    let manifests = build::render(ctx, gr, state, &source, checkout, plan).await?;
     let applied = deploy::apply(ctx, gr, state, status, plan, &source, &manifests).await?;
     let outcome = prune::prune(ctx, gr, state, status, &revision, applied).await?;
     let verdict = deploy::conclude(ctx, state, status, &source, outcome, committed_at, started);

@@ -73,6 +73,7 @@ pub(super) fn template(
         args,
         root: &dir.root,
         home: home.path(),
+        env: Vec::new(),
         timeout,
         max_output: limits.max_total_bytes,
     })

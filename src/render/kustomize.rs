@@ -58,6 +58,7 @@ pub(super) fn build(
         ],
         root: &dir.root,
         home: home.path(),
+        env: Vec::new(),
         timeout,
         max_output: limits.max_total_bytes,
     })

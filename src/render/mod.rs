@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod decrypt;
 mod helm;
 mod kustomize;
 mod objects;
@@ -15,6 +16,7 @@ mod substitute;
 mod tool;
 mod walk;
 
+pub use decrypt::Decryption;
 pub use helm::HelmOptions;
 pub use substitute::{Variables, is_variable_name, substitute};
 pub use tool::Tools;
@@ -142,6 +144,8 @@ pub enum RenderError {
     Empty { path: String },
     #[error("{path}: {message}")]
     Io { path: String, message: String },
+    #[error("decrypting {file}: {message}")]
+    Decryption { file: String, message: String },
 }
 
 fn at_line(line: usize) -> String {
@@ -168,6 +172,8 @@ pub struct Options<'a> {
     pub tools: Tools,
     /// Deadline for a render tool.
     pub timeout: Duration,
+    /// Decrypt the files SOPS encrypted, with these keys, before rendering (`spec.decryption`).
+    pub decryption: Option<&'a Decryption>,
 }
 
 /// How a directory is turned into objects, chosen by the marker file at its top.
@@ -196,6 +202,9 @@ fn choose_renderer(dir: &walk::Resolved) -> Renderer {
 pub fn render(root: &Path, options: &Options<'_>) -> Result<Vec<Manifest>, RenderError> {
     let dir = walk::resolve(root, options.path)?;
     let limits = &options.limits;
+    if let Some(keys) = options.decryption {
+        decrypt::decrypt_tree(root, keys, &options.tools.sops, limits, options.timeout)?;
+    }
     let manifests = match choose_renderer(&dir) {
         Renderer::Plain => render_plain(&dir, options)?,
         Renderer::Kustomize => {

@@ -47,8 +47,10 @@ fn options<'a>(path: Option<&'a str>, ignore: Option<&'a str>, limits: Limits) -
         tools: Tools {
             kustomize: "/nonexistent/kustomize".into(),
             helm: "/nonexistent/helm".into(),
+            sops: "/nonexistent/sops".into(),
         },
         timeout: Duration::from_secs(10),
+        decryption: None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Running a render tool (kustomize, helm) as a child process: no network, no inherited
+//! Running a render tool (kustomize, helm, sops) as a child process: no network, no inherited
 //! environment, a deadline, and caps on what it may print.
 
 use std::ffi::OsString;
@@ -11,11 +11,12 @@ use wait_timeout::ChildExt;
 
 use super::RenderError;
 
-/// Where the render tools are. Defaults to `kustomize` and `helm` on `PATH`.
+/// Where the render tools are. Defaults to `kustomize`, `helm` and `sops` on `PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tools {
     pub kustomize: PathBuf,
     pub helm: PathBuf,
+    pub sops: PathBuf,
 }
 
 impl Default for Tools {
@@ -23,6 +24,7 @@ impl Default for Tools {
         Self {
             kustomize: "kustomize".into(),
             helm: "helm".into(),
+            sops: "sops".into(),
         }
     }
 }
@@ -33,7 +35,7 @@ const MAX_STDERR_BYTES: u64 = 64 * 1024;
 const MAX_MESSAGE_CHARS: usize = 400;
 
 pub(super) struct Invocation<'a> {
-    /// `kustomize` or `helm`, for messages.
+    /// `kustomize`, `helm` or `sops`, for messages.
     pub tool: &'static str,
     pub program: &'a Path,
     pub args: Vec<OsString>,
@@ -41,6 +43,8 @@ pub(super) struct Invocation<'a> {
     pub root: &'a Path,
     /// A private, empty directory for the tool's home, config and cache.
     pub home: &'a Path,
+    /// Set on top of the emptied environment.
+    pub env: Vec<(&'static str, OsString)>,
     pub timeout: Duration,
     pub max_output: u64,
 }
@@ -110,6 +114,9 @@ fn command(inv: &Invocation<'_>) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    for (var, value) in &inv.env {
+        command.env(var, value);
+    }
     for var in [
         "HTTP_PROXY",
         "HTTPS_PROXY",

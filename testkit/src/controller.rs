@@ -114,6 +114,7 @@ impl Fixture {
                 max_manifest_files: 100,
                 kustomize_path: tools.kustomize,
                 helm_path: tools.helm,
+                sops_path: tools.sops,
             },
             metrics_bind_address: self.metrics_addr,
             health_probe_bind_address: self.probe_addr,

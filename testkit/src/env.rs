@@ -199,7 +199,7 @@ impl ControlPlane {
     }
 }
 
-/// The render tools (kustomize, helm), built once by the project's script.
+/// The render tools (kustomize, helm, sops), built once by the project's script.
 pub fn render_tools() -> capstan::render::Tools {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
@@ -217,6 +217,7 @@ pub fn render_tools() -> capstan::render::Tools {
     capstan::render::Tools {
         kustomize: dir.join("kustomize"),
         helm: dir.join("helm"),
+        sops: dir.join("sops"),
     }
 }
 

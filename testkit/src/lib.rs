@@ -9,6 +9,7 @@ pub mod env;
 pub mod process;
 pub mod proxy;
 pub mod repo;
+pub mod tools;
 
 pub use env::{client, git_server, namespace};
 pub use repo::Repo;

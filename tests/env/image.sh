@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The controller image from the project's Dockerfile, built without any network: buildah (from
 # Debian) with --pull=never --network none, from binaries built on this machine (capstan in
-# release mode, kustomize and helm by rendertools.sh) and a base made here from only the files
+# release mode, kustomize, helm and sops by rendertools.sh) and a base made here from only the files
 # those binaries need. The Dockerfile's final stage is the same one a registry build uses.
 # Run `tests/env/image.sh help` for the interface. Needs root (buildah's storage).
 set -euo pipefail
@@ -124,15 +124,15 @@ cmd_build() {
     fi
     [[ -x $binary ]] || die "$binary is not an executable capstan binary"
     local tools
-    tools=$("${SELF%/*}/rendertools.sh" build) || die "building kustomize and helm failed"
+    tools=$("${SELF%/*}/rendertools.sh" build) || die "building kustomize, helm and sops failed"
 
     local ctx=$work/context
     rm -rf "${ctx:?}/bin"
     mkdir -p "$ctx/bin"
     cp "$binary" "$ctx/bin/capstan"
     strip "$ctx/bin/capstan"
-    cp "$tools/kustomize" "$tools/helm" "$ctx/bin/"
-    make_minimal_root "$ctx/rootfs" "$ctx/bin/capstan" "$ctx/bin/kustomize" "$ctx/bin/helm"
+    cp "$tools/kustomize" "$tools/helm" "$tools/sops" "$ctx/bin/"
+    make_minimal_root "$ctx/rootfs" "$ctx/bin/capstan" "$ctx/bin/kustomize" "$ctx/bin/helm" "$ctx/bin/sops"
 
     log "building $IMAGE from $dockerfile with buildah (no network)"
     local previous

@@ -8,6 +8,7 @@ mod admission;
 mod bad_input;
 mod cli;
 mod credentials;
+mod decrypt;
 mod depends;
 mod deploy;
 mod force;

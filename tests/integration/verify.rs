@@ -3,96 +3,13 @@
 //! unknown key and one changed after signing are refused (`VerificationFailed`, naming the
 //! commit and the key), and the revision applied before stays.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use serde_json::json;
 
 use crate::support::Repo;
 use crate::support::controller::{Fixture, configmap, put_secret, ready_message, spec};
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).output().expect(program);
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A GnuPG home of the test's own, with git pointed at it through a wrapper.
-struct Gpg {
-    home: tempfile::TempDir,
-    program: PathBuf,
-}
-
-impl Gpg {
-    fn new() -> Gpg {
-        // gpg-agent's socket path must stay short: a directory right under /tmp.
-        let home = tempfile::Builder::new()
-            .prefix("gpg")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let program = home.path().join("gpg.sh");
-        std::fs::write(
-            &program,
-            format!(
-                "#!/bin/sh\nexec gpg --homedir {} \"$@\"\n",
-                home.path().display()
-            ),
-        )
-        .unwrap();
-        run("chmod", &["+x", program.to_str().unwrap()]);
-        Gpg { home, program }
-    }
-
-    fn gpg(&self, args: &[&str]) -> String {
-        let mut all = vec!["--homedir", self.home.path().to_str().unwrap(), "--batch"];
-        all.extend(args);
-        run("gpg", &all)
-    }
-
-    /// A new signing key for `email`; returns its fingerprint.
-    fn key(&self, email: &str) -> String {
-        let uid = format!("Dev <{email}>");
-        self.gpg(&[
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            &uid,
-            "ed25519",
-            "sign",
-            "never",
-        ]);
-        let listing = self.gpg(&["--with-colons", "--fingerprint", email]);
-        let fpr = listing.lines().find(|l| l.starts_with("fpr:")).unwrap();
-        fpr.split(':').nth(9).unwrap().to_string()
-    }
-
-    fn public(&self, email: &str) -> String {
-        self.gpg(&["--armor", "--export", email])
-    }
-
-    /// Makes `repo` sign its commits and tags with `key` from now on.
-    fn sign_with(&self, repo: &Repo, key: &str) {
-        repo.configure("gpg.program", self.program.to_str().unwrap());
-        repo.configure("user.signingkey", key);
-        repo.configure("commit.gpgsign", "true");
-        repo.configure("tag.gpgSign", "true");
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        let home = self.home.path().to_str().unwrap().to_string();
-        let _ = Command::new("gpgconf")
-            .args(["--homedir", &home, "--kill", "gpg-agent"])
-            .status();
-    }
-}
+use crate::support::tools::{Gpg, run};
 
 fn unsigned(repo: &Repo) {
     repo.configure("commit.gpgsign", "false");

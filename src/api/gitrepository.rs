@@ -151,9 +151,38 @@ pub struct GitRepositorySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decryption: Option<DecryptionSpec>,
 
+    /// CEL expressions judging the health of custom resources, per apiVersion and kind (with
+    /// `wait`); other custom resources are judged by their kstatus conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub health_check_exprs: Vec<HealthCheckExpr>,
+
     /// Signatures a revision must carry, by a trusted key, before anything of it is applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
+}
+
+/// How custom resources of one apiVersion and kind tell their health, in CEL, as Flux's: the
+/// object's top-level fields (`metadata`, `spec`, `status`) are variables.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckExpr {
+    /// e.g. `example.com/v1`.
+    #[schemars(length(min = 1, max = 317))]
+    pub api_version: String,
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// True when the object is healthy.
+    #[schemars(length(min = 1, max = 4096))]
+    pub current: String,
+    /// True while it is progressing (checked first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub in_progress: Option<String>,
+    /// True when it failed (checked before `current`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub failed: Option<String>,
 }
 
 /// SOPS decryption.

@@ -25,27 +25,33 @@ pub fn health(object: &Value) -> Health {
     if let Some(health) = generic(object) {
         return health;
     }
+    own_rules(object).unwrap_or(by_ready_condition)(object)
+}
+
+/// The rules of the object's kind, when it has its own here; the others (custom resources) are
+/// judged by their conditions, or by a GitRepository's `healthCheckExprs`. The core group has no
+/// "group/" prefix; a kind name alone could be any CRD's.
+pub fn own_rules(object: &Value) -> Option<fn(&Value) -> Health> {
     let api_version = text(object, "/apiVersion").unwrap_or_default();
-    // The core group has no "group/" prefix; a kind name alone could be any CRD's.
     let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
-    match (group, text(object, "/kind").unwrap_or_default()) {
-        ("apps", "Deployment") => deployment(object),
-        ("apps", "StatefulSet") => stateful_set(object),
-        ("apps", "DaemonSet") => daemon_set(object),
-        ("apps", "ReplicaSet") => replica_set(object),
-        ("batch", "Job") => job(object),
-        ("", "Pod") => pod(object),
-        ("", "PersistentVolumeClaim") => persistent_volume_claim(object),
-        ("", "Service") => service(object),
-        ("", "Namespace") => namespace(object),
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => custom_resource_definition(object),
-        _ => by_ready_condition(object),
-    }
+    Some(match (group, text(object, "/kind").unwrap_or_default()) {
+        ("apps", "Deployment") => deployment,
+        ("apps", "StatefulSet") => stateful_set,
+        ("apps", "DaemonSet") => daemon_set,
+        ("apps", "ReplicaSet") => replica_set,
+        ("batch", "Job") => job,
+        ("", "Pod") => pod,
+        ("", "PersistentVolumeClaim") => persistent_volume_claim,
+        ("", "Service") => service,
+        ("", "Namespace") => namespace,
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => custom_resource_definition,
+        _ => return None,
+    })
 }
 
 /// Rules for every kind, ahead of the kind's own: until the controller has seen the current
 /// generation, the rest of the status describes an older spec.
-fn generic(object: &Value) -> Option<Health> {
+pub fn generic(object: &Value) -> Option<Health> {
     if object
         .pointer("/metadata/deletionTimestamp")
         .is_some_and(|t| !t.is_null())

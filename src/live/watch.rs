@@ -1,7 +1,8 @@
 //! Shared watches of what Capstan applied: one watch per kind (not per GitRepository or object),
 //! selected by Capstan's ownership label, keeping per object only what drift and health need
-//! (the fields Capstan owns and the kstatus health), never the object itself. A change wakes
-//! the owning GitRepository.
+//! (the fields Capstan owns and the kstatus health), and the object itself only for custom
+//! resources, which health expressions (`healthCheckExprs`) read. A change wakes the owning
+//! GitRepository.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use parking_lot::{Mutex, RwLock};
 use tracing::warn;
 
-use super::health::{Health, health};
+use super::health::{Health, health, own_rules};
 use super::wakes::Wakes;
 use crate::api::{FIELD_MANAGER, GitRepository, OWNER_ANNOTATION, OWNER_NAME_LABEL, SHARD_LABEL};
 use crate::object::fields::FieldSet;
@@ -30,6 +31,8 @@ pub struct Observed {
     pub health: Health,
     /// The object's resourceVersion, read as a number.
     pub resource_version: Option<u64>,
+    /// A custom resource (a kind without rules of its own), without its managed fields.
+    pub custom: Option<Arc<serde_json::Value>>,
 }
 
 pub struct Live {
@@ -301,7 +304,15 @@ fn observe(mut obj: DynamicObject, types: &kube::api::TypeMeta) -> Observed {
     // Listed items come without apiVersion and kind; health rules go by them.
     obj.types.get_or_insert_with(|| types.clone());
     let value = serde_json::to_value(&obj).unwrap_or_default();
+    let custom = own_rules(&value).is_none().then(|| {
+        let mut object = value.clone();
+        if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            metadata.remove("managedFields");
+        }
+        Arc::new(object)
+    });
     Observed {
+        custom,
         owner: obj
             .metadata
             .annotations

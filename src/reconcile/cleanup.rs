@@ -43,10 +43,11 @@ pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action,
     if delete {
         // Deleted together, the GitRepositories that depend on this one go first: a custom
         // resource before its CRD and controller.
-        let first = super::depends::deleted_first(gr, &ctx.repositories);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let first = super::depends::deleted_first(gr, &ctx.repositories, now);
         if !first.is_empty() {
             return Err(Error::Cleanup(format!(
-                "waiting for {} to be deleted first: they depend on this GitRepository",
+                "waiting for {} to be deleted first, or to stay: they depend on this GitRepository",
                 first.join(", ")
             )));
         }

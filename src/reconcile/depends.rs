@@ -4,6 +4,9 @@
 //! as its dependencies are ready rather than at its next retry.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
 
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -109,13 +112,29 @@ fn cycle(gr: &GitRepository, store: &Store<GitRepository>) -> Option<Vec<Key>> {
     None
 }
 
-/// GitRepositories being deleted that depend on `gr`: their objects go first.
-pub(super) fn deleted_first(gr: &GitRepository, store: &Store<GitRepository>) -> Vec<Key> {
+/// How long after its own deletion a GitRepository waits for those depending on it to be
+/// deleted too: deletions this close together (`kubectl delete -f`, a namespace deleted) are
+/// one, whatever order their requests or their watch events came in.
+const DELETED_TOGETHER: Duration = Duration::from_secs(5);
+
+/// GitRepositories depending on `gr` whose objects go first: those being deleted, and, while
+/// `gr`'s own deletion is recent, any that may yet be.
+pub(super) fn deleted_first(
+    gr: &GitRepository,
+    store: &Store<GitRepository>,
+    now: Timestamp,
+) -> Vec<Key> {
     let me = key(gr);
+    let recent = gr
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| now.duration_since(t.0).try_into().ok())
+        .is_none_or(|since: Duration| since < DELETED_TOGETHER);
     let mut waiting: Vec<Key> = store
         .state()
         .iter()
-        .filter(|other| other.metadata.deletion_timestamp.is_some())
+        .filter(|other| recent || other.metadata.deletion_timestamp.is_some())
         .filter(|other| dependencies(other).contains(&me))
         .map(|other| key(other))
         .collect();
@@ -188,6 +207,7 @@ impl Dependents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::runtime::reflector::store;
     use kube::runtime::watcher::Event;
 
@@ -270,6 +290,30 @@ mod tests {
             message(check(&own, &cache(vec![own.clone()]))),
             "dependency cycle: team/self -> team/self"
         );
+    }
+
+    #[test]
+    fn dependents_deleted_together_go_first() {
+        let deleted_at = |gr: &mut GitRepository, at: &str| {
+            gr.metadata.deletion_timestamp = Some(Time(at.parse().unwrap()));
+        };
+        let mut crds = repo("crds", &[], true);
+        deleted_at(&mut crds, "2026-01-01T00:00:00Z");
+        let mut app = repo("app", &["crds"], true);
+        let web = repo("web", &["crds"], true);
+        let first = |app: &GitRepository, at: &str| {
+            let store = cache(vec![crds.clone(), app.clone(), web.clone()]);
+            deleted_first(&crds, &store, at.parse().unwrap())
+        };
+        // Just deleted: any dependent may be deleted with it.
+        assert_eq!(
+            first(&app, "2026-01-01T00:00:02Z"),
+            ["team/app", "team/web"]
+        );
+        // Later, only those being deleted hold it back.
+        assert!(first(&app, "2026-01-01T00:00:06Z").is_empty());
+        deleted_at(&mut app, "2026-01-01T00:00:01Z");
+        assert_eq!(first(&app, "2026-01-01T00:00:06Z"), ["team/app"]);
     }
 
     #[test]

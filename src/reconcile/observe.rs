@@ -15,6 +15,7 @@ use super::plan::{self, Plan};
 use super::state::State;
 use crate::api::{DriftEntry, DriftMode, GitRepository, GitRepositoryStatus};
 use crate::apply::Sent;
+use crate::live::HealthExprs;
 use crate::live::health::Health;
 use crate::object::ObjectId;
 use crate::status::Reason;
@@ -304,7 +305,9 @@ pub(super) fn health(
         return None;
     }
     let generation = gr.meta().generation;
-    let (waiting, failed) = unhealthy(ctx, state, status);
+    // Checked before anything was applied: a bad expression never gets here.
+    let exprs = HealthExprs::compile(&gr.spec.health_check_exprs).unwrap_or_default();
+    let (waiting, failed) = unhealthy(ctx, state, status, &exprs);
     if waiting.is_empty() && failed.is_empty() {
         let count = status.inventory.as_ref().map_or(0, |i| i.entries.len());
         let message = format!("{count} objects are healthy");
@@ -350,6 +353,7 @@ fn unhealthy(
     ctx: &Context,
     state: &State,
     status: &GitRepositoryStatus,
+    exprs: &HealthExprs,
 ) -> (Vec<String>, Vec<String>) {
     let mut waiting = Vec::new();
     let mut failed = Vec::new();
@@ -370,7 +374,11 @@ fn unhealthy(
             waiting.push(format!("{name}: status not observed yet"));
             continue;
         }
-        match ctx.live.observed(&entry.id).map(|o| o.health) {
+        let health = ctx.live.observed(&entry.id).map(|o| match &o.custom {
+            Some(object) if !exprs.is_empty() => exprs.health(object).unwrap_or(o.health),
+            _ => o.health,
+        });
+        match health {
             None => waiting.push(format!("{name}: not found")),
             Some(Health::Current) => {}
             Some(Health::InProgress(m)) => waiting.push(format!("{name}: {m}")),

@@ -67,6 +67,7 @@ impl Plan {
         parse_duration(&gr.spec.interval)
             .ok_or_else(|| Failure::Spec(format!("invalid interval {:?}", gr.spec.interval)))?;
         timeout(gr).map_err(Failure::Spec)?;
+        crate::live::HealthExprs::compile(&gr.spec.health_check_exprs).map_err(Failure::Spec)?;
         if gr.spec.prune {
             crate::apply::prune_blocked(1, 1, gr.spec.max_prune.as_ref()).map_err(Failure::Spec)?;
         }

@@ -350,3 +350,19 @@ pub fn configmap(name: &str, data: &str) -> String {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {data:?}\n"
     )
 }
+
+/// A namespaced CRD of kind Widget in `group` (version v1, any fields, a status subresource).
+pub fn widget_crd(group: &str) -> String {
+    format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  \
+         name: widgets.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  names:\n    \
+         plural: widgets\n    singular: widget\n    kind: Widget\n  versions:\n  - name: v1\n    \
+         served: true\n    storage: true\n    subresources: {{status: {{}}}}\n    schema:\n      \
+         openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n"
+    )
+}
+
+/// A Widget named `name` of `group`'s v1.
+pub fn widget(group: &str, name: &str) -> String {
+    format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: {name}\nspec:\n  size: 2\n")
+}

@@ -9,18 +9,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 use crate::support::Repo;
-use crate::support::controller::{Fixture, configmap, ready, ready_message, spec};
-
-/// A namespaced CRD of kind Widget in `group`.
-fn widget_crd(group: &str) -> String {
-    format!(
-        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  \
-         name: widgets.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  names:\n    \
-         plural: widgets\n    singular: widget\n    kind: Widget\n  versions:\n  - name: v1\n    \
-         served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        \
-         x-kubernetes-preserve-unknown-fields: true\n"
-    )
-}
+use crate::support::controller::{Fixture, configmap, ready, ready_message, spec, widget_crd};
 
 /// The Widgets' controller: a Deployment that only becomes healthy when the test says so.
 const CONTROLLER: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: widget-controller\n\

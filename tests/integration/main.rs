@@ -13,6 +13,7 @@ mod depends;
 mod deploy;
 mod force;
 mod git;
+mod health;
 mod hostile;
 mod live;
 mod operations;

@@ -304,7 +304,11 @@ fn observe(mut obj: DynamicObject, types: &kube::api::TypeMeta) -> Observed {
     // Listed items come without apiVersion and kind; health rules go by them.
     obj.types.get_or_insert_with(|| types.clone());
     let value = serde_json::to_value(&obj).unwrap_or_default();
-    let custom = own_rules(&value).is_none().then(|| {
+    // Only what may be a custom resource: a group of its own (CRDs' have a dot), a kind with
+    // status and without rules here. ConfigMaps, Secrets and the like never take the room.
+    let group = types.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let custom = group.contains('.') && has_status(group, &types.kind);
+    let custom = (custom && own_rules(&value).is_none()).then(|| {
         let mut object = value.clone();
         if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
             metadata.remove("managedFields");

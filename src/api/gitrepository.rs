@@ -425,6 +425,11 @@ pub struct Summary {
 pub struct Inventory {
     #[serde(default)]
     pub entries: Vec<InventoryEntry>,
+    /// A checksum of how many fields Capstan owned of each object right after it applied it:
+    /// a restarted controller that finds the same count on every object, and each object's
+    /// digest annotation as it would apply it, sends nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -19,6 +19,10 @@ pub const OWNER_NAME_LABEL: &str = "capstan.dev/name";
 pub const OWNER_NAMESPACE_LABEL: &str = "capstan.dev/namespace";
 /// Annotation on every applied object: `<namespace>/<name>` of the owning GitRepository, in full.
 pub const OWNER_ANNOTATION: &str = "capstan.dev/owner";
+/// Annotation Capstan writes on every object it applies: a digest of the object as applied
+/// (this annotation left out), from which a restarted controller tells which objects are as
+/// git says and need no apply.
+pub const DIGEST_ANNOTATION: &str = "capstan.dev/digest";
 /// Annotation a user sets on an object in git (`enabled`) so that Capstan deletes and re-creates
 /// it when a field that cannot change in place changed, as `spec.force` does for all objects.
 pub const FORCE_ANNOTATION: &str = "capstan.dev/force";

@@ -6,7 +6,6 @@ pub mod diff;
 mod inventory;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +21,9 @@ use serde_json::Value;
 pub use inventory::{prune_blocked, prune_candidates};
 
 use crate::api::{
-    FIELD_MANAGER, FORCE_ANNOTATION, GitRepository, HANDOVER_ANNOTATION, InventoryEntry,
-    OWNER_ANNOTATION, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, PRUNE_ANNOTATION, SHARD_LABEL,
+    DIGEST_ANNOTATION, FIELD_MANAGER, FORCE_ANNOTATION, GitRepository, HANDOVER_ANNOTATION,
+    InventoryEntry, OWNER_ANNOTATION, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, PRUNE_ANNOTATION,
+    SHARD_LABEL,
 };
 use crate::object::fields::FieldSet;
 use crate::object::{Kind, ObjectId, apply_tier};
@@ -407,6 +407,21 @@ impl Applier {
         }
     }
 
+    /// The kinds of `manifests` the API server serves (through the discovery cache).
+    pub async fn kinds_of(&self, client: &Client, manifests: &[Manifest]) -> Vec<Kind> {
+        let gvks: HashSet<GroupVersionKind> = manifests.iter().map(|m| gvk_of(&m.object)).collect();
+        let mut kinds = Vec::new();
+        for gvk in gvks {
+            if let Ok((resource, caps)) = self.kind(client, &gvk).await {
+                kinds.push(Kind {
+                    resource,
+                    namespaced: caps.scope == Scope::Namespaced,
+                });
+            }
+        }
+        kinds
+    }
+
     /// Applies `manifests` with server-side apply: CRDs and Namespaces first, then, once new CRDs
     /// are Established, everything else. Every object is attempted; failures are reported per
     /// object. Objects whose digest matches what was last sent are not sent again.
@@ -755,6 +770,7 @@ impl Applier {
             kind: gvk.kind.clone(),
         };
         let digest = digest(&object);
+        object["metadata"]["annotations"][DIGEST_ANNOTATION] = format!("{digest:016x}").into();
         Ok(Prepared {
             id,
             kind: Kind {
@@ -1070,11 +1086,10 @@ fn manifest_id_hint(object: &Value) -> ObjectId {
     }
 }
 
-/// A digest of exactly what would be sent; serde_json maps are ordered, so it is stable.
+/// A digest of exactly what would be sent (but its own annotation); serde_json maps are
+/// ordered, and SHA-256 is the same for every build, so it outlives the process.
 fn digest(object: &Value) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    object.to_string().hash(&mut h);
-    h.finish()
+    crate::digest::stable_u64(object.to_string().as_bytes())
 }
 
 #[cfg(test)]

@@ -17,7 +17,10 @@ use tracing::warn;
 
 use super::health::{Health, health, own_rules};
 use super::wakes::Wakes;
-use crate::api::{FIELD_MANAGER, GitRepository, OWNER_ANNOTATION, OWNER_NAME_LABEL, SHARD_LABEL};
+use crate::api::{
+    DIGEST_ANNOTATION, FIELD_MANAGER, GitRepository, OWNER_ANNOTATION, OWNER_NAME_LABEL,
+    SHARD_LABEL,
+};
 use crate::object::fields::FieldSet;
 use crate::object::{Kind, ObjectId};
 
@@ -33,6 +36,8 @@ pub struct Observed {
     pub resource_version: Option<u64>,
     /// A custom resource (a kind without rules of its own), without its managed fields.
     pub custom: Option<Arc<serde_json::Value>>,
+    /// The digest of what Capstan applied last, from its annotation.
+    pub applied: Option<u64>,
 }
 
 pub struct Live {
@@ -315,15 +320,13 @@ fn observe(mut obj: DynamicObject, types: &kube::api::TypeMeta) -> Observed {
         }
         Arc::new(object)
     });
+    let annotation = |name| obj.metadata.annotations.as_ref()?.get(name);
+    let applied = annotation(DIGEST_ANNOTATION).and_then(|d| u64::from_str_radix(d, 16).ok());
+    let owner = annotation(OWNER_ANNOTATION).cloned().unwrap_or_default();
     Observed {
         custom,
-        owner: obj
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(OWNER_ANNOTATION))
-            .cloned()
-            .unwrap_or_default(),
+        applied,
+        owner,
         // The API server drops a manager's entry once others took all its fields: that is
         // an empty set, the worst drift, not "unknown".
         fields: FieldSet::of_manager(&value, FIELD_MANAGER, "Apply").unwrap_or_default(),

@@ -139,6 +139,11 @@ impl FieldSet {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// How many paths (leaves and the list entries and maps they sit in) it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 fn collect(

@@ -3,6 +3,7 @@
 //! and the record.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use kube::{Client, ResourceExt};
 use tracing::info;
@@ -14,9 +15,11 @@ use super::plan::Plan;
 use super::report::progressing;
 use super::state::State;
 use crate::api::{GitRepository, GitRepositoryStatus, Inventory, InventoryEntry, Summary};
-use crate::apply::{Action as Applied, ApplyOptions, Owner, Sent};
+use crate::apply::{Action as Applied, ApplyOptions, Owned, Owner, Sent};
+use crate::live::Observed;
+use crate::object::ObjectId;
 use crate::render::Manifest;
-use crate::status::{Reason, Verdict};
+use crate::status::{self, Reason, Verdict};
 
 /// What an apply (and prune) leaves managed.
 pub(super) struct Outcome {
@@ -28,6 +31,8 @@ pub(super) struct Outcome {
     /// The client that applied, for the prune.
     pub client: Client,
     pub owner: Owner,
+    /// What was applied before came from the watches (after a restart), not from this process.
+    pub restored: bool,
 }
 
 /// Applies `manifests`. On failure the inventory keeps everything managed before and now, and
@@ -45,6 +50,9 @@ pub(super) async fn apply(
     let owner = Owner::of(gr);
     let previous_entries = status.inventory.clone().unwrap_or_default().entries;
     let previous: HashSet<String> = previous_entries.iter().map(|e| e.id.clone()).collect();
+    let client = ctx.client_for(gr, state).map_err(Failure::Identity)?;
+    let restored = plan.pending.is_none()
+        && restore(ctx, &client, state, status, manifests, plan.timeout).await;
     // A reconcile asked for by hand re-sends everything, whatever the digests say.
     let previous_digests: HashMap<String, u64> = match plan.pending {
         Some(_) => HashMap::new(),
@@ -64,8 +72,11 @@ pub(super) async fn apply(
         timeout: plan.timeout,
         force: gr.spec.force,
     };
-    let client = ctx.client_for(gr, state).map_err(Failure::Identity)?;
-    progressing(ctx, gr, state, status, &source.resolved.revision).await;
+    let revision = &source.resolved.revision;
+    // Restored at the revision applied before: most likely nothing is sent, so nothing is shown.
+    if !(restored && status.last_applied_revision.as_ref() == Some(revision)) {
+        progressing(ctx, gr, state, status, revision).await;
+    }
     let report = ctx.applier.apply(&client, manifests, &opts).await;
     for kind in &report.kinds {
         ctx.live.watch(kind);
@@ -99,6 +110,7 @@ pub(super) async fn apply(
         previous: previous_entries,
         client,
         owner,
+        restored,
     };
     if let Some(error) = report.error() {
         // Keep managing everything applied before and now; prune nothing.
@@ -108,6 +120,97 @@ pub(super) async fn apply(
         return Err(Failure::Apply(error));
     }
     Ok(outcome)
+}
+
+/// After a restart this process knows nothing of what it applied; the watches of the kinds of
+/// `manifests` tell it: each object's digest annotation and the fields Capstan owns of it now,
+/// taken as what was sent last when the inventory's checksum of those fields is the one the
+/// status recorded (no field was taken while no controller watched). Returns whether it did;
+/// otherwise everything is sent, as on a first apply.
+async fn restore(
+    ctx: &Context,
+    client: &Client,
+    state: &mut State,
+    status: &GitRepositoryStatus,
+    manifests: &[Manifest],
+    timeout: Duration,
+) -> bool {
+    let Some(inventory) = status.inventory.as_ref() else {
+        return false;
+    };
+    if !state.objects.is_empty() || inventory.checksum.is_none() {
+        return false;
+    }
+    let kinds = ctx.applier.kinds_of(client, manifests).await;
+    let watched: HashSet<(&str, &str)> = kinds
+        .iter()
+        .map(|k| (k.resource.group.as_str(), k.resource.kind.as_str()))
+        .collect();
+    let Some(ids) = inventory
+        .entries
+        .iter()
+        .map(|e| ObjectId::parse(&e.id))
+        .collect::<Option<Vec<_>>>()
+        .filter(|ids| {
+            ids.iter()
+                .all(|id| watched.contains(&(id.group.as_str(), id.kind.as_str())))
+        })
+    else {
+        // Something of another kind is managed (to be pruned): applied as on a first apply.
+        return false;
+    };
+    for kind in &kinds {
+        ctx.live.watch(kind);
+    }
+    let deadline = Instant::now() + timeout.min(RESTORE_WAIT);
+    while !ids.iter().all(|id| ctx.live.caught_up(id, None)) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let observed: Vec<(String, Option<Observed>)> = inventory
+        .entries
+        .iter()
+        .map(|e| (e.id.clone(), ctx.live.observed(&e.id)))
+        .collect();
+    let counts = observed
+        .iter()
+        .map(|(id, o)| (id.as_str(), o.as_ref().map(|o| o.fields.len())));
+    if checksum(counts) != inventory.checksum {
+        info!("what Capstan owns of its objects changed while no controller watched; applying all");
+        return false;
+    }
+    let objects = observed
+        .into_iter()
+        .filter_map(|(id, o)| {
+            let o = o?;
+            let sent = Sent {
+                digest: o.applied?,
+                object: serde_json::Value::Null,
+                owned: Some(Owned {
+                    fields: o.fields,
+                    resource_version: o.resource_version,
+                }),
+            };
+            Some((id, sent))
+        })
+        .collect();
+    state.objects = std::sync::Arc::new(objects);
+    true
+}
+
+/// How long a restore waits for the watches to list what they watch.
+const RESTORE_WAIT: Duration = Duration::from_secs(30);
+
+/// The inventory's checksum: per object, in id order, how many fields Capstan owns of it; none
+/// when one is not known.
+fn checksum<'a>(counts: impl Iterator<Item = (&'a str, Option<usize>)>) -> Option<String> {
+    let mut text = String::new();
+    for (id, count) in counts {
+        text.push_str(&format!("{id}={}\n", count?));
+    }
+    Some(crate::digest::stable_hex(text.as_bytes()))
 }
 
 /// The latest resourceVersion known of each object: from the watch, or from the last apply. An
@@ -138,8 +241,14 @@ impl Outcome {
         self.entries.dedup_by(|a, b| a.id == b.id);
         let managed: HashSet<&str> = self.entries.iter().map(|e| e.id.as_str()).collect();
         self.sent.retain(|id, _| managed.contains(id.as_str()));
+        let counts = self.entries.iter().map(|e| {
+            let owned = self.sent.get(&e.id).and_then(|s| s.owned.as_ref());
+            (e.id.as_str(), owned.map(|o| o.fields.len()))
+        });
+        let checksum = checksum(counts);
         status.inventory = Some(Inventory {
             entries: self.entries,
+            checksum,
         });
         status.summary = Some(Summary {
             drifted: 0,
@@ -176,6 +285,14 @@ pub(super) fn conclude(
 ) -> Verdict {
     let revision = &source.resolved.revision;
     let s = &outcome.summary;
+    // Restored after a restart and nothing to do: the status still says what the last apply
+    // did, and is not rewritten.
+    let quiet = outcome.restored
+        && s.created + s.configured + s.recreated + s.pruned == 0
+        && status.last_applied_revision.as_ref() == Some(revision);
+    let before = status::ready(Some(status))
+        .filter(|c| quiet && c.status == "True")
+        .map(|c| (c.message.clone(), status.summary.clone()));
     let recreated = match s.recreated {
         0 => String::new(),
         n => format!(", {n} recreated"),
@@ -209,6 +326,13 @@ pub(super) fn conclude(
     outcome.record(ctx, state, status);
     state.variables = source.variables_digest;
     status.last_applied_revision = Some(revision.clone());
+    let message = match before {
+        Some((message, summary)) => {
+            status.summary = summary;
+            message
+        }
+        None => message,
+    };
     Verdict::Ready {
         reason: Reason::ReconciliationSucceeded,
         message,

@@ -1,7 +1,8 @@
 //! What this process knows of each GitRepository between reconciles: one record per uid, owned
 //! here. A reconcile works on a copy ([`States::load`]) and hands it back once
 //! ([`States::commit`]), after its status write went through; the record goes when the
-//! GitRepository does ([`States::forget`]). Lost on restart, which costs one re-apply.
+//! GitRepository does ([`States::forget`]). Lost on restart; the first apply after one
+//! rebuilds what was sent from the watches (`deploy::restore`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

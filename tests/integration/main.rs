@@ -19,6 +19,7 @@ mod live;
 mod operations;
 mod ownership;
 mod render;
+mod restart;
 mod sync;
 mod tenancy;
 mod verify;

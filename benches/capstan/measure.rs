@@ -45,6 +45,8 @@ pub(crate) struct Controller {
     pub(crate) process: ControllerProcess,
     pub(crate) user: String,
     pub(crate) clk_tck: f64,
+    kubeconfig: PathBuf,
+    shard: String,
 }
 
 impl Controller {
@@ -54,8 +56,7 @@ impl Controller {
         let sa = "capstan-bench";
         let kubeconfig = cluster_admin_kubeconfig(ns, sa, dir);
         let shard = format!("--shard={shard}");
-        let process =
-            ControllerProcess::start(&kubeconfig, "bench", &[&shard, "--leader-elect=false"]);
+        let process = Self::process(&kubeconfig, &shard);
         let clk_tck = std::process::Command::new("getconf")
             .arg("CLK_TCK")
             .output()
@@ -66,7 +67,36 @@ impl Controller {
             process,
             user: sa_user(ns, sa),
             clk_tck,
+            kubeconfig,
+            shard,
         }
+    }
+
+    fn process(kubeconfig: &Path, shard: &str) -> ControllerProcess {
+        ControllerProcess::start(kubeconfig, "bench", &[shard, "--leader-elect=false"])
+    }
+
+    /// Stops the process and starts another, with nothing in memory (and a cache of its own).
+    pub(crate) fn restart(&mut self) {
+        self.process.terminate();
+        self.process = Self::process(&self.kubeconfig, &self.shard);
+    }
+
+    /// How many GitRepositories of `ns` this process has reconciled at least once, from its
+    /// metrics (0 until it serves them).
+    pub(crate) async fn reconciled(&self, ns: &str) -> usize {
+        let addr = self.process.metrics;
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return 0;
+        }
+        let (_, body) = support::controller::http_get(addr, "/metrics").await;
+        let namespace = format!("namespace=\"{ns}\"");
+        let names: std::collections::HashSet<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("capstan_reconcile_total{") && l.contains(&namespace))
+            .filter_map(|l| l.split("name=\"").nth(1)?.split('"').next())
+            .collect();
+        names.len()
     }
 
     /// User plus system CPU seconds so far.

@@ -1,4 +1,5 @@
-//! Scenario 5: scale: 1000 GitRepositories over 100 repositories.
+//! Scenario 5: scale: 1000 GitRepositories over 100 repositories, 10,000 objects; then a restart
+//! of the controller.
 
 use super::*;
 
@@ -6,17 +7,19 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
     // A controller of its own, for a namespace of its own: its figures are the 1000 alone.
     let ns = namespace(&b.client, "bench-scale").await;
     let target = namespace(&b.client, "bench-scale-objects").await;
-    let controller = Controller::start(&ns, shard_of(&ns), b.dir.path());
+    let mut controller = Controller::start(&ns, shard_of(&ns), b.dir.path());
     // The process with no GitRepository yet: what the count adds is the difference.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (idle_rss, _) = controller.rss_mib();
     let repos: Vec<Repo> = (0..100)
         .map(|r| {
-            let files: Vec<(String, String)> = (0..10)
-                .map(|d| {
+            // 10 paths of 10 ConfigMaps: 10,000 objects in all.
+            let files: Vec<(String, String)> = (0..100)
+                .map(|n| {
+                    let d = n / 10;
                     (
-                        format!("d{d}/cm.yaml"),
-                        configmap(&format!("cm-{r}-{d}"), "1"),
+                        format!("d{d}/cm{n}.yaml"),
+                        configmap(&format!("cm-{r}-{n}"), "1"),
                     )
                 })
                 .collect();
@@ -145,6 +148,46 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
     );
     figures.add(
         "steady_get_list_per_minute",
+        reads(&counts),
+        reads(&counts).to_string(),
+    );
+    // A restart: a new process, with nothing in memory, until it has reconciled all 1000.
+    let mark = audit_mark();
+    let started = Instant::now();
+    controller.restart();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while controller.reconciled(&ns).await < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "not all reconciled after a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let restarted = started.elapsed();
+    let counts = requests_by(&controller.user, mark);
+    let status_writes = counts
+        .iter()
+        .filter(|(k, _)| k.contains("gitrepositories/status"))
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    figures.add(
+        "restart_all_reconciled_s",
+        restarted.as_secs_f64(),
+        format!(
+            "{:.1} s from the restart to all 1000 reconciled by the new process (each fetched and rendered again, into an empty cache)",
+            restarted.as_secs_f64()
+        ),
+    );
+    figures.add(
+        "restart_mutating_requests",
+        mutating(&counts),
+        format!(
+            "{} ({status_writes} status writes), for 10,000 unchanged objects",
+            mutating(&counts)
+        ),
+    );
+    figures.add(
+        "restart_get_list_requests",
         reads(&counts),
         reads(&counts).to_string(),
     );

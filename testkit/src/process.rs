@@ -70,6 +70,8 @@ pub struct ControllerProcess {
     /// Where it receives push events (the benchmarks post to it).
     #[allow(dead_code)]
     pub webhook: std::net::SocketAddr,
+    /// Where it serves `/metrics`.
+    pub metrics: std::net::SocketAddr,
 }
 
 impl ControllerProcess {
@@ -106,6 +108,7 @@ impl ControllerProcess {
             .env("POD_NAME", pod_name)
             .env("CAPSTAN_KUSTOMIZE_PATH", &tools.kustomize)
             .env("CAPSTAN_HELM_PATH", &tools.helm)
+            .env("CAPSTAN_SOPS_PATH", &tools.sops)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -115,6 +118,7 @@ impl ControllerProcess {
             child: Some(child),
             dir,
             webhook,
+            metrics,
         }
     }
 

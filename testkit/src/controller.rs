@@ -7,6 +7,7 @@ use capstan::api::GitRepository;
 use capstan::runtime::{Config, RenderConfig};
 use capstan::telemetry::LogFormat;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -237,6 +238,28 @@ impl Fixture {
             Api::all_with(self.client.clone(), &ar)
         };
         api.get_opt(name).await.unwrap()
+    }
+
+    /// The `value` of ConfigMap `name` (what `configmap` writes); panics when there is none.
+    pub async fn value(&self, name: &str) -> String {
+        let cm = self.get("v1", "ConfigMap", name).await;
+        let cm = cm.unwrap_or_else(|| panic!("no ConfigMap {name}"));
+        cm.data["data"]["value"].as_str().unwrap_or_default().into()
+    }
+
+    /// Plays the Deployment controller (no kubelet runs here): Deployment `name` is available.
+    pub async fn make_available(&self, name: &str) {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.ns);
+        let live = deployments.get(name).await.unwrap();
+        let status = serde_json::json!({"status": {
+            "observedGeneration": live.metadata.generation,
+            "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+            "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"}],
+        }});
+        deployments
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
     }
 
     pub async fn wait_gone(&self, ns: &str, api_version: &str, kind: &str, name: &str) {

@@ -35,6 +35,12 @@ async fn refused(fx: &Fixture, file: &str, why: &str) -> String {
     ready_message(&gr)
 }
 
+/// Puts `identity` alone in the decryption Secret.
+async fn keys(fx: &Fixture, identity: &str) {
+    let data = [("identity.agekey", identity.as_bytes())];
+    put_secret(&fx.client, &fx.ns, "sops-keys", &data).await;
+}
+
 /// Nothing of `plaintexts` in the GitRepository's status or in the namespace's Events.
 async fn nowhere(fx: &Fixture, plaintexts: &[&str]) {
     let gr = fx.api().get("app").await.unwrap();
@@ -60,13 +66,7 @@ async fn sops_files_are_decrypted_with_age_keys_and_refused_when_they_cannot_be(
     let fx = Fixture::new("decrypt-age").await;
     let (identity, recipient) = age_identity();
     let (_, stranger) = age_identity();
-    put_secret(
-        &fx.client,
-        &fx.ns,
-        "sops-keys",
-        &[("identity.agekey", identity.as_bytes())],
-    )
-    .await;
+    keys(&fx, &identity).await;
     let ours = |name: &str, password: &str| {
         sops_encrypt(&secret(name, password), &["--age", &recipient], None)
     };
@@ -107,13 +107,7 @@ async fn sops_files_are_decrypted_with_age_keys_and_refused_when_they_cannot_be(
 
     // The right file, but the Secret holds the wrong key.
     let (wrong, _) = age_identity();
-    put_secret(
-        &fx.client,
-        &fx.ns,
-        "sops-keys",
-        &[("identity.agekey", wrong.as_bytes())],
-    )
-    .await;
+    keys(&fx, &wrong).await;
     repo.commit(
         &[("db.yaml", &ours("db", "fourth-plaintext"))],
         "good file, wrong key",
@@ -122,13 +116,7 @@ async fn sops_files_are_decrypted_with_age_keys_and_refused_when_they_cannot_be(
     assert_eq!(password(&fx, "db").await, "first-plaintext");
 
     // The right key again: applied.
-    put_secret(
-        &fx.client,
-        &fx.ns,
-        "sops-keys",
-        &[("identity.agekey", identity.as_bytes())],
-    )
-    .await;
+    keys(&fx, &identity).await;
     let sha = repo.commit(&[("db.yaml", &ours("db", "fifth-plaintext"))], "good");
     fx.wait_applied("app", &sha).await;
     assert_eq!(password(&fx, "db").await, "fifth-plaintext");

@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use serde_json::json;
 
 use crate::support::Repo;
@@ -16,25 +15,6 @@ const CONTROLLER: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  na
 spec:\n  replicas: 1\n  selector:\n    matchLabels: {app: widgets}\n  template:\n    metadata:\n      \
 labels: {app: widgets}\n    spec:\n      containers:\n      - name: controller\n        \
 image: registry.example.com/widgets:1.0\n";
-
-/// No kubelet runs here: the test plays the Deployment controller.
-async fn make_available(fx: &Fixture) {
-    let deployments: Api<Deployment> = Api::namespaced(fx.client.clone(), &fx.ns);
-    let live = deployments.get("widget-controller").await.unwrap();
-    let status = json!({"status": {
-        "observedGeneration": live.metadata.generation,
-        "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
-        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"}],
-    }});
-    deployments
-        .patch_status(
-            "widget-controller",
-            &PatchParams::default(),
-            &Patch::Merge(&status),
-        )
-        .await
-        .unwrap();
-}
 
 async fn waiting_for(fx: &Fixture, name: &str, why: &str) -> String {
     let gr = fx
@@ -102,7 +82,7 @@ async fn a_dependent_applies_once_its_dependency_is_ready_and_goes_first_on_dele
     assert!(fx.get("v1", "ConfigMap", "app-marker").await.is_none());
 
     // Healthy: the dependent is woken and applies its revision, custom resource included.
-    make_available(&fx).await;
+    fx.make_available("widget-controller").await;
     fx.wait_applied("platform", &platform_repo.head()).await;
     fx.wait_applied("app", &app_repo.head()).await;
     assert!(fx.get(&widgets, "Widget", "first").await.is_some());

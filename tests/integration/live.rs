@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 
 use crate::support::Repo;
@@ -297,23 +297,7 @@ async fn wait_reports_healthy_only_when_the_deployment_is() {
         ready_message(&gr)
     );
 
-    // No kubelet runs here: the test plays the Deployment controller.
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
-        Api::namespaced(fx.client.clone(), &fx.ns);
-    let live = deployments.get("becomes-ready").await.unwrap();
-    let status = json!({"status": {
-        "observedGeneration": live.metadata.generation,
-        "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
-        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"}],
-    }});
-    deployments
-        .patch_status(
-            "becomes-ready",
-            &PatchParams::default(),
-            &Patch::Merge(&status),
-        )
-        .await
-        .unwrap();
+    fx.make_available("becomes-ready").await;
     let gr = fx.wait_applied("ok", &repo.head()).await;
     let healthy = gr
         .status

@@ -55,14 +55,6 @@ async fn restart(fx: &mut Fixture) {
     }
 }
 
-async fn value(fx: &Fixture, name: &str) -> String {
-    let cm = fx
-        .get("v1", "ConfigMap", name)
-        .await
-        .expect("the ConfigMap");
-    cm.data["data"]["value"].as_str().unwrap_or_default().into()
-}
-
 #[tokio::test]
 async fn a_restart_sends_nothing_for_what_did_not_change() {
     let mut fx = Fixture::with_http("restart").await;
@@ -96,7 +88,7 @@ async fn a_restart_sends_nothing_for_what_did_not_change() {
     let mark = audit::mark();
     restart(&mut fx).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while fx.get("v1", "ConfigMap", "cm3").await.is_none() || value(&fx, "cm5").await != "1" {
+    while fx.get("v1", "ConfigMap", "cm3").await.is_none() || fx.value("cm5").await != "1" {
         assert!(tokio::time::Instant::now() < deadline, "not applied again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

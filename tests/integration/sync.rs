@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::controller::{Fixture, configmap, ready_message, spec};
+use crate::support::controller::{Fixture, configmap, ready_message, spec, widget_crd};
 use crate::support::{Repo, audit, git_server};
 
 fn value(obj: &kube::api::DynamicObject) -> String {
@@ -253,30 +253,6 @@ async fn pinned_commits_and_refs_by_name() {
     let gr = fx.wait_applied("app", &first).await;
     assert_eq!(revision(&gr), format!("refs/tags/v1.0.0@sha1:{first}"));
     assert_eq!(value(&fx.get("v1", "ConfigMap", "pin").await.unwrap()), "1");
-}
-
-/// A namespaced `Widget` kind in `group`, served at v1.
-fn widget_crd(group: &str) -> String {
-    format!(
-        r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.{group}
-spec:
-  group: {group}
-  names: {{kind: Widget, plural: widgets, singular: widget}}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
-"#
-    )
 }
 
 #[tokio::test]

@@ -16,14 +16,6 @@ fn unsigned(repo: &Repo) {
     repo.configure("tag.gpgSign", "false");
 }
 
-async fn value(fx: &Fixture, name: &str) -> String {
-    let cm = fx
-        .get("v1", "ConfigMap", name)
-        .await
-        .expect("the ConfigMap");
-    cm.data["data"]["value"].as_str().unwrap_or_default().into()
-}
-
 /// Waits for `VerificationFailed` with `message` on `name`, then checks that `settings` still
 /// holds `kept`.
 async fn refused(fx: &Fixture, name: &str, message: &str, kept: &str) {
@@ -32,7 +24,7 @@ async fn refused(fx: &Fixture, name: &str, message: &str, kept: &str) {
     })
     .await;
     fx.wait_failed(name, "VerificationFailed").await;
-    assert_eq!(value(fx, "settings").await, kept, "nothing of it applied");
+    assert_eq!(fx.value("settings").await, kept, "nothing of it applied");
 }
 
 // Long: one story on one repository, each refusal followed by what it must not have changed.
@@ -60,7 +52,7 @@ async fn openpgp_signatures_are_checked_on_commits_and_tags() {
     fx.create("app", spec(repo.http_url(), verify.clone()))
         .await;
     fx.wait_applied("app", &signed).await;
-    assert_eq!(value(&fx, "settings").await, "1");
+    assert_eq!(fx.value("settings").await, "1");
 
     unsigned(&repo);
     let sha = repo.commit(
@@ -89,7 +81,7 @@ async fn openpgp_signatures_are_checked_on_commits_and_tags() {
     // Signed again: applied, and a signed tag of it too (its commit signed as well).
     let signed = repo.commit(&[("settings.yaml", &configmap("settings", "5"))], "signed");
     fx.wait_applied("app", &signed).await;
-    assert_eq!(value(&fx, "settings").await, "5");
+    assert_eq!(fx.value("settings").await, "5");
     // The next GitRepositories apply the same ConfigMap: this one goes first.
     fx.api().delete("app", &Default::default()).await.unwrap();
     fx.wait_gone(&fx.ns, "capstan.dev/v1alpha1", "GitRepository", "app")
@@ -202,7 +194,7 @@ async fn ssh_signatures_are_checked_against_allowed_signers() {
         message.contains("(dev@capstan.dev) does not match it"),
         "{message}"
     );
-    assert_eq!(value(&fx, "settings").await, "1");
+    assert_eq!(fx.value("settings").await, "1");
 
     // A tag signed with the SSH key, in Tag mode.
     let signed = repo.commit(&[("settings.yaml", &configmap("settings", "4"))], "signed");

@@ -36,13 +36,6 @@ fn github(body: &[u8], token: &[u8]) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn value_of(fx: &Fixture, name: &str) -> String {
-    fx.get("v1", "ConfigMap", name).await.unwrap().data["data"]["value"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test]
 async fn a_signed_push_reconciles_at_once_and_a_bad_one_changes_nothing() {
     let fx = Fixture::with_http("webhook").await;
@@ -108,7 +101,7 @@ async fn a_signed_push_reconciles_at_once_and_a_bad_one_changes_nothing() {
         json!([])
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(value_of(&fx, "hooked").await, "1", "nothing was reconciled");
+    assert_eq!(fx.value("hooked").await, "1", "nothing was reconciled");
 
     // The correctly signed push: reconciled at once.
     let (code, reply) = post(&fx, &path, &github(&body, TOKEN), &body).await;
@@ -118,7 +111,7 @@ async fn a_signed_push_reconciles_at_once_and_a_bad_one_changes_nothing() {
         json!(["app"])
     );
     fx.wait_applied("app", &sha).await;
-    assert_eq!(value_of(&fx, "hooked").await, "2");
+    assert_eq!(fx.value("hooked").await, "2");
 
     // A flood of pushes at once: each asks, the controller folds them into a few reconciles.
     let before = reconciles(&fx).await;
@@ -129,7 +122,7 @@ async fn a_signed_push_reconciles_at_once_and_a_bad_one_changes_nothing() {
         assert_eq!(code, 202, "{reply}");
     }
     fx.wait_applied("app", &sha).await;
-    assert_eq!(value_of(&fx, "hooked").await, "3");
+    assert_eq!(fx.value("hooked").await, "3");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let flood_reconciles = reconciles(&fx).await - before;
     assert!(
@@ -264,7 +257,7 @@ async fn gitlab_and_generic_hmac_receivers_reconcile_exactly_what_their_labels_s
     );
     fx.wait_applied("web-a", &second).await;
     fx.wait_applied("web-b", &second).await;
-    assert_eq!(value_of(&fx, "web-b").await, "2");
+    assert_eq!(fx.value("web-b").await, "2");
     assert_eq!(requested(&fx).await, ["web-a", "web-b"]);
     let ops = fx.api().get("ops").await.unwrap();
     assert_eq!(
@@ -272,7 +265,7 @@ async fn gitlab_and_generic_hmac_receivers_reconcile_exactly_what_their_labels_s
         Some(format!("main@sha1:{first}")),
         "ops is not selected by team=web"
     );
-    assert_eq!(value_of(&fx, "ops").await, "1");
+    assert_eq!(fx.value("ops").await, "1");
 
     // Generic HMAC: X-Signature over any body; every GitRepository it selects.
     let generic = format!("/hook/{}/generic", fx.ns);
@@ -295,7 +288,7 @@ async fn gitlab_and_generic_hmac_receivers_reconcile_exactly_what_their_labels_s
         json!(["ops"])
     );
     fx.wait_applied("ops", &second).await;
-    assert_eq!(value_of(&fx, "ops").await, "2");
+    assert_eq!(fx.value("ops").await, "2");
 }
 
 /// Reads of Receivers and Secrets in `ns` since `mark`.

@@ -14,6 +14,7 @@ mod drift;
 mod fetch;
 mod latency;
 mod measure;
+mod monorepo;
 mod report;
 mod scale;
 mod steady;
@@ -42,10 +43,13 @@ use drift::drift;
 use fetch::fetch;
 use latency::latency;
 use measure::*;
+use monorepo::monorepo;
 use scale::scale;
 use steady::steady;
 
-const SCENARIOS: &[&str] = &["cold", "steady", "latency", "drift", "scale", "fetch"];
+const SCENARIOS: &[&str] = &[
+    "cold", "steady", "latency", "drift", "scale", "fetch", "monorepo",
+];
 
 #[tokio::main]
 async fn main() {
@@ -111,6 +115,16 @@ async fn main() {
         let mut f = Figures::default();
         fetch(&b, &mut f).await;
         results.push(("fetch", "6. Fetch: about 100 MB of history", f));
+    }
+
+    if run("monorepo") {
+        let mut f = Figures::default();
+        monorepo(&b, &mut f).await;
+        results.push((
+            "monorepo",
+            "7. Monorepo: 100 GitRepositories on one repository of 1,000 files",
+            f,
+        ));
     }
 
     report::write(&wanted, &results, (rss, peak), started.elapsed());

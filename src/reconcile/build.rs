@@ -24,7 +24,7 @@ pub(super) async fn render(
     source: &Source,
     checkout: Checkout,
     plan: &Plan,
-) -> Result<Vec<Manifest>, Failure> {
+) -> Result<Rendered, Failure> {
     let timeout = plan.timeout;
     let mut build = Build::of(
         gr,
@@ -36,10 +36,17 @@ pub(super) async fn render(
     build.decryption = decryption_keys(ctx, gr, state).await?;
     // The tools stop themselves at `timeout`; this bounds the rest of the work.
     let rendered = render_within(build, checkout, timeout + Duration::from_secs(5)).await?;
-    Ok(rendered.map_err(|error| BuildError::Render {
+    let (manifests, reads) = rendered.map_err(|error| BuildError::Render {
         revision: source.resolved.revision.clone(),
         error,
-    })?)
+    })?;
+    Ok(Rendered { manifests, reads })
+}
+
+/// The objects of a revision, and what rendering them read (see `render::reads`).
+pub(super) struct Rendered {
+    pub manifests: Vec<Manifest>,
+    pub reads: Option<Vec<String>>,
 }
 
 /// The keys of `spec.decryption`, read as the GitRepository's own identity, and only when a
@@ -64,14 +71,19 @@ async fn decryption_keys(
 
 /// Renders off the async runtime, waiting at most `wait`. The blocking task owns the checkout
 /// and deletes it once the render is done with it, also when the wait ended first.
+type Reads = Option<Vec<String>>;
+
 async fn render_within(
     build: Build,
     checkout: Checkout,
     wait: Duration,
-) -> Result<Result<Vec<Manifest>, RenderError>, BuildError> {
+) -> Result<Result<(Vec<Manifest>, Reads), RenderError>, BuildError> {
     let timeout = build.timeout;
     let task = tokio::task::spawn_blocking(move || {
-        let rendered = build.render(checkout.work.path());
+        let root = checkout.work.path();
+        let rendered = build
+            .render(root)
+            .map(|manifests| (manifests, build.reads(root)));
         drop(checkout);
         rendered
     });
@@ -117,19 +129,25 @@ impl Build {
 
     /// The objects of the checkout at `root`. Blocking.
     pub fn render(&self, root: &Path) -> Result<Vec<Manifest>, RenderError> {
-        render::render(
-            root,
-            &render::Options {
-                path: self.path.as_deref(),
-                ignore: self.ignore.as_deref(),
-                helm: self.helm.clone(),
-                variables: self.variables.as_ref(),
-                limits: self.limits,
-                tools: self.tools.clone(),
-                timeout: self.timeout,
-                decryption: self.decryption.as_ref(),
-            },
-        )
+        render::render(root, &self.options())
+    }
+
+    /// What rendering the checkout at `root` reads (see `render::reads`). Blocking.
+    fn reads(&self, root: &Path) -> Reads {
+        render::reads(root, &self.options())
+    }
+
+    fn options(&self) -> render::Options<'_> {
+        render::Options {
+            path: self.path.as_deref(),
+            ignore: self.ignore.as_deref(),
+            helm: self.helm.clone(),
+            variables: self.variables.as_ref(),
+            limits: self.limits,
+            tools: self.tools.clone(),
+            timeout: self.timeout,
+            decryption: self.decryption.as_ref(),
+        }
     }
 }
 

@@ -273,6 +273,77 @@ impl Outcome {
     }
 }
 
+/// A new revision that changes nothing the last render read (another application's directory
+/// of a monorepo, say): recorded as applied without a checkout, a render or an apply. Only when
+/// nothing else asks for an apply (the spec observed, the same variables, no request pending)
+/// and no signature is to be checked.
+pub(super) async fn untouched(
+    ctx: &Context,
+    gr: &GitRepository,
+    state: &mut State,
+    status: &mut GitRepositoryStatus,
+    plan: &Plan,
+    source: &Source,
+) -> Option<Verdict> {
+    let reads = state.reads.as_ref()?;
+    let settled = state.applied_ok
+        && plan.settled
+        && state.variables == source.variables_digest
+        && gr.spec.verify.is_none();
+    let applied = status.last_applied_revision.as_deref()?;
+    if !settled
+        || reads.commit == source.resolved.oid
+        || !applied.ends_with(&reads.commit.to_string())
+    {
+        return None;
+    }
+    let unchanged = ctx
+        .cache
+        .unchanged(
+            &source.url,
+            &source.auth,
+            &source.resolved,
+            reads.commit,
+            reads.paths.clone(),
+            plan.timeout,
+        )
+        .await
+        .ok()?;
+    if !unchanged {
+        return None;
+    }
+    let revision = &source.resolved.revision;
+    let paths: Vec<&str> = reads
+        .paths
+        .iter()
+        .map(|p| if p.is_empty() { "." } else { p.as_str() })
+        .collect();
+    let total = status.inventory.as_ref().map_or(0, |i| i.entries.len()) as i64;
+    let summary = status.summary.clone().unwrap_or_default();
+    status.summary = Some(Summary {
+        total,
+        created: 0,
+        configured: 0,
+        unchanged: total,
+        recreated: 0,
+        pruned: 0,
+        ..summary
+    });
+    status.last_applied_revision = Some(revision.clone());
+    info!(%revision, read = ?paths, "nothing the render reads changed: not rendered or applied");
+    let message = format!(
+        "Applied revision {revision} ({total} objects unchanged: nothing in {} changed)",
+        paths.join(", ")
+    );
+    if let Some(reads) = state.reads.as_mut() {
+        reads.commit = source.resolved.oid;
+    }
+    Some(Verdict::Ready {
+        reason: Reason::ReconciliationSucceeded,
+        message,
+    })
+}
+
 /// The revision is applied (and pruned): Ready, with what changed.
 pub(super) fn conclude(
     ctx: &Context,

@@ -312,13 +312,20 @@ async fn pipeline(
             fetched_at: Time(k8s_openapi::jiff::Timestamp::now()),
         });
     }
+    if let Some(verdict) = deploy::untouched(ctx, gr, state, status, plan, &source).await {
+        return Ok(Some(verdict));
+    }
     let checkout = fetch::checkout(ctx, gr, &source, plan).await?;
     verify::verify(ctx, gr, state, &checkout).await?;
     let committed_at = checkout.committed_at;
-    let manifests = build::render(ctx, gr, state, &source, checkout, plan).await?;
-    let applied = deploy::apply(ctx, gr, state, status, plan, &source, &manifests).await?;
+    let rendered = build::render(ctx, gr, state, &source, checkout, plan).await?;
+    let applied = deploy::apply(ctx, gr, state, status, plan, &source, &rendered.manifests).await?;
     let outcome = prune::prune(ctx, gr, state, status, &revision, applied).await?;
     let verdict = deploy::conclude(ctx, state, status, &source, outcome, committed_at, started);
+    state.reads = rendered.reads.map(|paths| state::Reads {
+        commit: source.resolved.oid,
+        paths,
+    });
     Ok(Some(verdict))
 }
 

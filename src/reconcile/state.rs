@@ -44,6 +44,17 @@ pub(super) struct State {
     pub credentials: Option<Credentials>,
     /// The identity its changes are made as, when it impersonates a ServiceAccount.
     pub user: Option<String>,
+    /// What the render of the revision applied last read: a revision that changes none of it
+    /// is neither rendered nor applied.
+    pub reads: Option<Reads>,
+}
+
+#[derive(Clone)]
+pub(super) struct Reads {
+    /// The commit rendered.
+    pub commit: git2::Oid,
+    /// Paths relative to the checkout root (`""` for the root).
+    pub paths: Vec<String>,
 }
 
 #[derive(Clone)]

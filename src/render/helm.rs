@@ -25,6 +25,23 @@ pub struct HelmOptions {
     pub values_files: Vec<String>,
 }
 
+/// The values files of `options`, each checked to be a file inside the checkout.
+pub(super) fn values_files(
+    dir: &Resolved,
+    options: &HelmOptions,
+) -> Result<Vec<std::path::PathBuf>, RenderError> {
+    options
+        .values_files
+        .iter()
+        .map(|file| {
+            let escapes = || RenderError::PathEscapes { path: file.clone() };
+            walk::resolve_reference(&dir.root, &dir.dir, file, escapes)?
+                .filter(|p| p.is_file())
+                .ok_or_else(|| RenderError::ValuesFileNotFound { path: file.clone() })
+        })
+        .collect()
+}
+
 pub(super) fn template(
     dir: &Resolved,
     program: &Path,
@@ -41,11 +58,7 @@ pub(super) fn template(
         "--include-crds".into(),
         "--no-hooks".into(),
     ];
-    for file in &options.values_files {
-        let escapes = || RenderError::PathEscapes { path: file.clone() };
-        let path = walk::resolve_reference(&dir.root, &dir.dir, file, escapes)?
-            .filter(|p| p.is_file())
-            .ok_or_else(|| RenderError::ValuesFileNotFound { path: file.clone() })?;
+    for path in values_files(dir, options)? {
         args.push("--values".into());
         args.push(path.into());
     }

@@ -65,8 +65,12 @@ pub(super) fn build(
 }
 
 /// Checks what `kustomize build start` reads: the kustomization there and, breadth first, every
-/// directory its references lead to.
-fn check_reachable(root: &Path, start: &Path, limits: &Limits) -> Result<(), RenderError> {
+/// directory its references lead to. Returns those directories.
+pub(super) fn check_reachable(
+    root: &Path,
+    start: &Path,
+    limits: &Limits,
+) -> Result<BTreeSet<PathBuf>, RenderError> {
     let mut queue = VecDeque::from([start.to_path_buf()]);
     let mut seen = BTreeSet::new();
     while let Some(dir) = queue.pop_front() {
@@ -84,7 +88,7 @@ fn check_reachable(root: &Path, start: &Path, limits: &Limits) -> Result<(), Ren
                 .filter(|target| target.is_dir()),
         );
     }
-    Ok(())
+    Ok(seen)
 }
 
 /// Where the entries of a kustomization's reference fields lead, each checked to exist inside

@@ -234,6 +234,51 @@ pub fn render(root: &Path, options: &Options<'_>) -> Result<Vec<Manifest>, Rende
     Ok(manifests)
 }
 
+/// What a render of `options.path` reads, as paths relative to the checkout root (`""` for the
+/// root): the directory of plain files or of a chart (and the chart's values files), or every
+/// directory a kustomize build reaches. A commit whose trees at these paths are the same renders
+/// the same. `None` when that cannot be told: a symbolic link among them may lead elsewhere.
+pub fn reads(root: &Path, options: &Options<'_>) -> Option<Vec<String>> {
+    let dir = walk::resolve(root, options.path).ok()?;
+    let paths: Vec<std::path::PathBuf> = match choose_renderer(&dir) {
+        Renderer::Plain => vec![dir.dir.clone()],
+        Renderer::Kustomize => kustomize::check_reachable(&dir.root, &dir.dir, &options.limits)
+            .ok()?
+            .into_iter()
+            .collect(),
+        Renderer::Helm => {
+            let mut paths = vec![dir.dir.clone()];
+            paths.extend(helm::values_files(&dir, &options.helm).ok()?);
+            paths
+        }
+    };
+    if paths.iter().any(|p| has_symlink(p)) {
+        return None;
+    }
+    Some(
+        paths
+            .iter()
+            .map(|p| walk::rel_string(&dir.root, p))
+            .collect(),
+    )
+}
+
+/// Whether `path` is, or holds below it, a symbolic link.
+fn has_symlink(path: &Path) -> bool {
+    let Ok(meta) = path.symlink_metadata() else {
+        return true;
+    };
+    if meta.file_type().is_symlink() {
+        return true;
+    }
+    if !meta.is_dir() {
+        return false;
+    }
+    std::fs::read_dir(path).map_or(true, |entries| {
+        entries.flatten().any(|entry| has_symlink(&entry.path()))
+    })
+}
+
 fn render_plain(dir: &walk::Resolved, options: &Options<'_>) -> Result<Vec<Manifest>, RenderError> {
     let limits = &options.limits;
     let files = walk::manifest_files(dir, options.ignore, limits)?;

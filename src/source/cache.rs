@@ -222,6 +222,56 @@ impl Cache {
         dest: &Path,
         timeout: Duration,
     ) -> Result<CheckedOut, CheckError> {
+        let dest = dest.to_path_buf();
+        self.with_commit(url, auth, resolved, timeout, move |repo, resolved| {
+            let committed_at = write_tree(repo, resolved, &dest)?;
+            let signatures = Signatures::read(repo, resolved)?;
+            Ok(CheckedOut {
+                committed_at,
+                signatures,
+            })
+        })
+        .await
+    }
+
+    /// Whether the trees (or files) at `paths` are the same in `resolved`'s commit as in
+    /// `since`'s, fetching the commit when the cache lacks it; nothing is checked out. A path
+    /// missing from either commit, or a commit not in the cache, is a change.
+    pub async fn unchanged(
+        &self,
+        url: &RemoteUrl,
+        auth: &Auth,
+        resolved: &Resolved,
+        since: git2::Oid,
+        paths: Vec<String>,
+        timeout: Duration,
+    ) -> Result<bool, CheckError> {
+        self.with_commit(url, auth, resolved, timeout, move |repo, resolved| {
+            let at = |commit: git2::Oid, path: &str| {
+                let tree = repo.find_commit(commit).ok()?.tree().ok()?;
+                match path {
+                    "" => Some(tree.id()),
+                    path => tree.get_path(Path::new(path)).ok().map(|e| e.id()),
+                }
+            };
+            Ok(paths.iter().all(|path| {
+                let before = at(since, path);
+                before.is_some() && before == at(resolved.oid, path)
+            }))
+        })
+        .await
+    }
+
+    /// Runs `work` on the cache's repository of `url` once it holds `resolved`'s commit (and
+    /// the annotated tag naming it), fetching only when it does not; behind the URL's lock.
+    async fn with_commit<T: Send + 'static>(
+        &self,
+        url: &RemoteUrl,
+        auth: &Auth,
+        resolved: &Resolved,
+        timeout: Duration,
+        work: impl FnOnce(&Repository, &Resolved) -> Result<T, git2::Error> + Send + 'static,
+    ) -> Result<T, CheckError> {
         let lock = {
             let mut locks = self.locks.lock();
             // Locks no fetch holds or waits for go: the map is only as large as the work in
@@ -238,12 +288,11 @@ impl Cache {
                 timeout,
             })?;
         let max_bytes = self.max_fetch_bytes;
-        let (url2, auth, resolved, git_dir, dest) = (
+        let (url2, auth, resolved, git_dir) = (
             url.clone(),
             auth.clone(),
             resolved.clone(),
             self.repo_dir(url),
-            dest.to_path_buf(),
         );
         // The URL's lock moves into the work: a fetch that outlives its deadline still keeps
         // the next one out of the same repository.
@@ -262,15 +311,11 @@ impl Cache {
                     fetch(&git_dir, &url2, &refspecs, depth, &auth, limits)?
                 }
             };
-            let cache_error = |e: git2::Error| SourceError::Cache {
-                path: git_dir.display().to_string(),
-                message: e.message().to_string(),
-            };
-            let committed_at = write_tree(&repo, &resolved, &dest).map_err(cache_error)?;
-            let signatures = Signatures::read(&repo, &resolved).map_err(cache_error)?;
-            Ok(CheckedOut {
-                committed_at,
-                signatures,
+            work(&repo, &resolved).map_err(|e| {
+                CheckError::from(SourceError::Cache {
+                    path: git_dir.display().to_string(),
+                    message: e.message().to_string(),
+                })
             })
         })
         .await

@@ -16,6 +16,7 @@ mod git;
 mod health;
 mod hostile;
 mod live;
+mod monorepo;
 mod operations;
 mod ownership;
 mod render;

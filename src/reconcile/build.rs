@@ -229,7 +229,7 @@ mod tests {
             Duration::from_secs(30),
         );
         let checkout = Checkout {
-            work,
+            work: std::sync::Arc::new(work),
             committed_at: 0,
             signatures: Default::default(),
         };

@@ -2,13 +2,15 @@
 //! read the `postBuild` variables, and, when that is not applied already, fetch and check out the
 //! commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::{Client, ResourceExt};
+use parking_lot::Mutex;
 use tempfile::TempDir;
 
 use super::Context;
@@ -30,13 +32,36 @@ pub(super) struct Source {
     pub variables_digest: Option<u64>,
 }
 
-/// A checked-out commit, in a directory deleted when this is dropped.
+/// A checked-out commit, in a directory deleted when its last holder drops it. Read-only when
+/// shared: only a checkout of its own (for decryption, which writes plaintext into it) is
+/// changed.
+#[derive(Clone)]
 pub(super) struct Checkout {
-    pub work: TempDir,
+    pub work: Arc<TempDir>,
     /// The commit's time, in seconds since the epoch.
     pub committed_at: i64,
     /// The commit's (and tag's) signatures, for `spec.verify`.
     pub signatures: Signatures,
+}
+
+/// The checkout of the commit each URL was checked out at last, shared by the GitRepositories
+/// of that URL at that commit (a monorepo's applications), so the tree is written once per
+/// commit and URL rather than once per GitRepository. One tree per URL is kept on disk.
+#[derive(Default)]
+pub(super) struct Checkouts {
+    latest: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// A URL's last checkout, with its commit and the annotated tag naming it (whose signature
+/// the checkout carries), locked while one is made.
+type Slot = tokio::sync::Mutex<Option<(Revision, Checkout)>>;
+type Revision = (git2::Oid, Option<git2::Oid>);
+
+impl Checkouts {
+    fn slot(&self, url: &RemoteUrl) -> Arc<Slot> {
+        let key = crate::digest::stable_hex(url.as_str().as_bytes());
+        self.latest.lock().entry(key).or_default().clone()
+    }
 }
 
 /// The revision the ref names now, or `None` when it is applied already and nothing else asks
@@ -87,8 +112,42 @@ pub(super) async fn resolve(
     }))
 }
 
-/// Fetches the commit (only when the cache lacks it) and checks it out.
+/// Fetches the commit (only when the cache lacks it) and checks it out, or shares the checkout
+/// another GitRepository of the URL made of it; a checkout of its own when files are to be
+/// decrypted in it.
 pub(super) async fn checkout(
+    ctx: &Context,
+    gr: &GitRepository,
+    source: &Source,
+    plan: &Plan,
+) -> Result<Checkout, Failure> {
+    if gr.spec.decryption.is_some() {
+        return check_out_into_new(ctx, gr, source, plan).await;
+    }
+    let slot = ctx.checkouts.slot(&source.url);
+    let mut slot = tokio::time::timeout(plan.timeout, slot.lock())
+        .await
+        .map_err(|_| {
+            Failure::Checkout(crate::source::CheckError::Timeout {
+                url: source.url.redacted().to_string(),
+                timeout: plan.timeout,
+            })
+        })?;
+    let revision = (
+        source.resolved.oid,
+        source.resolved.tag.as_ref().map(|(_, tag)| *tag),
+    );
+    if let Some((made, shared)) = slot.as_ref()
+        && *made == revision
+    {
+        return Ok(shared.clone());
+    }
+    let checkout = check_out_into_new(ctx, gr, source, plan).await?;
+    *slot = Some((revision, checkout.clone()));
+    Ok(checkout)
+}
+
+async fn check_out_into_new(
     ctx: &Context,
     gr: &GitRepository,
     source: &Source,
@@ -116,7 +175,7 @@ pub(super) async fn checkout(
         .observe(started.elapsed().as_secs_f64());
     let fetched = fetched.map_err(Failure::Checkout)?;
     Ok(Checkout {
-        work,
+        work: Arc::new(work),
         committed_at: fetched.committed_at,
         signatures: fetched.signatures,
     })

@@ -90,6 +90,7 @@ pub struct Context {
     kube_config: kube::Config,
     default_service_account: Option<String>,
     states: States,
+    checkouts: fetch::Checkouts,
     /// The controller's cache of GitRepositories, for `dependsOn`.
     repositories: Store<GitRepository>,
 }
@@ -123,6 +124,7 @@ impl Context {
             kube_config,
             default_service_account: config.default_service_account.clone(),
             states: States::default(),
+            checkouts: fetch::Checkouts::default(),
             repositories,
         })
     }

@@ -49,13 +49,14 @@ pub(crate) async fn monorepo(b: &Bench, figures: &mut Figures) {
     let cpu_commit = controller.cpu_seconds() - cpu_before;
     let log = controller.process.log();
     let since: Vec<&str> = log.lines().skip(log_mark).collect();
+    // The log lines of `deploy::conclude` and `deploy::untouched` (fields follow the message).
     let rendered = since
         .iter()
-        .filter(|l| l.contains("applied revision"))
+        .filter(|l| l.contains(": applied revision "))
         .count();
     let untouched = since
         .iter()
-        .filter(|l| l.contains("not rendered or applied"))
+        .filter(|l| l.contains(": nothing the render reads changed"))
         .count();
     let counts = requests_by(&controller.user, mark);
     let objects: u64 = counts

@@ -53,7 +53,7 @@ tools:
 image:
 	@$(ENV)/image.sh build
 
-## bench: the benchmark scenarios (all, or SCENARIOS="cold steady latency drift scale fetch monorepo");
+## bench: the benchmark scenarios (all, or SCENARIOS="cold steady latency drift scale fetch monorepo inventory");
 ## a full run rewrites docs/benchmarks.md
 bench: tools
 	cargo bench --bench capstan -- $(SCENARIOS)

@@ -45,6 +45,8 @@ pub enum Reason {
     DriftCorrected,
     /// The Event of an applied revision.
     Applied,
+    /// The Event of an inventory record found incomplete (a part deleted by hand).
+    InventoryIncomplete,
 }
 
 impl Reason {
@@ -72,6 +74,7 @@ impl Reason {
             Reason::DriftDetected => "DriftDetected",
             Reason::DriftCorrected => "DriftCorrected",
             Reason::Applied => "Applied",
+            Reason::InventoryIncomplete => "InventoryIncomplete",
         }
     }
 }

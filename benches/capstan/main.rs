@@ -12,6 +12,7 @@ use capstan_testkit as support;
 mod cold;
 mod drift;
 mod fetch;
+mod inventory;
 mod latency;
 mod measure;
 mod monorepo;
@@ -41,6 +42,7 @@ use support::{client, namespace};
 use cold::cold;
 use drift::drift;
 use fetch::fetch;
+use inventory::inventory;
 use latency::latency;
 use measure::*;
 use monorepo::monorepo;
@@ -48,7 +50,14 @@ use scale::scale;
 use steady::steady;
 
 const SCENARIOS: &[&str] = &[
-    "cold", "steady", "latency", "drift", "scale", "fetch", "monorepo",
+    "cold",
+    "steady",
+    "latency",
+    "drift",
+    "scale",
+    "fetch",
+    "monorepo",
+    "inventory",
 ];
 
 #[tokio::main]
@@ -123,6 +132,16 @@ async fn main() {
         results.push((
             "monorepo",
             "7. Monorepo: 100 GitRepositories on one repository of 1,000 files",
+            f,
+        ));
+    }
+
+    if run("inventory") {
+        let mut f = Figures::default();
+        inventory(&b, &mut f).await;
+        results.push((
+            "inventory",
+            "8. A large inventory: one GitRepository of 50,000 objects",
             f,
         ));
     }

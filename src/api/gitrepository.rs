@@ -389,10 +389,12 @@ pub struct GitRepositoryStatus {
     /// Counts of the objects in the last apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
-    /// Every object Capstan applied and still manages.
+    /// The objects Capstan applied and still manages: all of them, or, past
+    /// [`STATUS_ENTRIES`], the first ones and the `InventoryPart`s that hold the rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<Inventory>,
-    /// Managed objects whose live state differs from the repository.
+    /// Managed objects whose live state differs from the repository (the first
+    /// [`STATUS_ENTRIES`]; `summary.drifted` counts them, the inventory record holds all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<DriftEntry>,
     /// Set while the blast-radius guard holds back a prune.
@@ -421,15 +423,38 @@ pub struct Summary {
     pub drifted: i64,
 }
 
+/// How many inventory entries, drift entries and prune candidates the status shows, and how
+/// many field paths of each drift entry: past these, the status is a summary and the full
+/// record is in `InventoryPart`s.
+pub const STATUS_ENTRIES: usize = 100;
+pub const STATUS_DRIFT_FIELDS: usize = 20;
+
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
+    /// The managed objects in id order: all of them, or the first 100 when there are more.
     #[serde(default)]
     pub entries: Vec<InventoryEntry>,
+    /// How many objects are managed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    /// Where the full record is when the status shows only part of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordRef>,
     /// A checksum of how many fields Capstan owned of each object right after it applied it:
     /// a restarted controller that finds the same count on every object, and each object's
     /// digest annotation as it would apply it, sends nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+}
+
+/// The `InventoryPart`s `<name>-0` to `<name>-<parts - 1>`, in the GitRepository's namespace,
+/// which together hold every inventory entry, drift entry and prune candidate.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RecordRef {
+    pub name: String,
+    pub parts: i64,
+    /// A digest of the record, written on each part.
+    pub digest: String,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -460,8 +485,11 @@ pub struct DriftEntry {
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PruneBlocked {
-    /// Inventory ids that would be deleted.
+    /// Inventory ids that would be deleted (the first 100; the inventory record holds all).
     pub candidates: Vec<String>,
+    /// How many objects would be deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
     /// The limit in force, as written in `spec.maxPrune` or the default.
     pub limit: String,
     /// How many objects were managed before the revision that would prune them: the guard's

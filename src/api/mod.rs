@@ -2,9 +2,11 @@
 //! finalizer, field manager) that Capstan writes onto the cluster. Nothing here talks to the network.
 
 mod gitrepository;
+mod inventory;
 mod receiver;
 
 pub use gitrepository::*;
+pub use inventory::*;
 pub use receiver::*;
 
 /// API group of every Capstan resource.
@@ -23,6 +25,8 @@ pub const OWNER_ANNOTATION: &str = "capstan.dev/owner";
 /// (this annotation left out), from which a restarted controller tells which objects are as
 /// git says and need no apply.
 pub const DIGEST_ANNOTATION: &str = "capstan.dev/digest";
+/// Label on every `InventoryPart`: the digest of the record it is part of.
+pub const RECORD_LABEL: &str = "capstan.dev/record";
 /// Annotation a user sets on an object in git (`enabled`) so that Capstan deletes and re-creates
 /// it when a field that cannot change in place changed, as `spec.force` does for all objects.
 pub const FORCE_ANNOTATION: &str = "capstan.dev/force";
@@ -49,6 +53,7 @@ pub fn crds() -> Vec<(
     vec![
         ("gitrepository.yaml", GitRepository::crd()),
         ("receiver.yaml", Receiver::crd()),
+        ("inventorypart.yaml", InventoryPart::crd()),
     ]
 }
 

@@ -4,6 +4,7 @@
 
 pub mod diff;
 mod inventory;
+pub mod record;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -124,8 +124,8 @@ fn write_table(
             st.and_then(|s| s.last_applied_revision.clone())
                 .map(|r| short_revision(&r))
                 .unwrap_or_default(),
-            st.map(|s| s.drift.iter().filter(|d| !d.corrected).count())
-                .unwrap_or(0)
+            st.and_then(|s| s.summary.as_ref())
+                .map_or(0, |s| s.drifted)
                 .to_string(),
             ready.map(|c| c.message.clone()).unwrap_or_default(),
         ]);
@@ -348,7 +348,11 @@ pub struct DiffArgs {
 pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliError> {
     let (client, ns) = connect(args.target.namespace.as_deref()).await?;
     let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
-    let gr = api.get(&args.target.name).await?;
+    let mut gr = api.get(&args.target.name).await?;
+    // What would be pruned is read from the whole inventory, not the status's first entries.
+    gr.status = crate::apply::record::load(&client, &gr)
+        .await
+        .map_err(|e| CliError::Failed(format!("reading the inventory record: {e}")))?;
     let timeout = reconcile::parse_duration(gr.spec.timeout.as_deref().unwrap_or("60s"))
         .unwrap_or(Duration::from_secs(60));
     let variables = reconcile::read_variables(&client, &gr, &ns)

@@ -28,12 +28,12 @@ pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action,
     } else {
         ctx.client_for(gr, &mut state).map_err(Error::Cleanup)?
     };
-    let entries = gr
-        .status
-        .as_ref()
-        .and_then(|s| s.inventory.as_ref())
-        .map(|i| i.entries.clone())
-        .unwrap_or_default();
+    let status = match state.status.clone() {
+        Some(status) => Some(status),
+        None => super::full_status(ctx, gr).await?,
+    };
+    let inventory = status.and_then(|s| s.inventory).unwrap_or_default();
+    let entries = inventory.entries;
     let owner = Owner::of(gr);
     let delete = match gr.spec.deletion_policy {
         DeletionPolicy::Delete => true,
@@ -74,6 +74,12 @@ pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action,
             orphaned = entries.len(),
             "released the objects this GitRepository applied"
         );
+    }
+    if inventory.record.is_some() {
+        // Owned by the GitRepository, the parts would go with it; they go now, not later.
+        crate::apply::record::delete_parts(&ctx.client, gr, None)
+            .await
+            .map_err(|e| Error::Cleanup(e.to_string()))?;
     }
     ctx.forget(gr);
     Ok(Action::await_change())

@@ -247,8 +247,10 @@ impl Outcome {
         });
         let checksum = checksum(counts);
         status.inventory = Some(Inventory {
+            count: Some(self.entries.len() as i64),
             entries: self.entries,
             checksum,
+            record: None,
         });
         status.summary = Some(Summary {
             drifted: 0,

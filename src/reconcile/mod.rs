@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::predicates;
 use kube::runtime::reflector::Store;
@@ -34,6 +34,7 @@ use crate::api::{
     FIELD_MANAGER, FINALIZER, GitRepository, GitRepositoryStatus, RECONCILE_REQUESTED_ANNOTATION,
 };
 use crate::apply::Applier;
+use crate::apply::record::RecordError;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::render::{Limits, Tools};
@@ -69,6 +70,8 @@ pub use fetch::{VariablesError, check_out, read_variables};
 pub enum Error {
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
+    #[error("inventory record: {0}")]
+    Record(#[source] RecordError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("cleanup: {0}")]
@@ -219,7 +222,10 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     let uid = uid(gr);
     let mut state = ctx.states.load(&uid);
     // What this process wrote last is fresher than the watch's copy right after a write.
-    let before = state.status.clone().or_else(|| gr.status.clone());
+    if state.status.is_none() {
+        state.status = full_status(ctx, gr).await?;
+    }
+    let before = state.status.clone();
     let mut status = before.clone().unwrap_or_default();
     let plan = Plan::new(gr, &status, state.last_check.map(|t| t.elapsed()));
     let result = if plan.git_due {
@@ -277,6 +283,31 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     .await?;
     ctx.states.commit(&uid, state);
     Ok(Action::requeue(delay))
+}
+
+/// `gr`'s status with its inventory record read back in. A part deleted by hand leaves what
+/// the status shows: objects only the lost part listed are no longer pruned or watched.
+async fn full_status(
+    ctx: &Context,
+    gr: &GitRepository,
+) -> Result<Option<GitRepositoryStatus>, Error> {
+    match crate::apply::record::load(&ctx.client, gr).await {
+        Ok(status) => Ok(status),
+        Err(e @ RecordError::Missing(_)) => {
+            let note = format!("{e}: only the objects the status lists are still managed");
+            warn!(error = %e, "the inventory record is incomplete");
+            report::event(
+                ctx,
+                gr,
+                EventType::Warning,
+                Reason::InventoryIncomplete,
+                note,
+            )
+            .await;
+            Ok(gr.status.clone())
+        }
+        Err(e) => Err(Error::Record(e)),
+    }
 }
 
 /// Suspended: nothing changes, nothing is asked.

@@ -1,7 +1,7 @@
 //! Prune: delete what the revision no longer declares, behind the blast-radius guard
 //! (`spec.maxPrune`), only after an apply that went through.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use tracing::info;
 
@@ -36,6 +36,7 @@ pub(super) async fn prune(
         );
         status.prune_blocked = Some(PruneBlocked {
             candidates: candidates.iter().map(|e| e.id.clone()).collect(),
+            count: Some(candidates.len() as i64),
             limit,
             managed: managed as i64,
         });
@@ -71,12 +72,12 @@ fn managed_before(
     candidates: &[InventoryEntry],
     was_blocked: Option<&PruneBlocked>,
 ) -> usize {
+    let held = |blocked: &PruneBlocked| {
+        let held: HashSet<&str> = blocked.candidates.iter().map(String::as_str).collect();
+        candidates.iter().all(|c| held.contains(c.id.as_str()))
+    };
     match was_blocked {
-        Some(blocked)
-            if candidates
-                .iter()
-                .all(|c| blocked.candidates.contains(&c.id)) =>
-        {
+        Some(blocked) if held(blocked) => {
             usize::try_from(blocked.managed).unwrap_or(previous.len())
         }
         _ => previous.len(),
@@ -128,6 +129,7 @@ mod tests {
         ]);
         let blocked = PruneBlocked {
             candidates: vec!["a".into(), "b".into(), "c".into()],
+            count: Some(3),
             limit: "2".into(),
             managed: 10,
         };

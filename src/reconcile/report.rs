@@ -12,6 +12,7 @@ use super::observe::Note;
 use super::state::State;
 use super::{Context, Error};
 use crate::api::{FIELD_MANAGER, GitRepository, GitRepositoryStatus};
+use crate::apply::record;
 use crate::status::{self, Reason, Verdict};
 
 pub(super) async fn event(
@@ -33,17 +34,30 @@ pub(super) async fn event(
     }
 }
 
+/// Writes `status` (a full one): past what a status holds, the parts of its record first, then
+/// the status as shown, then the parts of the record it replaces are deleted. Sets
+/// `status.inventory.record` to what the written status names. `written` is the status
+/// written last.
 pub(super) async fn write_status(
     ctx: &Context,
     gr: &GitRepository,
-    status: &GitRepositoryStatus,
+    written: Option<&GitRepositoryStatus>,
+    status: &mut GitRepositoryStatus,
 ) -> Result<(), Error> {
+    let split = record::split(gr, status);
+    let record = |s: &GitRepositoryStatus| s.inventory.as_ref()?.record.clone();
+    let (was, now) = (written.and_then(record), record(status));
+    if was != now {
+        record::save(&ctx.client, &split.parts)
+            .await
+            .map_err(Error::Record)?;
+    }
     let api: Api<GitRepository> =
         Api::namespaced(ctx.client.clone(), &gr.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": "capstan.dev/v1alpha1",
         "kind": "GitRepository",
-        "status": status,
+        "status": split.shown,
     });
     api.patch_status(
         &gr.name_any(),
@@ -52,6 +66,12 @@ pub(super) async fn write_status(
     )
     .await
     .map_err(Error::Status)?;
+    if was.is_some() && was != now {
+        let keep = now.as_ref().map(|r| r.digest.as_str());
+        if let Err(e) = record::delete_parts(&ctx.client, gr, keep).await {
+            warn!(error = %e, "deleting the inventory record's old parts failed");
+        }
+    }
     Ok(())
 }
 
@@ -68,10 +88,10 @@ pub(super) async fn progressing(
     let mut shown = status.clone();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     status::set_progressing(&mut shown, revision, gr.meta().generation, &now);
-    if !status::differs(state.status.as_ref().or(gr.status.as_ref()), &shown) {
+    if !status::differs(state.status.as_ref(), &shown) {
         return;
     }
-    match write_status(ctx, gr, &shown).await {
+    match write_status(ctx, gr, state.status.as_ref(), &mut shown).await {
         Ok(()) => state.status = Some(shown),
         Err(e) => warn!(error = %e, "writing the Reconciling condition failed"),
     }
@@ -112,15 +132,14 @@ pub(super) async fn write(
     gr: &GitRepository,
     state: &mut State,
     before: Option<&GitRepositoryStatus>,
-    status: GitRepositoryStatus,
+    mut status: GitRepositoryStatus,
     verdict: Option<&Verdict>,
     events: Vec<Note>,
 ) -> Result<(), Error> {
-    let written = state.status.as_ref().or(before);
-    if !status::differs(written, &status) {
+    if !status::differs(state.status.as_ref(), &status) {
         return Ok(());
     }
-    write_status(ctx, gr, &status).await?;
+    write_status(ctx, gr, state.status.as_ref(), &mut status).await?;
     if let Some(verdict) = verdict {
         let new_revision = before.and_then(|s| s.last_applied_revision.as_ref())
             != status.last_applied_revision.as_ref();

@@ -15,7 +15,7 @@ use crate::support::env::{control_plane, render_tools};
 
 /// Runs the `capstan` binary with the test control plane's kubeconfig. Awaited, not blocked
 /// on: the test's in-process controller runs on this same thread meanwhile.
-async fn capstan(args: &[&str]) -> Output {
+pub(crate) async fn capstan(args: &[&str]) -> Output {
     let tools = render_tools();
     Command::new(env!("CARGO_BIN_EXE_capstan"))
         .args(args)
@@ -27,7 +27,7 @@ async fn capstan(args: &[&str]) -> Output {
         .expect("running capstan")
 }
 
-fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 

@@ -15,6 +15,7 @@ mod force;
 mod git;
 mod health;
 mod hostile;
+mod inventory;
 mod live;
 mod monorepo;
 mod operations;

@@ -20,7 +20,7 @@ fn files() -> Vec<(String, String)> {
 }
 
 /// Restarts the controller and waits until its first reconcile of `app` is counted.
-async fn restart(fx: &mut Fixture) {
+pub(crate) async fn restart(fx: &mut Fixture) {
     fx.stop_controller();
     // The stopped controller's servers may hold their ports a while yet: new ones.
     let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();

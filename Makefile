@@ -54,7 +54,7 @@ image:
 	@$(ENV)/image.sh build
 
 ## bench: the benchmark scenarios (all, or SCENARIOS="cold steady latency drift scale fetch monorepo inventory");
-## a full run rewrites docs/benchmarks.md
+## each run rewrites its sections of docs/benchmarks.md
 bench: tools
 	cargo bench --bench capstan -- $(SCENARIOS)
 

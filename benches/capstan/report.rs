@@ -1,5 +1,6 @@
-//! The report: printed, and written to target/benchmarks.json and (after a full run)
-//! docs/benchmarks.md, with the command that produced it.
+//! The report: printed, and written to target/benchmarks.json and docs/benchmarks.md, each
+//! section with the command that produced it. A run of some scenarios replaces their sections
+//! and keeps the others.
 
 use super::*;
 
@@ -16,37 +17,44 @@ pub(crate) fn write(
     } else {
         format!("make bench SCENARIOS=\"{}\"", wanted.join(" "))
     };
-    let mut md = String::new();
-    let _ = writeln!(md, "# Benchmarks\n");
-    let _ = writeln!(
-        md,
-        "Written by `{command}` (`cargo bench --bench capstan`) on {}; do not edit by hand.\n",
-        k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC")
+    let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC");
+    let written = format!(
+        "Written by `{command}` (`cargo bench --bench capstan`) on {now}, a run of {:.1} min.",
+        elapsed.as_secs_f64() / 60.0
     );
-    let _ = writeln!(md, "- Machine: {}", machine());
+    let mut header = String::new();
     let _ = writeln!(
-        md,
+        header,
+        "# Benchmarks\n\nEach section is written by the run it names; do not edit by hand.\n"
+    );
+    let _ = writeln!(header, "- Machine: {}", machine());
+    let _ = writeln!(
+        header,
         "- Control plane: kube-apiserver and etcd from `tests/env/tools` (k8s.io/kubernetes v1.37.2, etcd v3.7.0) on loopback; git over smart HTTP (lighttpd 1.4 + git http-backend) on loopback"
     );
     let _ = writeln!(
-        md,
+        header,
         "- Controller: `capstan controller` built in release mode, a separate process with its own ServiceAccount (cluster-admin), default flags (concurrency 4, apply concurrency 8, git concurrency 2); requests are counted from the API server's audit log by that identity, CPU and memory from /proc"
     );
-    let _ = writeln!(
-        md,
-        "- First controller (scenarios 1-4) at the end: RSS {rss:.1} MiB, peak {peak:.1} MiB"
-    );
-    let _ = writeln!(md, "- Whole run: {:.1} min\n", elapsed.as_secs_f64() / 60.0);
-    println!("\n{}", md.trim_end());
+    println!("\n{}\n{written}", header.trim_end());
+    let mut sections = Vec::new();
     let mut json_out = serde_json::Map::new();
     for (key, title, f) in results {
-        let _ = writeln!(md, "## {title}\n\n| figure | value |\n|---|---|");
+        let mut md = String::new();
+        let _ = writeln!(md, "## {title}\n\n{written}\n");
+        if ["cold", "steady", "latency", "drift"].contains(key) {
+            let _ = writeln!(
+                md,
+                "The first controller (scenarios 1-4) at the end of the run: RSS {rss:.1} MiB, peak {peak:.1} MiB.\n"
+            );
+        }
+        let _ = writeln!(md, "| figure | value |\n|---|---|");
         println!("\n{title}");
         for (name, shown) in &f.rows {
             let _ = writeln!(md, "| {name} | {} |", shown.replace('|', "\\|"));
             println!("  {name:<32} {shown}");
         }
-        let _ = writeln!(md);
+        sections.push(((*title).to_string(), md));
         json_out.insert(key.to_string(), Value::Object(f.json.clone()));
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -58,12 +66,50 @@ pub(crate) fn write(
         .unwrap(),
     )
     .unwrap();
-    if wanted.is_empty() {
-        std::fs::write(root.join("docs/benchmarks.md"), md).unwrap();
-        println!("\nwrote docs/benchmarks.md and target/benchmarks.json");
-    } else {
-        println!("\nwrote target/benchmarks.json (docs/benchmarks.md is written by a full run)");
+    let docs = root.join("docs/benchmarks.md");
+    let kept = match wanted.is_empty() {
+        true => String::new(),
+        false => std::fs::read_to_string(&docs).unwrap_or_default(),
+    };
+    std::fs::write(&docs, merge(&header, &kept, sections)).unwrap();
+    println!("\nwrote docs/benchmarks.md and target/benchmarks.json");
+}
+
+/// The document: `header`, then the sections of `kept` (an earlier document) that `sections`
+/// do not replace, and `sections`, in the order of their numbers.
+fn merge(header: &str, kept: &str, sections: Vec<(String, String)>) -> String {
+    // A document from before sections named their runs names it in its header.
+    let old_run = kept
+        .split("\n## ")
+        .next()
+        .and_then(|h| h.lines().find(|l| l.starts_with("Written by ")))
+        .map(str::to_string);
+    let mut all: Vec<(String, String)> = kept
+        .split("\n## ")
+        .skip(1)
+        .filter_map(|part| {
+            let (title, body) = part.split_once('\n')?;
+            let body = body.trim();
+            let body = match &old_run {
+                Some(run) if !body.starts_with("Written by ") => format!("{run}\n\n{body}"),
+                _ => body.to_string(),
+            };
+            Some((title.to_string(), format!("## {title}\n\n{body}\n")))
+        })
+        .filter(|(title, _)| sections.iter().all(|(t, _)| t != title))
+        .collect();
+    all.extend(sections);
+    let number = |title: &str| -> u32 {
+        let digits: String = title.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap_or(u32::MAX)
+    };
+    all.sort_by_key(|(title, _)| number(title));
+    let mut out = header.to_string();
+    for (_, section) in all {
+        out.push('\n');
+        out.push_str(&section);
     }
+    out
 }
 
 pub(crate) fn machine() -> String {

@@ -7,11 +7,11 @@
 use cel::{Context, Program};
 use serde_json::Value;
 
-use super::health::{Health, generic};
+use super::health::{Health, generic, group_of, judged_by_exprs};
 use crate::api::HealthCheckExpr;
 
 struct Rule {
-    api_version: String,
+    group: String,
     kind: String,
     in_progress: Option<(String, Program)>,
     failed: Option<(String, Program)>,
@@ -37,8 +37,15 @@ impl HealthExprs {
                         format!("healthCheckExprs[{i}].{field}: {}", error.trim())
                     })
             };
+            let group = group_of(&expr.api_version);
+            if !judged_by_exprs(group, &expr.kind) {
+                return Err(format!(
+                    "healthCheckExprs[{i}]: {} {} is not a custom resource with a status; expressions judge only those (a group with a dot, no rules of Capstan's own)",
+                    expr.api_version, expr.kind
+                ));
+            }
             rules.push(Rule {
-                api_version: expr.api_version.clone(),
+                group: group.to_string(),
                 kind: expr.kind.clone(),
                 in_progress: expr
                     .in_progress
@@ -60,15 +67,15 @@ impl HealthExprs {
         self.rules.is_empty()
     }
 
-    /// The health of `object` by the expressions of its apiVersion and kind; `None` when none
-    /// are given for it.
+    /// The health of `object` by the expressions of its group and kind (at any version);
+    /// `None` when none are given for it.
     pub fn health(&self, object: &Value) -> Option<Health> {
         let text = |pointer| object.pointer(pointer).and_then(Value::as_str);
-        let (api_version, kind) = (text("/apiVersion")?, text("/kind")?);
+        let (group, kind) = (group_of(text("/apiVersion")?), text("/kind")?);
         let rule = self
             .rules
             .iter()
-            .find(|r| r.api_version == api_version && r.kind == kind)?;
+            .find(|r| r.group == group && r.kind == kind)?;
         if let Some(health) = generic(object) {
             return Some(health);
         }
@@ -171,10 +178,39 @@ mod tests {
         let stale =
             widget(serde_json::json!({"phase": "Ready", "size": 2, "observedGeneration": 2}));
         assert!(matches!(rules.health(&stale), Some(Health::InProgress(_))));
-        // Another kind: not these expressions' to judge.
+        // Another kind: not these expressions' to judge; another version of the kind is.
         let mut other = widget(serde_json::json!({}));
         other["kind"] = "Gadget".into();
         assert_eq!(rules.health(&other), None);
+        let mut served = widget(serde_json::json!({"phase": "Ready", "size": 2}));
+        served["apiVersion"] = "example.com/v2".into();
+        assert_eq!(rules.health(&served), Some(Health::Current));
+    }
+
+    #[test]
+    fn kinds_that_are_not_custom_resources_with_a_status_are_refused() {
+        for (api_version, kind) in [
+            ("apps/v1", "Deployment"),
+            ("v1", "ConfigMap"),
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+            ("rbac.authorization.k8s.io/v1", "Role"),
+        ] {
+            let refused = HealthExprs::compile(&[HealthCheckExpr {
+                api_version: api_version.into(),
+                kind: kind.into(),
+                in_progress: None,
+                failed: None,
+                current: "true".into(),
+            }])
+            .err()
+            .expect("refused");
+            assert!(
+                refused.starts_with(&format!(
+                    "healthCheckExprs[0]: {api_version} {kind} is not a custom resource"
+                )),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

@@ -31,10 +31,22 @@ pub fn health(object: &Value) -> Health {
 /// The rules of the object's kind, when it has its own here; the others (custom resources) are
 /// judged by their conditions, or by a GitRepository's `healthCheckExprs`. The core group has no
 /// "group/" prefix; a kind name alone could be any CRD's.
-pub fn own_rules(object: &Value) -> Option<fn(&Value) -> Health> {
+fn own_rules(object: &Value) -> Option<fn(&Value) -> Health> {
     let api_version = text(object, "/apiVersion").unwrap_or_default();
-    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
-    Some(match (group, text(object, "/kind").unwrap_or_default()) {
+    rules_of(
+        group_of(api_version),
+        text(object, "/kind").unwrap_or_default(),
+    )
+}
+
+/// The group of an `apiVersion` (`""` for the core group's `v1`).
+pub fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+
+/// The rules of `group`'s `kind`, when it has its own here.
+fn rules_of(group: &str, kind: &str) -> Option<fn(&Value) -> Health> {
+    Some(match (group, kind) {
         ("apps", "Deployment") => deployment,
         ("apps", "StatefulSet") => stateful_set,
         ("apps", "DaemonSet") => daemon_set,
@@ -47,6 +59,28 @@ pub fn own_rules(object: &Value) -> Option<fn(&Value) -> Health> {
         ("apiextensions.k8s.io", "CustomResourceDefinition") => custom_resource_definition,
         _ => return None,
     })
+}
+
+/// Whether objects of `group`'s `kind` are custom resources with a status and no rules here:
+/// those kept whole by the watches, for `healthCheckExprs` to judge. ConfigMaps, Secrets and
+/// the like never take the room.
+pub fn judged_by_exprs(group: &str, kind: &str) -> bool {
+    // A group of its own (CRDs' have a dot).
+    group.contains('.') && has_status(group, kind) && rules_of(group, kind).is_none()
+}
+
+/// Whether objects of `group`'s `kind` have a status to watch.
+pub fn has_status(group: &str, kind: &str) -> bool {
+    !matches!(
+        (group, kind),
+        (
+            "",
+            "ConfigMap" | "Secret" | "ServiceAccount" | "Endpoints" | "LimitRange"
+        ) | ("rbac.authorization.k8s.io", _)
+            | ("networking.k8s.io", "NetworkPolicy")
+            | ("scheduling.k8s.io", "PriorityClass")
+            | ("storage.k8s.io", "StorageClass")
+    )
 }
 
 /// Rules for every kind, ahead of the kind's own: until the controller has seen the current

@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use parking_lot::{Mutex, RwLock};
 use tracing::warn;
 
-use super::health::{Health, health, own_rules};
+use super::health::{Health, group_of, has_status, health, judged_by_exprs};
 use super::wakes::Wakes;
 use crate::api::{
     DIGEST_ANNOTATION, FIELD_MANAGER, GitRepository, OWNER_ANNOTATION, OWNER_NAME_LABEL,
@@ -274,19 +274,6 @@ impl KindWatch {
 }
 
 /// Whether health rules read the kind's status; the others are watched by metadata only.
-fn has_status(group: &str, kind: &str) -> bool {
-    !matches!(
-        (group, kind),
-        (
-            "",
-            "ConfigMap" | "Secret" | "ServiceAccount" | "Endpoints" | "LimitRange"
-        ) | ("rbac.authorization.k8s.io", _)
-            | ("networking.k8s.io", "NetworkPolicy")
-            | ("scheduling.k8s.io", "PriorityClass")
-            | ("storage.k8s.io", "StorageClass")
-    )
-}
-
 fn metadata_only(meta: PartialObjectMeta<DynamicObject>) -> DynamicObject {
     DynamicObject {
         types: None,
@@ -309,11 +296,7 @@ fn observe(mut obj: DynamicObject, types: &kube::api::TypeMeta) -> Observed {
     // Listed items come without apiVersion and kind; health rules go by them.
     obj.types.get_or_insert_with(|| types.clone());
     let value = serde_json::to_value(&obj).unwrap_or_default();
-    // Only what may be a custom resource: a group of its own (CRDs' have a dot), a kind with
-    // status and without rules here. ConfigMaps, Secrets and the like never take the room.
-    let group = types.api_version.rsplit_once('/').map_or("", |(g, _)| g);
-    let custom = group.contains('.') && has_status(group, &types.kind);
-    let custom = (custom && own_rules(&value).is_none()).then(|| {
+    let custom = judged_by_exprs(group_of(&types.api_version), &types.kind).then(|| {
         let mut object = value.clone();
         if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
             metadata.remove("managedFields");

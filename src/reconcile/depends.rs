@@ -117,14 +117,31 @@ fn cycle(gr: &GitRepository, store: &Store<GitRepository>) -> Option<Vec<Key>> {
 /// one, whatever order their requests or their watch events came in.
 const DELETED_TOGETHER: Duration = Duration::from_secs(5);
 
+/// Every GitRepository `gr` depends on, directly or through others (`gr` itself when it is on a
+/// cycle).
+fn closure(gr: &GitRepository, store: &Store<GitRepository>) -> HashSet<Key> {
+    let mut seen = HashSet::new();
+    let mut pending = dependencies(gr);
+    while let Some(dep) = pending.pop() {
+        if seen.insert(dep.clone())
+            && let Some(found) = get(store, &dep)
+        {
+            pending.extend(dependencies(&found));
+        }
+    }
+    seen
+}
+
 /// GitRepositories depending on `gr` whose objects go first: those being deleted, and, while
-/// `gr`'s own deletion is recent, any that may yet be.
+/// `gr`'s own deletion is recent, any that may yet be. None that `gr` depends on in turn (a
+/// cycle): each would wait for the other.
 pub(super) fn deleted_first(
     gr: &GitRepository,
     store: &Store<GitRepository>,
     now: Timestamp,
 ) -> Vec<Key> {
     let me = key(gr);
+    let upstream = closure(gr, store);
     let recent = gr
         .metadata
         .deletion_timestamp
@@ -137,6 +154,7 @@ pub(super) fn deleted_first(
         .filter(|other| recent || other.metadata.deletion_timestamp.is_some())
         .filter(|other| dependencies(other).contains(&me))
         .map(|other| key(other))
+        .filter(|other| *other != me && !upstream.contains(other))
         .collect();
     waiting.sort();
     waiting
@@ -314,6 +332,19 @@ mod tests {
         assert!(first(&app, "2026-01-01T00:00:06Z").is_empty());
         deleted_at(&mut app, "2026-01-01T00:00:01Z");
         assert_eq!(first(&app, "2026-01-01T00:00:06Z"), ["team/app"]);
+
+        // On a cycle, or depending on itself, nobody waits for anybody.
+        let mut a = repo("a", &["a", "b"], true);
+        let mut b = repo("b", &["c"], true);
+        let mut c = repo("c", &["a"], true);
+        for gr in [&mut a, &mut b, &mut c] {
+            deleted_at(gr, "2026-01-01T00:00:00Z");
+        }
+        let store = cache(vec![a.clone(), b.clone(), c.clone()]);
+        for gr in [&a, &b, &c] {
+            let at = "2026-01-01T00:00:02Z".parse().unwrap();
+            assert!(deleted_first(gr, &store, at).is_empty(), "{}", key(gr));
+        }
     }
 
     #[test]

@@ -288,7 +288,7 @@ pub(super) async fn untouched(
     source: &Source,
 ) -> Option<Verdict> {
     let reads = state.reads.as_ref()?;
-    let settled = state.applied_ok
+    let settled = state.applied_current(gr)
         && plan.settled
         && state.variables == source.variables_digest
         && gr.spec.verify.is_none();

@@ -44,23 +44,40 @@ pub(super) struct Checkout {
     pub signatures: Signatures,
 }
 
-/// The checkout of the commit each URL was checked out at last, shared by the GitRepositories
-/// of that URL at that commit (a monorepo's applications), so the tree is written once per
-/// commit and URL rather than once per GitRepository. One tree per URL is kept on disk.
+/// Checkouts shared by the GitRepositories of one URL at one commit (a monorepo's
+/// applications), so the tree is written once per commit and URL rather than once per
+/// GitRepository. A checkout no reconcile has asked for in [`CHECKOUT_IDLE`] is let go; its tree
+/// goes when the last render holding it ends.
 #[derive(Default)]
 pub(super) struct Checkouts {
-    latest: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<HashMap<String, (Arc<Slot>, Instant)>>,
 }
 
-/// A URL's last checkout, with its commit and the annotated tag naming it (whose signature
-/// the checkout carries), locked while one is made.
-type Slot = tokio::sync::Mutex<Option<(Revision, Checkout)>>;
-type Revision = (git2::Oid, Option<git2::Oid>);
+/// How long a checkout no reconcile asks for is kept.
+const CHECKOUT_IDLE: Duration = Duration::from_secs(300);
+
+/// One URL's checkout of one revision (its commit and the annotated tag naming it, whose
+/// signature the checkout carries), locked while it is made.
+type Slot = tokio::sync::Mutex<Option<Checkout>>;
 
 impl Checkouts {
-    fn slot(&self, url: &RemoteUrl) -> Arc<Slot> {
-        let key = crate::digest::stable_hex(url.as_str().as_bytes());
-        self.latest.lock().entry(key).or_default().clone()
+    fn slot(&self, url: &RemoteUrl, resolved: &Resolved) -> Arc<Slot> {
+        let tag = resolved.tag.as_ref().map(|(_, tag)| tag.to_string());
+        let key = format!(
+            "{} {} {}",
+            url.as_str(),
+            resolved.oid,
+            tag.unwrap_or_default()
+        );
+        let now = Instant::now();
+        let mut slots = self.slots.lock();
+        // A slot someone holds (one being made) is kept whatever its age.
+        slots.retain(|_, (slot, used)| {
+            now.duration_since(*used) < CHECKOUT_IDLE || Arc::strong_count(slot) > 1
+        });
+        let (slot, used) = slots.entry(key).or_insert_with(|| (Arc::default(), now));
+        *used = now;
+        slot.clone()
     }
 }
 
@@ -76,7 +93,7 @@ pub(super) async fn resolve(
     let url = RemoteUrl::parse(&gr.spec.url).map_err(Failure::Url)?;
     // Credentials are read afresh after a change or a failure, and when the remote refuses the
     // copy read last (a rotated Secret).
-    let steady = plan.settled && state.applied_ok;
+    let steady = plan.settled && state.applied_current(gr);
     let mut auth = credentials(ctx, gr, state, !steady).await?;
     let git_ref = gr.spec.git_ref();
     // In a steady state, what the remote told another GitRepository of the URL (with the same
@@ -100,7 +117,12 @@ pub(super) async fn resolve(
     let variables = variables(ctx, gr, state).await?;
     let variables_digest = variables.as_ref().map(digest_of);
     let unchanged = state.variables == variables_digest;
-    if plan.up_to_date(status, state.applied_ok, unchanged, &resolved.revision) {
+    if plan.up_to_date(
+        status,
+        state.applied_current(gr),
+        unchanged,
+        &resolved.revision,
+    ) {
         return Ok(None);
     }
     Ok(Some(Source {
@@ -124,7 +146,7 @@ pub(super) async fn checkout(
     if gr.spec.decryption.is_some() {
         return check_out_into_new(ctx, gr, source, plan).await;
     }
-    let slot = ctx.checkouts.slot(&source.url);
+    let slot = ctx.checkouts.slot(&source.url, &source.resolved);
     let mut slot = tokio::time::timeout(plan.timeout, slot.lock())
         .await
         .map_err(|_| {
@@ -133,17 +155,11 @@ pub(super) async fn checkout(
                 timeout: plan.timeout,
             })
         })?;
-    let revision = (
-        source.resolved.oid,
-        source.resolved.tag.as_ref().map(|(_, tag)| *tag),
-    );
-    if let Some((made, shared)) = slot.as_ref()
-        && *made == revision
-    {
+    if let Some(shared) = slot.as_ref() {
         return Ok(shared.clone());
     }
     let checkout = check_out_into_new(ctx, gr, source, plan).await?;
-    *slot = Some((revision, checkout.clone()));
+    *slot = Some(checkout.clone());
     Ok(checkout)
 }
 

@@ -230,7 +230,7 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     let plan = Plan::new(gr, &status, state.last_check.map(|t| t.elapsed()));
     let result = if plan.git_due {
         let result = pipeline(gr, ctx, &mut state, &mut status, &plan).await;
-        remember(&mut state, &result);
+        remember(gr, &mut state, &result);
         result
     } else {
         Ok(None)
@@ -364,12 +364,13 @@ async fn pipeline(
 
 /// What the record keeps of the steps' result: when the remote was asked, and whether what is
 /// applied is what the last applied revision says.
-fn remember(state: &mut State, result: &Result<Option<Verdict>, Failure>) {
+fn remember(gr: &GitRepository, state: &mut State, result: &Result<Option<Verdict>, Failure>) {
     match result {
         Ok(verdict) => {
             state.last_check = Some(Instant::now());
             if let Some(Verdict::Ready { message, .. }) = verdict {
                 state.applied_ok = true;
+                state.applied_generation = gr.meta().generation;
                 state.applied_at = Some(Instant::now());
                 state.message = message.clone();
             }

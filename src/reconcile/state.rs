@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use kube::Client;
 use parking_lot::Mutex;
 
-use crate::api::GitRepositoryStatus;
+use kube::Resource;
+
+use crate::api::{GitRepository, GitRepositoryStatus};
 use crate::apply::Sent;
 use crate::source::Auth;
 
@@ -29,6 +31,9 @@ pub(super) struct State {
     pub last_check: Option<Instant>,
     /// Whether the last apply went through (prune included).
     pub applied_ok: bool,
+    /// The generation of the spec that apply was made for: a spec changed since is applied
+    /// again, even when a failure in between had the status observe it.
+    pub applied_generation: Option<i64>,
     pub applied_at: Option<Instant>,
     /// The Ready message of the last apply.
     pub message: String,
@@ -65,6 +70,11 @@ pub(super) struct Credentials {
 }
 
 impl State {
+    /// Whether what is applied went through and was made for `gr`'s spec as it is now.
+    pub fn applied_current(&self, gr: &GitRepository) -> bool {
+        self.applied_ok && self.applied_generation == gr.meta().generation
+    }
+
     /// The credentials read last from `secret`, unless they are older than `max_age`.
     pub fn credentials(&self, secret: &str, max_age: Duration) -> Option<&Auth> {
         self.credentials

@@ -102,17 +102,19 @@ fn format_of(path: &Path) -> Option<&'static str> {
     }
 }
 
-/// Decrypts, in place, every SOPS-encrypted file under `root`. Returns their paths relative to
-/// `root`.
-pub(super) fn decrypt_tree(
+/// Decrypts, in place, every SOPS-encrypted file among `paths` (files, and directories with
+/// what they hold) of the checkout at `root`: what a render reads, so that files encrypted for
+/// other applications of a monorepo are left alone. Returns their paths relative to `root`.
+pub(super) fn decrypt(
     root: &Path,
+    paths: &[PathBuf],
     keys: &Decryption,
     sops: &Path,
     limits: &Limits,
     timeout: Duration,
 ) -> Result<Vec<String>, RenderError> {
     let deadline = Instant::now() + timeout;
-    let files = encrypted_files(root, limits)?;
+    let files = encrypted_files(paths, limits)?;
     if files.is_empty() {
         return Ok(Vec::new());
     }
@@ -187,14 +189,27 @@ fn io_error(what: &str, e: std::io::Error) -> RenderError {
     }
 }
 
-/// Files under `root` (symbolic links not followed) that SOPS encrypted, in path order.
+/// The files among `paths`, or under them (symbolic links not followed), that SOPS encrypted,
+/// in path order.
 fn encrypted_files(
-    root: &Path,
+    paths: &[PathBuf],
     limits: &Limits,
 ) -> Result<Vec<(PathBuf, &'static str)>, RenderError> {
+    let mut paths: Vec<&PathBuf> = paths.iter().collect();
+    paths.sort();
+    // A directory below another is read with it.
+    paths.dedup_by(|below, above| below.starts_with(&**above));
     let mut found = Vec::new();
     let mut seen = 0usize;
-    let mut dirs = vec![root.to_path_buf()];
+    let (mut dirs, files): (Vec<PathBuf>, Vec<PathBuf>) =
+        paths.into_iter().cloned().partition(|p| p.is_dir());
+    for path in files {
+        if let Some(format) = format_of(&path)
+            && is_encrypted(&path, limits.max_file_bytes)?
+        {
+            found.push((path, format));
+        }
+    }
     while let Some(dir) = dirs.pop() {
         let entries =
             std::fs::read_dir(&dir).map_err(|e| io_error(&dir.display().to_string(), e))?;
@@ -264,7 +279,21 @@ mod tests {
             "kind: ConfigMap\n# sops: mentioned, not used\n",
         );
         write("apps/notes.txt", &format!("sops: {value}"));
-        let files = encrypted_files(root.path(), &Limits::default()).unwrap();
+        write(
+            "other/secret.yaml",
+            &format!("data:\n  a: {value}\nsops:\n  mac: {value}\n"),
+        );
+        write(
+            "apps/sub/s.yaml",
+            &format!("data:\n  a: {value}\nsops:\n  mac: {value}\n"),
+        );
+        write(
+            "values.yaml",
+            &format!("a: {value}\nsops:\n  mac: {value}\n"),
+        );
+        let read = |rel: &str| root.path().join(rel);
+        let paths = [read("apps"), read("apps/sub"), read("values.yaml")];
+        let files = encrypted_files(&paths, &Limits::default()).unwrap();
         let rel: Vec<(String, &str)> = files
             .iter()
             .map(|(p, f)| (super::super::walk::rel_string(root.path(), p), *f))
@@ -275,6 +304,8 @@ mod tests {
                 ("apps/app.env".to_string(), "dotenv"),
                 ("apps/secret.json".to_string(), "json"),
                 ("apps/secret.yaml".to_string(), "yaml"),
+                ("apps/sub/s.yaml".to_string(), "yaml"),
+                ("values.yaml".to_string(), "yaml"),
             ]
         );
     }

@@ -203,7 +203,15 @@ pub fn render(root: &Path, options: &Options<'_>) -> Result<Vec<Manifest>, Rende
     let dir = walk::resolve(root, options.path)?;
     let limits = &options.limits;
     if let Some(keys) = options.decryption {
-        decrypt::decrypt_tree(root, keys, &options.tools.sops, limits, options.timeout)?;
+        let paths = read_paths(&dir, options)?;
+        decrypt::decrypt(
+            &dir.root,
+            &paths,
+            keys,
+            &options.tools.sops,
+            limits,
+            options.timeout,
+        )?;
     }
     let manifests = match choose_renderer(&dir) {
         Renderer::Plain => render_plain(&dir, options)?,
@@ -237,22 +245,13 @@ pub fn render(root: &Path, options: &Options<'_>) -> Result<Vec<Manifest>, Rende
 /// What a render of `options.path` reads, as paths relative to the checkout root (`""` for the
 /// root): the directory of plain files or of a chart (and the chart's values files), or every
 /// directory a kustomize build reaches. A commit whose trees at these paths are the same renders
-/// the same. `None` when that cannot be told: a symbolic link among them may lead elsewhere.
+/// the same. `None` when that cannot be told: a checkout that holds a symbolic link anywhere (in
+/// a read directory, above one, or on the way a reference takes) may lead elsewhere at the next
+/// commit with none of these trees changed.
 pub fn reads(root: &Path, options: &Options<'_>) -> Option<Vec<String>> {
     let dir = walk::resolve(root, options.path).ok()?;
-    let paths: Vec<std::path::PathBuf> = match choose_renderer(&dir) {
-        Renderer::Plain => vec![dir.dir.clone()],
-        Renderer::Kustomize => kustomize::check_reachable(&dir.root, &dir.dir, &options.limits)
-            .ok()?
-            .into_iter()
-            .collect(),
-        Renderer::Helm => {
-            let mut paths = vec![dir.dir.clone()];
-            paths.extend(helm::values_files(&dir, &options.helm).ok()?);
-            paths
-        }
-    };
-    if paths.iter().any(|p| has_symlink(p)) {
+    let paths = read_paths(&dir, options).ok()?;
+    if has_symlink(&dir.root) {
         return None;
     }
     Some(
@@ -263,8 +262,29 @@ pub fn reads(root: &Path, options: &Options<'_>) -> Option<Vec<String>> {
     )
 }
 
-/// Whether `path` is, or holds below it, a symbolic link.
+/// The directories and files a render of `dir` reads (absolute).
+fn read_paths(
+    dir: &walk::Resolved,
+    options: &Options<'_>,
+) -> Result<Vec<std::path::PathBuf>, RenderError> {
+    Ok(match choose_renderer(dir) {
+        Renderer::Plain => vec![dir.dir.clone()],
+        Renderer::Kustomize => kustomize::check_reachable(&dir.root, &dir.dir, &options.limits)?
+            .into_iter()
+            .collect(),
+        Renderer::Helm => {
+            let mut paths = vec![dir.dir.clone()];
+            paths.extend(helm::values_files(dir, &options.helm)?);
+            paths
+        }
+    })
+}
+
+/// Whether `path` is, or holds below it, a symbolic link; git's own directory aside.
 fn has_symlink(path: &Path) -> bool {
+    if path.file_name().is_some_and(|name| name == ".git") {
+        return false;
+    }
     let Ok(meta) = path.symlink_metadata() else {
         return true;
     };

@@ -1080,3 +1080,24 @@ fn a_tool_sees_no_environment_and_no_network() {
         "PATH=/nonexistent HTTPS_PROXY=http://127.0.0.1:9 CARGO=unset"
     );
 }
+
+#[test]
+fn what_a_render_reads_is_unknown_once_a_symlink_could_redirect_it() {
+    let root = tree(&[
+        (
+            "apps/web/kustomization.yaml",
+            "resources: [../../base/web]\n",
+        ),
+        ("base/web/kustomization.yaml", "resources: [cm.yaml]\n"),
+        ("base/web/cm.yaml", &cm("web")),
+        ("plain/cm.yaml", &cm("plain")),
+        ("real/app/cm.yaml", &cm("real")),
+    ]);
+    let reads = |path| reads(root.path(), &options(Some(path), None, Limits::default()));
+    assert_eq!(reads("apps/web").unwrap(), ["apps/web", "base/web"]);
+    assert_eq!(reads("plain").unwrap(), ["plain"]);
+    // A link above the path: its target may change while no read tree does.
+    symlink("real", root.path().join("linked")).unwrap();
+    assert_eq!(reads("linked/app"), None);
+    assert_eq!(reads("plain"), None, "a link elsewhere in the checkout");
+}

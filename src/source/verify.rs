@@ -23,8 +23,19 @@ pub struct Signed {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signatures {
     pub commit: (Oid, Signed),
-    /// The tag's name and object.
-    pub tag: Option<(String, Oid, Signed)>,
+    pub tag: Option<Tag>,
+}
+
+/// The annotated tag a ref names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tag {
+    /// Its name on the remote (`v1`, of `refs/tags/v1`) and its object.
+    pub name: String,
+    pub oid: Oid,
+    pub signed: Signed,
+    /// What the signed object says of itself: its name and the object it points at. A remote
+    /// could otherwise advertise a tag signed for another name or commit.
+    pub says: (String, Oid),
 }
 
 /// The lines with which a signature starts, in a tag's body (as git finds them).
@@ -61,7 +72,16 @@ impl Signatures {
                 if object.kind() != ObjectType::Tag {
                     return Err(git2::Error::from_str(&format!("{oid} is not a tag object")));
                 }
-                Some((name.clone(), *oid, split_tag(object.data())))
+                let tag = repo.find_tag(*oid)?;
+                Some(Tag {
+                    name: name.clone(),
+                    oid: *oid,
+                    signed: split_tag(object.data()),
+                    says: (
+                        String::from_utf8_lossy(tag.name_bytes()).into_owned(),
+                        tag.target_id(),
+                    ),
+                })
             }
             None => None,
         };
@@ -120,6 +140,8 @@ pub enum VerifyError {
     BadSignature { object: String, key: String },
     #[error("{object}: {message}")]
     Malformed { object: String, message: String },
+    #[error("{object} does not belong to the ref: {says}")]
+    TagMismatch { object: String, says: String },
 }
 
 /// One line of an allowed signers file (git's `gpg.ssh.allowedSignersFile`).
@@ -194,12 +216,21 @@ impl TrustedKeys {
             VerifyMode::TagAndHead => (true, true),
         };
         if tag {
-            let Some((name, oid, signed)) = &signatures.tag else {
+            let Some(tag) = &signatures.tag else {
                 return Err(VerifyError::NoTag {
                     mode: mode.as_str(),
                 });
             };
-            self.check(&format!("tag {name} ({oid})"), signed)?;
+            let object = format!("tag {} ({})", tag.name, tag.oid);
+            let commit = signatures.commit.0;
+            if tag.says != (tag.name.clone(), commit) {
+                let (name, target) = &tag.says;
+                return Err(VerifyError::TagMismatch {
+                    object,
+                    says: format!("it is tag {name} of {target}, not of commit {commit}"),
+                });
+            }
+            self.check(&object, &tag.signed)?;
         }
         if head {
             let (oid, signed) = &signatures.commit;
@@ -477,6 +508,33 @@ mod tests {
         assert!(matches!(
             keys.verify(VerifyMode::TagAndHead, &signatures),
             Err(VerifyError::NoTag { .. })
+        ));
+        // A tag object signed for another name, or another commit, is refused whatever its
+        // signature.
+        let commit = Oid::from_str("1111111111111111111111111111111111111111").unwrap();
+        let elsewhere = Oid::from_str("2222222222222222222222222222222222222222").unwrap();
+        let tagged = |name: &str, target: Oid| Signatures {
+            commit: (commit, Signed::default()),
+            tag: Some(Tag {
+                name: "v2".into(),
+                oid: Oid::ZERO_SHA1,
+                signed: Signed::default(),
+                says: (name.into(), target),
+            }),
+        };
+        for (name, target) in [("v1", commit), ("v2", elsewhere)] {
+            let refused = keys.verify(VerifyMode::Tag, &tagged(name, target));
+            assert_eq!(
+                refused.unwrap_err().to_string(),
+                format!(
+                    "tag v2 ({}) does not belong to the ref: it is tag {name} of {target}, not of commit {commit}",
+                    Oid::ZERO_SHA1
+                )
+            );
+        }
+        assert!(matches!(
+            keys.verify(VerifyMode::Tag, &tagged("v2", commit)),
+            Err(VerifyError::Unsigned { .. })
         ));
     }
 }

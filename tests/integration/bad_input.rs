@@ -210,3 +210,35 @@ async fn git_server_stopped_branch_deleted_and_force_push() {
     fx.wait_applied("app", &rewritten).await;
     fx.wait_gone(&fx.ns, "v1", "ConfigMap", "more").await;
 }
+
+/// A spec change whose reconcile fails before anything is applied (the git server is away) is
+/// still applied once the server is back, though the failed reconcile observed its generation.
+#[tokio::test]
+async fn a_spec_change_that_failed_before_the_apply_is_applied_on_recovery() {
+    let fx = Fixture::new("respec").await;
+    let repo = Repo::create(
+        "respec",
+        &[
+            ("a/cm.yaml", &configmap("a", "1")),
+            ("b/cm.yaml", &configmap("b", "1")),
+        ],
+    );
+    let port: u16 = git_server().var("GIT_HTTP_PORT").parse().unwrap();
+    let mut proxy = Proxy::start(([127, 0, 0, 1], port).into()).await;
+    let url = repo
+        .http_url()
+        .replace(&format!(":{port}/"), &format!(":{}/", proxy.addr.port()));
+    // Moving to `b` prunes every object applied before: let the guard pass it.
+    fx.create("app", spec(url, json!({"path": "a", "maxPrune": "100%"})))
+        .await;
+    fx.wait_applied("app", &repo.head()).await;
+
+    proxy.stop();
+    fx.patch("app", json!({"spec": {"path": "b"}})).await;
+    fx.wait_failed("app", "FetchFailed").await;
+    assert!(fx.get("v1", "ConfigMap", "b").await.is_none());
+    proxy.resume().await;
+    fx.wait_applied("app", &repo.head()).await;
+    assert_eq!(fx.value("b").await, "1", "the new path is applied");
+    fx.wait_gone(&fx.ns, "v1", "ConfigMap", "a").await;
+}

@@ -69,7 +69,12 @@ async fn check_record(fx: &Fixture, gr: &GitRepository, count: usize) {
     // The status stays small whatever the inventory's size.
     let bytes = serde_json::to_vec(status).unwrap().len();
     assert!(bytes < 32 * 1024, "status of {bytes} bytes");
-    // Only the record the status names is left, owned by the GitRepository.
+    // Only the record the status names is left, owned by the GitRepository (the parts of the
+    // record before go right after the status is written).
+    wait_until("the old record's parts deleted", async || {
+        parts(fx).await.len() == 1
+    })
+    .await;
     let parts = parts(fx).await;
     assert_eq!(
         parts.len(),

@@ -9,6 +9,7 @@ pub mod digest;
 pub mod leader;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod object;
 pub mod reconcile;
 pub mod render;

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub apply_objects: IntCounterVec,
     pub git_fetch_duration: HistogramVec,
     pub commit_to_applied: HistogramVec,
+    pub notifications: IntCounterVec,
     /// The `result` values used per GitRepository, so that `forget` can remove them.
     results: Mutex<HashMap<(String, String), HashSet<String>>>,
 }
@@ -102,6 +103,11 @@ impl Default for Metrics {
                 "From a revision's commit (committer time) to its objects applied.",
                 GR,
             ),
+            notifications: counter(
+                "capstan_notifications_total",
+                "Notifications per Provider: sent, failed (after retries) or dropped (queue full or rate limited).",
+                &["namespace", "provider", "result"],
+            ),
             registry,
             results: Mutex::default(),
         }
@@ -147,6 +153,13 @@ impl Metrics {
                 .reconciles
                 .remove_label_values(&[namespace, name, &result]);
         }
+    }
+
+    /// Counts a notification for a Provider by its result: `sent`, `failed` or `dropped`.
+    pub fn notified(&self, namespace: &str, provider: &str, result: &str) {
+        self.notifications
+            .with_label_values(&[namespace, provider, result])
+            .inc();
     }
 
     /// Counts a reconcile by its result (a condition reason: a small, fixed set).

@@ -332,6 +332,9 @@ async fn control(
         config.shard.as_deref(),
     );
     let (reader, writer) = reflector::store();
+    // Notifications go out while this term lasts.
+    let (notifier, _notifying) =
+        crate::notify::start(client.clone(), config.namespace.as_deref(), metrics.clone());
     let ctx = Context::new(
         kube_config.clone(),
         client.clone(),
@@ -339,6 +342,7 @@ async fn control(
         disk,
         live,
         metrics,
+        notifier,
         reader.clone(),
     );
     let api: Api<GitRepository> = match &config.namespace {

@@ -84,7 +84,7 @@ pub(crate) async fn post_hook(addr: std::net::SocketAddr, path: &str, body: &str
         ("X-GitHub-Event", "push".to_string()),
         (
             "X-Hub-Signature-256",
-            capstan::webhook::github_signature(body.as_bytes(), token),
+            capstan::webhook::hmac_signature(body.as_bytes(), token),
         ),
     ];
     let (code, reply) = http_request(addr, "POST", path, &headers, body.as_bytes()).await;

@@ -3,10 +3,12 @@
 
 mod gitrepository;
 mod inventory;
+mod notification;
 mod receiver;
 
 pub use gitrepository::*;
 pub use inventory::*;
+pub use notification::*;
 pub use receiver::*;
 
 /// API group of every Capstan resource.
@@ -54,6 +56,8 @@ pub fn crds() -> Vec<(
         ("gitrepository.yaml", GitRepository::crd()),
         ("receiver.yaml", Receiver::crd()),
         ("inventorypart.yaml", InventoryPart::crd()),
+        ("provider.yaml", Provider::crd()),
+        ("alert.yaml", Alert::crd()),
     ]
 }
 

@@ -33,13 +33,15 @@ pub(super) fn context(dir: &Path) -> (Arc<Context>, Handle<Request<Body>, Respon
     };
     let kube_config = kube::Config::new("https://127.0.0.1:1".parse().expect("a URL"));
     let (live, _wakes) = Live::new(client.clone(), None, None);
+    let metrics = Arc::new(Metrics::default());
     let ctx = Context::new(
         kube_config,
         client,
         &config,
         &disk,
         live,
-        Arc::new(Metrics::default()),
+        metrics.clone(),
+        crate::notify::Notifier::disabled(metrics),
         kube::runtime::reflector::store().0,
     );
     (ctx, api)

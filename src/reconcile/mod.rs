@@ -37,6 +37,7 @@ use crate::apply::Applier;
 use crate::apply::record::RecordError;
 use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::render::{Limits, Tools};
 use crate::source::Cache;
 use crate::status::{self, Reason, Verdict};
@@ -89,6 +90,7 @@ pub struct Context {
     tools: Tools,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
+    notifier: Notifier,
     /// The controller's own connection settings, from which impersonating clients are made.
     kube_config: kube::Config,
     default_service_account: Option<String>,
@@ -99,6 +101,9 @@ pub struct Context {
 }
 
 impl Context {
+    // Each is wiring that `runtime::control` (or a test) makes on its own; a struct around
+    // them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         kube_config: kube::Config,
         client: Client,
@@ -106,6 +111,7 @@ impl Context {
         disk: &Disk,
         live: Arc<Live>,
         metrics: Arc<Metrics>,
+        notifier: Notifier,
         repositories: Store<GitRepository>,
     ) -> Arc<Context> {
         Arc::new(Context {
@@ -124,6 +130,7 @@ impl Context {
             tools: config.render.tools(),
             live,
             metrics,
+            notifier,
             kube_config,
             default_service_account: config.default_service_account.clone(),
             states: States::default(),

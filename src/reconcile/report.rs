@@ -13,8 +13,10 @@ use super::state::State;
 use super::{Context, Error};
 use crate::api::{FIELD_MANAGER, GitRepository, GitRepositoryStatus};
 use crate::apply::record;
+use crate::notify::{CommitState, Notice};
 use crate::status::{self, Reason, Verdict};
 
+/// Publishes an Event on `gr` and tells it to the Alerts that select it.
 pub(super) async fn event(
     ctx: &Context,
     gr: &GitRepository,
@@ -22,6 +24,26 @@ pub(super) async fn event(
     reason: Reason,
     note: String,
 ) {
+    let revision = gr
+        .status
+        .as_ref()
+        .and_then(|s| s.last_applied_revision.as_deref());
+    event_about(ctx, gr, type_, reason, note, revision, None).await;
+}
+
+/// `event` about `revision`, with the state of its commit when the Event is an apply's verdict.
+async fn event_about(
+    ctx: &Context,
+    gr: &GitRepository,
+    type_: EventType,
+    reason: Reason,
+    note: String,
+    revision: Option<&str>,
+    commit: Option<CommitState>,
+) {
+    let error = type_ == EventType::Warning;
+    let notice = Notice::new(gr, error, reason.as_str(), &note).about(revision, commit);
+    ctx.notifier.notify(notice);
     let event = KubeEvent {
         type_,
         reason: reason.as_str().to_string(),
@@ -95,6 +117,10 @@ pub(super) async fn progressing(
         Ok(()) => state.status = Some(shown),
         Err(e) => warn!(error = %e, "writing the Reconciling condition failed"),
     }
+    let message = format!("Applying revision {revision}");
+    let notice = Notice::new(gr, false, Reason::Progressing.as_str(), &message);
+    ctx.notifier
+        .notify(notice.about(Some(revision), Some(CommitState::Pending)));
 }
 
 /// The gauges and the duration of one reconcile.
@@ -161,7 +187,7 @@ pub(super) async fn publish(
     new_revision: bool,
     status: &GitRepositoryStatus,
 ) {
-    let (type_, reason, note) = match verdict {
+    let (type_, reason, note, revision, commit) = match verdict {
         Verdict::Ready { message, .. } => {
             let changed = status
                 .summary
@@ -170,12 +196,31 @@ pub(super) async fn publish(
             if !changed && !new_revision {
                 return;
             }
-            (EventType::Normal, Reason::Applied, message)
+            let revision = status.last_applied_revision.as_deref();
+            let success = Some(CommitState::Success);
+            (
+                EventType::Normal,
+                Reason::Applied,
+                message,
+                revision,
+                success,
+            )
         }
         Verdict::Progressing { .. } => return,
         Verdict::Retrying { reason, message } | Verdict::Stalled { reason, message } => {
-            (EventType::Warning, *reason, message)
+            let revision = status.last_attempted_revision.as_deref();
+            // Failing before a revision is known says nothing of the last one's commit.
+            let unknown = matches!(
+                reason,
+                Reason::InvalidSpec
+                    | Reason::InvalidSource
+                    | Reason::FetchFailed
+                    | Reason::AuthenticationFailed
+                    | Reason::RefNotFound
+            );
+            let failure = (!unknown).then_some(CommitState::Failure);
+            (EventType::Warning, *reason, message, revision, failure)
         }
     };
-    event(ctx, gr, type_, reason, note.clone()).await;
+    event_about(ctx, gr, type_, reason, note.clone(), revision, commit).await;
 }

@@ -18,6 +18,7 @@ mod hostile;
 mod inventory;
 mod live;
 mod monorepo;
+mod notify;
 mod operations;
 mod ownership;
 mod render;

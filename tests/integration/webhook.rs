@@ -31,7 +31,7 @@ fn github(body: &[u8], token: &[u8]) -> Vec<(&'static str, String)> {
         ("X-GitHub-Event", "push".into()),
         (
             "X-Hub-Signature-256",
-            capstan::webhook::github_signature(body, token),
+            capstan::webhook::hmac_signature(body, token),
         ),
     ]
 }
@@ -270,12 +270,8 @@ async fn gitlab_and_generic_hmac_receivers_reconcile_exactly_what_their_labels_s
     // Generic HMAC: X-Signature over any body; every GitRepository it selects.
     let generic = format!("/hook/{}/generic", fx.ns);
     let body = br#"{"anything": "at all"}"#;
-    let with_signature = |token: &[u8]| {
-        vec![(
-            "X-Signature",
-            capstan::webhook::github_signature(body, token),
-        )]
-    };
+    let with_signature =
+        |token: &[u8]| vec![("X-Signature", capstan::webhook::hmac_signature(body, token))];
     let (code, _) = post(&fx, &generic, &with_signature(b"wrong-token"), body).await;
     assert_eq!(code, 401);
     let (code, _) = post(&fx, &generic, &as_gitlab(TOKEN), body).await;

@@ -1,0 +1,688 @@
+//! Notifications: what a reconcile tells (its Events, and the state of the commit it applies)
+//! goes to the Providers that Alerts name. A reconcile only hands a `Notice` over, without
+//! waiting; routing, the Secret, the HTTP request and its retries happen in tasks of their own,
+//! one queue per Provider, so a slow or failing provider delays nothing but its own sends.
+//!
+//! Sent at most once: a notice follows a status write, and a restarted or new leader writes
+//! (and so tells) nothing that the status already says. Identical notices within
+//! `DEDUPE_WINDOW` are sent once, and a GitRepository that keeps changing is held to
+//! `BURST` notices per Alert, then one per `REFILL`.
+
+mod send;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc};
+use tracing::{info, warn};
+
+use crate::api::{Alert, EventSeverity, FIELD_MANAGER, GitRepository, Provider};
+use crate::metrics::Metrics;
+pub use send::{BuildError, Credentials, Request, SendError, build, wants};
+
+/// Notices waiting to be routed; past this a reconcile's notice is dropped (and counted).
+const ROUTE_QUEUE: usize = 1024;
+/// Notices waiting for one Provider.
+const PROVIDER_QUEUE: usize = 256;
+/// Attempts of one send, and the wait before the first retry (doubled for each next one).
+const ATTEMPTS: u32 = 4;
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Deadline of one request when the Provider sets none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Identical notices (same Alert, GitRepository, reason, message, revision) within this are
+/// sent once.
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(300);
+/// Notices per Alert and GitRepository sent at once, and the time in which one more is allowed.
+pub const BURST: u32 = 10;
+pub const REFILL: Duration = Duration::from_secs(30);
+
+/// The state of the commit a notice is about, for commit status providers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CommitState {
+    /// The revision is being applied.
+    Pending,
+    /// Applied; Ready.
+    Success,
+    /// Failed.
+    Failure,
+}
+
+/// What happened to one GitRepository.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    /// A failure (`error` severity) rather than news (`info`).
+    pub error: bool,
+    pub reason: String,
+    pub message: String,
+    /// `<ref>@sha1:<sha>`, when the notice is about one.
+    pub revision: Option<String>,
+    /// Set for the start and the verdict of an apply.
+    pub commit: Option<CommitState>,
+    /// RFC 3339.
+    pub at: String,
+}
+
+impl Notice {
+    pub fn new(gr: &GitRepository, error: bool, reason: &str, message: &str) -> Notice {
+        Notice {
+            namespace: gr.namespace().unwrap_or_default(),
+            name: gr.name_any(),
+            uid: gr.uid().unwrap_or_default(),
+            labels: gr.labels().clone(),
+            error,
+            reason: reason.to_string(),
+            message: message.to_string(),
+            revision: None,
+            commit: None,
+            at: k8s_openapi::jiff::Timestamp::now().to_string(),
+        }
+    }
+
+    pub fn about(mut self, revision: Option<&str>, commit: Option<CommitState>) -> Notice {
+        self.revision = revision.map(str::to_string);
+        self.commit = commit;
+        self
+    }
+
+    /// The commit of the revision.
+    pub fn sha(&self) -> Option<&str> {
+        let (_, sha) = self.revision.as_deref()?.rsplit_once(':')?;
+        (sha.len() >= 7 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then_some(sha)
+    }
+
+    /// What makes two notices the same one, for an Alert.
+    fn key(&self, alert: &str) -> u64 {
+        let mut h = DefaultHasher::new();
+        (alert, &self.uid, &self.reason, &self.message).hash(&mut h);
+        (&self.revision, self.commit).hash(&mut h);
+        h.finish()
+    }
+}
+
+/// The handle a reconcile tells through. Cloning it is cheap.
+#[derive(Clone)]
+pub struct Notifier {
+    queue: Option<mpsc::Sender<Notice>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Notifier {
+    /// One that sends nothing (a Context of a unit test).
+    pub fn disabled(metrics: Arc<Metrics>) -> Notifier {
+        Notifier {
+            queue: None,
+            metrics,
+        }
+    }
+
+    /// Hands `notice` over; never waits.
+    pub fn notify(&self, notice: Notice) {
+        let Some(queue) = &self.queue else { return };
+        if let Err(mpsc::error::TrySendError::Full(notice)) = queue.try_send(notice) {
+            warn!(namespace = %notice.namespace, name = %notice.name, "notification queue full: a notice was dropped");
+            self.metrics.notified(&notice.namespace, "", "dropped");
+        }
+    }
+}
+
+/// The notification tasks of one leadership term; dropping this stops them.
+pub struct Running {
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+/// Starts routing and sending for the Alerts of `namespace` (all when None).
+pub fn start(
+    client: Client,
+    namespace: Option<&str>,
+    metrics: Arc<Metrics>,
+) -> (Notifier, Running) {
+    let (alerts, alert_writer) = reflector::store::<Alert>();
+    let (providers, provider_writer) = reflector::store::<Provider>();
+    let changed = Arc::new(Notify::new());
+    let (tx, rx) = mpsc::channel(ROUTE_QUEUE);
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        http: reqwest::Client::builder()
+            // A redirect could carry a token to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("capstan/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("an HTTP client"),
+        alerts,
+        providers,
+        metrics: metrics.clone(),
+        queues: Mutex::default(),
+        limits: Mutex::default(),
+        shown: Mutex::default(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    let (alert_api, provider_api) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    tasks.spawn(reflect(alert_api, alert_writer, changed.clone()));
+    tasks.spawn(reflect(provider_api, provider_writer, changed.clone()));
+    tasks.spawn(async move {
+        // Before the Alerts are listed, routing would lose the notices of the first reconciles
+        // and checking would find no Provider. (One task waits: a store wakes one waiter.)
+        shared.alerts.wait_until_ready().await.ok();
+        shared.providers.wait_until_ready().await.ok();
+        futures::join!(route(rx, shared.clone()), check(changed, shared.clone()));
+    });
+    let notifier = Notifier {
+        queue: Some(tx),
+        metrics,
+    };
+    (notifier, Running { _tasks: tasks })
+}
+
+/// Keeps `writer` in step with the cluster, waking `changed` on every change.
+async fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>, changed: Arc<Notify>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + serde::de::DeserializeOwned
+        + 'static,
+{
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects()
+        .for_each(|o| {
+            match o {
+                Ok(_) => changed.notify_one(),
+                Err(e) => warn!(error = %e, "watching Alerts or Providers failed; retrying"),
+            }
+            async {}
+        })
+        .await;
+}
+
+struct Shared {
+    client: Client,
+    http: reqwest::Client,
+    alerts: Store<Alert>,
+    providers: Store<Provider>,
+    metrics: Arc<Metrics>,
+    /// One queue per Provider (namespace, name), with its sending task.
+    queues: Mutex<HashMap<(String, String), mpsc::Sender<Delivery>>>,
+    limits: Mutex<Limits>,
+    /// The Ready condition last written per Alert uid: (status, reason, message, generation).
+    shown: Mutex<HashMap<String, Shown>>,
+}
+
+type Shown = (bool, String, String, Option<i64>);
+
+/// One notice for one Alert's Provider.
+struct Delivery {
+    alert: ObjectRef<Alert>,
+    notice: Arc<Notice>,
+}
+
+/// Routes each notice to the queues of the Alerts that select it.
+async fn route(mut rx: mpsc::Receiver<Notice>, shared: Arc<Shared>) {
+    while let Some(notice) = rx.recv().await {
+        let notice = Arc::new(notice);
+        for alert in shared.alerts.state() {
+            if alert.namespace().as_deref() != Some(&notice.namespace) {
+                continue;
+            }
+            match selects(&alert, &notice) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(_) => continue, // `check` shows it on the Alert.
+            }
+            let ns = notice.namespace.clone();
+            let name = alert.spec.provider_ref.name.clone();
+            let Some(provider) = shared.providers.get(&ObjectRef::new(&name).within(&ns)) else {
+                continue; // `check` shows it on the Alert.
+            };
+            if provider.spec.suspend || !wants(provider.spec.kind, &notice) {
+                continue;
+            }
+            if !shared
+                .limits
+                .lock()
+                .admit(notice.key(&uid(&*alert)), (&uid(&*alert), &notice.uid))
+            {
+                shared.metrics.notified(&ns, &name, "dropped");
+                continue;
+            }
+            let delivery = Delivery {
+                alert: ObjectRef::from_obj(&*alert),
+                notice: notice.clone(),
+            };
+            let queue = shared.queue(&ns, &name);
+            if queue.try_send(delivery).is_err() {
+                warn!(namespace = %ns, provider = %name, "the Provider's queue is full: a notice was dropped");
+                shared.metrics.notified(&ns, &name, "dropped");
+            }
+        }
+    }
+}
+
+fn uid<K: Resource>(o: &K) -> String {
+    o.meta().uid.clone().unwrap_or_default()
+}
+
+/// Whether `alert` selects `notice`; an error names an unusable regular expression.
+fn selects(alert: &Alert, notice: &Notice) -> Result<bool, String> {
+    let spec = &alert.spec;
+    if spec.suspend
+        || (spec.event_severity == EventSeverity::Error && !notice.error)
+        || !spec
+            .event_sources
+            .iter()
+            .any(|s| s.kind == "GitRepository" && s.selects(&notice.name, &notice.labels))
+        || (!spec.event_reasons.is_empty() && !spec.event_reasons.contains(&notice.reason))
+    {
+        return Ok(false);
+    }
+    let matches = |list: &[String]| -> Result<bool, String> {
+        for pattern in list {
+            let re = regex::Regex::new(pattern).map_err(|e| format!("{pattern:?}: {e}"))?;
+            if re.is_match(&notice.message) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    let included = spec.inclusion_list.is_empty() || matches(&spec.inclusion_list)?;
+    Ok(included && !matches(&spec.exclusion_list)?)
+}
+
+/// What an Alert's spec says wrong, if anything.
+fn invalid(alert: &Alert) -> Option<String> {
+    let lists = alert
+        .spec
+        .inclusion_list
+        .iter()
+        .chain(&alert.spec.exclusion_list);
+    lists
+        .filter_map(|p| {
+            regex::Regex::new(p)
+                .err()
+                .map(|e| format!("{p:?} is not a regular expression: {e}"))
+        })
+        .next()
+}
+
+/// Dedupe and rate limit state.
+#[derive(Default)]
+struct Limits {
+    seen: HashMap<u64, Instant>,
+    buckets: HashMap<(String, String), (f64, Instant)>,
+}
+
+impl Limits {
+    /// Whether a notice with `key` for (Alert, GitRepository) `pair` is sent.
+    fn admit(&mut self, key: u64, pair: (&str, &str)) -> bool {
+        self.admit_at(key, pair, Instant::now())
+    }
+
+    fn admit_at(&mut self, key: u64, pair: (&str, &str), now: Instant) -> bool {
+        if self.seen.len() > 4096 {
+            self.seen
+                .retain(|_, at| now.duration_since(*at) < DEDUPE_WINDOW);
+            self.buckets
+                .retain(|_, (_, at)| now.duration_since(*at) < REFILL * BURST);
+        }
+        if self
+            .seen
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < DEDUPE_WINDOW)
+        {
+            return false;
+        }
+        let (tokens, at) = self
+            .buckets
+            .entry((pair.0.to_string(), pair.1.to_string()))
+            .or_insert((f64::from(BURST), now));
+        let refilled = now.duration_since(*at).as_secs_f64() / REFILL.as_secs_f64();
+        *tokens = (*tokens + refilled).min(f64::from(BURST));
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        self.seen.insert(key, now);
+        true
+    }
+}
+
+impl Shared {
+    /// The queue of a Provider, its sending task started on first use.
+    fn queue(self: &Arc<Self>, ns: &str, name: &str) -> mpsc::Sender<Delivery> {
+        let key = (ns.to_string(), name.to_string());
+        let mut queues = self.queues.lock();
+        if let Some(queue) = queues.get(&key).filter(|q| !q.is_closed()) {
+            return queue.clone();
+        }
+        let (tx, rx) = mpsc::channel(PROVIDER_QUEUE);
+        tokio::spawn(self.clone().work(key.clone(), rx));
+        queues.insert(key, tx.clone());
+        tx
+    }
+
+    /// Sends a Provider's deliveries one by one, each with its retries. Ends when the Provider
+    /// is gone (or the term ends).
+    async fn work(self: Arc<Self>, key: (String, String), mut rx: mpsc::Receiver<Delivery>) {
+        let (ns, name) = key;
+        while let Some(delivery) = rx.recv().await {
+            let at = ObjectRef::<Provider>::new(&name).within(&ns);
+            let Some(provider) = self.providers.get(&at) else {
+                self.queues.lock().remove(&(ns.clone(), name.clone()));
+                return;
+            };
+            let result = self.send(&provider, &delivery.notice).await;
+            let Some(alert) = self.alerts.get(&delivery.alert) else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    self.metrics.notified(&ns, &name, "sent");
+                    self.show(&alert, true, "Succeeded", &ready_message(&provider))
+                        .await;
+                }
+                Err(e) => {
+                    self.metrics.notified(&ns, &name, "failed");
+                    warn!(namespace = %ns, provider = %name, gitrepository = %delivery.notice.name, error = %e, "sending a notification failed");
+                    self.show(
+                        &alert,
+                        false,
+                        "SendFailed",
+                        &format!("sending to Provider {name} failed: {e}"),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// Sends `notice` to `provider`, retrying with backoff; the Secret is read again for each
+    /// attempt, so a rotated token is used at once.
+    async fn send(&self, provider: &Provider, notice: &Notice) -> Result<(), String> {
+        let timeout = provider
+            .spec
+            .timeout
+            .as_deref()
+            .and_then(crate::reconcile::parse_duration)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let mut wait = FIRST_RETRY;
+        let mut last = String::new();
+        for attempt in 1..=ATTEMPTS {
+            if attempt > 1 {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            let credentials = match self.credentials(provider).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let request = build(&provider.spec, &credentials, notice).map_err(|e| e.to_string())?;
+            match send::deliver(&self.http, &request, timeout).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(format!("{last} ({ATTEMPTS} attempts)"))
+    }
+
+    async fn credentials(&self, provider: &Provider) -> Result<Credentials, String> {
+        let Some(secret) = &provider.spec.secret_ref else {
+            return Ok(Credentials::default());
+        };
+        let ns = provider.namespace().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let secret = api
+            .get(&secret.name)
+            .await
+            .map_err(|e| format!("reading Secret {ns}/{}: {e}", secret.name))?;
+        let text = |key: &str| {
+            let data = secret.data.as_ref()?.get(key)?;
+            String::from_utf8(data.0.clone()).ok()
+        };
+        Ok(Credentials {
+            token: text("token"),
+            address: text("address"),
+        })
+    }
+
+    /// Writes `alert`'s Ready condition, unless it says this already.
+    async fn show(&self, alert: &Alert, ready: bool, reason: &str, message: &str) {
+        let generation = alert.meta().generation;
+        let wanted = (ready, reason.to_string(), message.to_string(), generation);
+        let observed = alert.status.as_ref().and_then(|s| s.observed_generation);
+        let current = alert
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| {
+                (
+                    c.status == "True",
+                    c.reason.clone(),
+                    c.message.clone(),
+                    observed,
+                )
+            });
+        let key = uid(alert);
+        if self.shown.lock().get(&key) == Some(&wanted) || current.as_ref() == Some(&wanted) {
+            return;
+        }
+        let status = if ready { "True" } else { "False" };
+        let condition = Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: generation,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        };
+        let patch = serde_json::json!({
+            "apiVersion": "capstan.dev/v1alpha1",
+            "kind": "Alert",
+            "status": {"observedGeneration": generation, "conditions": [condition]},
+        });
+        let api: Api<Alert> =
+            Api::namespaced(self.client.clone(), &alert.namespace().unwrap_or_default());
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch_status(&alert.name_any(), &params, &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => {
+                info!(namespace = ?alert.namespace(), alert = %alert.name_any(), ready, reason, "Alert status written");
+                self.shown.lock().insert(key, wanted);
+            }
+            Err(e) => {
+                warn!(alert = %alert.name_any(), error = %e, "writing an Alert's status failed")
+            }
+        }
+    }
+}
+
+fn ready_message(provider: &Provider) -> String {
+    format!("sends to Provider {}", provider.name_any())
+}
+
+/// Shows on each Alert whether it can send: its Provider exists and its spec is usable. Runs
+/// again whenever an Alert or Provider changes; writes only what differs.
+async fn check(changed: Arc<Notify>, shared: Arc<Shared>) {
+    loop {
+        for alert in shared.alerts.state() {
+            let ns = alert.namespace().unwrap_or_default();
+            let name = &alert.spec.provider_ref.name;
+            let provider = shared.providers.get(&ObjectRef::new(name).within(&ns));
+            let current = alert
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+            let observed = alert.status.as_ref().and_then(|s| s.observed_generation);
+            let fresh = current.is_none_or(|c| c.reason != "SendFailed" && c.reason != "Succeeded")
+                || observed != alert.meta().generation;
+            match (invalid(&alert), provider) {
+                (Some(why), _) => shared.show(&alert, false, "InvalidSpec", &why).await,
+                (None, None) => {
+                    let why = format!("Provider {name} not found in namespace {ns}");
+                    shared.show(&alert, false, "ProviderNotFound", &why).await;
+                }
+                (None, Some(provider)) if fresh => {
+                    let message = ready_message(&provider);
+                    shared.show(&alert, true, "Succeeded", &message).await;
+                }
+                (None, Some(_)) => {}
+            }
+        }
+        changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::LocalObjectReference;
+    use crate::api::{AlertSpec, EventSource};
+
+    fn notice(name: &str, error: bool, reason: &str) -> Notice {
+        Notice {
+            namespace: "apps".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            labels: BTreeMap::from([("team".to_string(), "web".to_string())]),
+            error,
+            reason: reason.into(),
+            message: format!("{reason} happened"),
+            revision: None,
+            commit: None,
+            at: String::new(),
+        }
+    }
+
+    fn alert(sources: Vec<EventSource>) -> Alert {
+        Alert::new(
+            "a",
+            AlertSpec {
+                provider_ref: LocalObjectReference {
+                    name: "p".into(),
+                    namespace: None,
+                },
+                event_severity: EventSeverity::Info,
+                event_sources: sources,
+                event_reasons: vec![],
+                inclusion_list: vec![],
+                exclusion_list: vec![],
+                suspend: false,
+            },
+        )
+    }
+
+    fn by_name(name: &str) -> EventSource {
+        EventSource {
+            kind: "GitRepository".into(),
+            name: Some(name.into()),
+            match_labels: None,
+            namespace: None,
+        }
+    }
+
+    #[test]
+    fn alerts_select_by_source_severity_reason_and_message() {
+        let mut a = alert(vec![by_name("web")]);
+        assert_eq!(selects(&a, &notice("web", false, "Applied")), Ok(true));
+        assert_eq!(selects(&a, &notice("api", false, "Applied")), Ok(false));
+        a.spec.event_sources = vec![by_name("*")];
+        assert_eq!(selects(&a, &notice("api", false, "Applied")), Ok(true));
+        a.spec.event_sources = vec![EventSource {
+            name: None,
+            match_labels: Some(BTreeMap::from([("team".into(), "web".into())])),
+            ..by_name("")
+        }];
+        assert_eq!(selects(&a, &notice("api", false, "Applied")), Ok(true));
+        a.spec.event_severity = EventSeverity::Error;
+        assert_eq!(selects(&a, &notice("api", false, "Applied")), Ok(false));
+        assert_eq!(selects(&a, &notice("api", true, "BuildFailed")), Ok(true));
+        a.spec.event_reasons = vec!["FetchFailed".into()];
+        assert_eq!(selects(&a, &notice("api", true, "BuildFailed")), Ok(false));
+        a.spec.event_reasons.clear();
+        a.spec.exclusion_list = vec!["^Build".into()];
+        assert_eq!(selects(&a, &notice("api", true, "BuildFailed")), Ok(false));
+        a.spec.exclusion_list.clear();
+        a.spec.inclusion_list = vec!["nothing like it".into()];
+        assert_eq!(selects(&a, &notice("api", true, "BuildFailed")), Ok(false));
+        a.spec.inclusion_list = vec!["(".into()];
+        assert!(selects(&a, &notice("api", true, "BuildFailed")).is_err());
+        assert!(invalid(&a).is_some_and(|m| m.contains("\"(\"")));
+        a.spec.inclusion_list.clear();
+        a.spec.suspend = true;
+        assert_eq!(selects(&a, &notice("api", true, "BuildFailed")), Ok(false));
+    }
+
+    #[test]
+    fn identical_notices_are_sent_once_and_a_flapping_one_is_held_back() {
+        let mut limits = Limits::default();
+        let now = Instant::now();
+        let n = notice("web", false, "Applied");
+        assert!(limits.admit_at(n.key("a"), ("a", "web"), now));
+        // The same again (a requeue): once.
+        assert!(!limits.admit_at(n.key("a"), ("a", "web"), now));
+        // For another Alert, it is news.
+        assert!(limits.admit_at(n.key("b"), ("b", "web"), now));
+        // After the window, it is sent again.
+        assert!(limits.admit_at(n.key("a"), ("a", "web"), now + DEDUPE_WINDOW));
+        // Notices that differ each time: a burst, then one per refill.
+        let mut limits = Limits::default();
+        let sent = (0..100)
+            .filter(|i| {
+                let n = Notice {
+                    message: format!("attempt {i}"),
+                    ..notice("flap", true, "FetchFailed")
+                };
+                limits.admit_at(n.key("a"), ("a", "flap"), now)
+            })
+            .count();
+        assert_eq!(sent, BURST as usize);
+        let later = Notice {
+            message: "later".into(),
+            ..notice("flap", true, "FetchFailed")
+        };
+        assert!(limits.admit_at(later.key("a"), ("a", "flap"), now + REFILL));
+        // Another GitRepository is not held back by this one.
+        let other = notice("calm", true, "FetchFailed");
+        assert!(limits.admit_at(other.key("a"), ("a", "calm"), now));
+    }
+
+    #[test]
+    fn the_commit_of_a_revision() {
+        let n = notice("web", false, "Applied");
+        let at = |r: &str| n.clone().about(Some(r), None).sha().map(str::to_string);
+        let sha = "0123abcd".repeat(5);
+        assert_eq!(at(&format!("main@sha1:{sha}")), Some(sha.clone()));
+        assert_eq!(at(&format!("sha1:{sha}")), Some(sha));
+        assert_eq!(at("main"), None);
+        assert_eq!(at("main@sha1:zz"), None);
+    }
+}

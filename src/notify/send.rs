@@ -1,0 +1,469 @@
+//! One notice as the HTTP request each Provider type expects, following the services' documented
+//! formats (GitHub's and GitLab's commit status APIs, Slack's incoming webhooks, Flux's event
+//! JSON for `generic`). Pure apart from `deliver`, which sends one request.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{CommitState, Notice};
+use crate::api::{ProviderSpec, ProviderType};
+
+/// What the Provider's Secret holds.
+#[derive(Default)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub address: Option<String>,
+}
+
+/// A request ready to send.
+#[derive(Debug, PartialEq)]
+pub struct Request {
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BuildError {
+    #[error("no address: set spec.address or the Secret's `address` key")]
+    NoAddress,
+    #[error("the address is not a {0} repository URL (https://host/owner/repository)")]
+    NotRepository(&'static str),
+    #[error("the Secret has no `token` key, which {0} needs")]
+    NoToken(&'static str),
+}
+
+/// GitHub truncates longer descriptions with an error; GitLab keeps 255.
+const GITHUB_DESCRIPTION: usize = 140;
+const GITLAB_DESCRIPTION: usize = 255;
+
+/// Whether a provider of `kind` sends `notice`: commit status providers send the state of a
+/// revision's commit, the others the Events (never the `pending` that no Event carries).
+pub fn wants(kind: ProviderType, notice: &Notice) -> bool {
+    if kind.commit_status() {
+        notice.commit.is_some() && notice.sha().is_some()
+    } else {
+        notice.commit != Some(CommitState::Pending)
+    }
+}
+
+/// The request that tells `notice` to a provider of `spec`.
+pub fn build(
+    spec: &ProviderSpec,
+    credentials: &Credentials,
+    notice: &Notice,
+) -> Result<Request, BuildError> {
+    let address = credentials
+        .address
+        .clone()
+        .or_else(|| spec.address.clone())
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .ok_or(BuildError::NoAddress)?;
+    let json = |body: &Value| serde_json::to_vec(body).unwrap_or_default();
+    let content_type = ("Content-Type", "application/json".to_string());
+    let context = format!("capstan/{}/{}", notice.namespace, notice.name);
+    let state = notice.commit.unwrap_or(CommitState::Failure);
+    let sha = notice.sha().unwrap_or_default();
+    match spec.kind {
+        ProviderType::Generic | ProviderType::GenericHmac => {
+            let body = json(&event_json(notice));
+            let mut headers = vec![content_type];
+            if spec.kind == ProviderType::GenericHmac {
+                let token = token(credentials, "generic-hmac")?;
+                let signature = crate::webhook::hmac_signature(&body, token.as_bytes());
+                headers.push(("X-Signature", signature));
+            }
+            Ok(Request {
+                url: address,
+                headers,
+                body,
+            })
+        }
+        ProviderType::Slack => Ok(Request {
+            url: address,
+            headers: vec![content_type],
+            body: json(&slack_json(spec, notice)),
+        }),
+        ProviderType::GitHub => {
+            let (base, path) = repository(&address, "GitHub")?;
+            let [owner, repo] = path.split('/').collect::<Vec<_>>()[..] else {
+                return Err(BuildError::NotRepository("GitHub"));
+            };
+            let api = if base.ends_with("://github.com") {
+                "https://api.github.com".to_string()
+            } else {
+                format!("{base}/api/v3")
+            };
+            let state = match state {
+                CommitState::Pending => "pending",
+                CommitState::Success => "success",
+                CommitState::Failure => "failure",
+            };
+            Ok(Request {
+                url: format!("{api}/repos/{owner}/{repo}/statuses/{sha}"),
+                headers: vec![
+                    content_type,
+                    ("Accept", "application/vnd.github+json".into()),
+                    ("X-GitHub-Api-Version", "2022-11-28".into()),
+                    (
+                        "Authorization",
+                        format!("Bearer {}", token(credentials, "github")?),
+                    ),
+                ],
+                body: json(&json!({
+                    "state": state,
+                    "context": context,
+                    "description": truncate(&notice.message, GITHUB_DESCRIPTION),
+                })),
+            })
+        }
+        ProviderType::GitLab => {
+            let (base, path) = repository(&address, "GitLab")?;
+            let project: String = url::form_urlencoded::byte_serialize(path.as_bytes()).collect();
+            let state = match state {
+                CommitState::Pending => "pending",
+                CommitState::Success => "success",
+                CommitState::Failure => "failed",
+            };
+            Ok(Request {
+                url: format!("{base}/api/v4/projects/{project}/statuses/{sha}"),
+                headers: vec![
+                    content_type,
+                    ("PRIVATE-TOKEN", token(credentials, "gitlab")?.to_string()),
+                ],
+                body: json(&json!({
+                    "state": state,
+                    "name": context,
+                    "description": truncate(&notice.message, GITLAB_DESCRIPTION),
+                })),
+            })
+        }
+    }
+}
+
+fn token<'a>(credentials: &'a Credentials, kind: &'static str) -> Result<&'a str, BuildError> {
+    credentials
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(BuildError::NoToken(kind))
+}
+
+/// `https://host[:port]/group/repo(.git)` as the base `https://host[:port]` and the path
+/// `group/repo`.
+fn repository(address: &str, host: &'static str) -> Result<(String, String), BuildError> {
+    let url = url::Url::parse(address).map_err(|_| BuildError::NotRepository(host))?;
+    let (Some(domain), "http" | "https") = (url.host_str(), url.scheme()) else {
+        return Err(BuildError::NotRepository(host));
+    };
+    let base = match url.port() {
+        Some(port) => format!("{}://{domain}:{port}", url.scheme()),
+        None => format!("{}://{domain}", url.scheme()),
+    };
+    let path = url.path().trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    if path.split('/').count() < 2 || path.split('/').any(str::is_empty) {
+        return Err(BuildError::NotRepository(host));
+    }
+    Ok((base, path.to_string()))
+}
+
+fn truncate(s: &str, chars: usize) -> String {
+    if s.chars().count() <= chars {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(chars - 1).collect();
+    out.push('…');
+    out
+}
+
+/// Flux's event format, so that what receives Flux's notifications receives Capstan's.
+fn event_json(notice: &Notice) -> Value {
+    let mut metadata = serde_json::Map::new();
+    if let Some(revision) = &notice.revision {
+        metadata.insert("revision".into(), revision.clone().into());
+    }
+    json!({
+        "involvedObject": {
+            "apiVersion": "capstan.dev/v1alpha1",
+            "kind": "GitRepository",
+            "namespace": notice.namespace,
+            "name": notice.name,
+            "uid": notice.uid,
+        },
+        "severity": if notice.error { "error" } else { "info" },
+        "timestamp": notice.at,
+        "reason": notice.reason,
+        "message": notice.message,
+        "metadata": metadata,
+        "reportingController": crate::api::FIELD_MANAGER,
+    })
+}
+
+fn slack_json(spec: &ProviderSpec, notice: &Notice) -> Value {
+    let object = format!("GitRepository {}/{}", notice.namespace, notice.name);
+    let mut fields = vec![json!({"title": "Reason", "value": notice.reason, "short": true})];
+    if let Some(revision) = &notice.revision {
+        fields.push(json!({"title": "Revision", "value": revision, "short": true}));
+    }
+    let mut body = json!({
+        "username": spec.username.as_deref().unwrap_or("capstan"),
+        "text": format!("{object}: {}", notice.reason),
+        "attachments": [{
+            "color": if notice.error { "danger" } else { "good" },
+            "title": object,
+            "text": notice.message,
+            "fields": fields,
+        }],
+    });
+    if let Some(channel) = &spec.channel {
+        body["channel"] = channel.clone().into();
+    }
+    body
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The message never names the URL: a webhook URL is often itself a credential.
+    #[error("{0}")]
+    Transport(String),
+    #[error("answered HTTP {0}: {1}")]
+    Status(u16, String),
+}
+
+/// Sends `request` once, within `timeout`.
+pub async fn deliver(
+    http: &reqwest::Client,
+    request: &Request,
+    timeout: Duration,
+) -> Result<(), SendError> {
+    let mut builder = http
+        .post(&request.url)
+        .timeout(timeout)
+        .body(request.body.clone());
+    for (k, v) in &request.headers {
+        builder = builder.header(*k, v);
+    }
+    let transport = |e: reqwest::Error| {
+        let kind = if e.is_timeout() {
+            "no answer in time"
+        } else if e.is_connect() {
+            "connection failed"
+        } else {
+            "request failed"
+        };
+        SendError::Transport(format!("{kind}: {}", e.without_url()))
+    };
+    let response = builder.send().await.map_err(transport)?;
+    let code = response.status();
+    if code.is_success() {
+        return Ok(());
+    }
+    let body = response.text().await.unwrap_or_default();
+    let body: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
+    Err(SendError::Status(code.as_u16(), body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(commit: Option<CommitState>) -> Notice {
+        Notice {
+            namespace: "apps".into(),
+            name: "web".into(),
+            uid: "u-1".into(),
+            labels: Default::default(),
+            error: commit == Some(CommitState::Failure),
+            reason: "Applied".into(),
+            message: "Applied revision main@sha1:0123abcd (3 objects)".into(),
+            revision: Some(format!("main@sha1:{}", "0123abcd".repeat(5))),
+            commit,
+            at: "2026-12-03T12:00:00Z".into(),
+        }
+    }
+
+    fn spec(kind: ProviderType, address: &str) -> ProviderSpec {
+        ProviderSpec {
+            kind,
+            address: Some(address.into()),
+            channel: None,
+            username: None,
+            secret_ref: None,
+            timeout: None,
+            suspend: false,
+        }
+    }
+
+    fn token(t: &str) -> Credentials {
+        Credentials {
+            token: Some(t.into()),
+            address: None,
+        }
+    }
+
+    fn body(r: &Request) -> Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn github_commit_status() {
+        let sha = "0123abcd".repeat(5);
+        let n = notice(Some(CommitState::Success));
+        let r = build(
+            &spec(ProviderType::GitHub, "https://github.com/acme/web.git"),
+            &token("t0k"),
+            &n,
+        )
+        .unwrap();
+        assert_eq!(
+            r.url,
+            format!("https://api.github.com/repos/acme/web/statuses/{sha}")
+        );
+        assert!(r.headers.contains(&("Authorization", "Bearer t0k".into())));
+        let b = body(&r);
+        assert_eq!(b["state"], "success");
+        assert_eq!(b["context"], "capstan/apps/web");
+        // GitHub Enterprise: the API under /api/v3 of the host.
+        let r = build(
+            &spec(ProviderType::GitHub, "http://127.0.0.1:8080/acme/web"),
+            &token("t0k"),
+            &notice(Some(CommitState::Pending)),
+        )
+        .unwrap();
+        assert_eq!(
+            r.url,
+            format!("http://127.0.0.1:8080/api/v3/repos/acme/web/statuses/{sha}")
+        );
+        assert_eq!(body(&r)["state"], "pending");
+        let long = Notice {
+            message: "x".repeat(500),
+            ..notice(Some(CommitState::Failure))
+        };
+        let r = build(
+            &spec(ProviderType::GitHub, "https://github.com/acme/web"),
+            &token("t"),
+            &long,
+        )
+        .unwrap();
+        let b = body(&r);
+        assert_eq!(b["state"], "failure");
+        assert_eq!(b["description"].as_str().unwrap().chars().count(), 140);
+        for bad in [
+            "https://github.com/acme",
+            "https://github.com/a/b/c",
+            "ssh://git@github.com/a/b",
+            "github.com/a/b",
+        ] {
+            let got = build(&spec(ProviderType::GitHub, bad), &token("t"), &n);
+            assert_eq!(got, Err(BuildError::NotRepository("GitHub")), "{bad}");
+        }
+        let got = build(
+            &spec(ProviderType::GitHub, "https://github.com/a/b"),
+            &Credentials::default(),
+            &n,
+        );
+        assert_eq!(got, Err(BuildError::NoToken("github")));
+    }
+
+    #[test]
+    fn gitlab_commit_status() {
+        let sha = "0123abcd".repeat(5);
+        let r = build(
+            &spec(
+                ProviderType::GitLab,
+                "https://gitlab.example.com/group/sub/web",
+            ),
+            &token("glpat"),
+            &notice(Some(CommitState::Failure)),
+        )
+        .unwrap();
+        assert_eq!(
+            r.url,
+            format!("https://gitlab.example.com/api/v4/projects/group%2Fsub%2Fweb/statuses/{sha}")
+        );
+        assert!(r.headers.contains(&("PRIVATE-TOKEN", "glpat".into())));
+        let b = body(&r);
+        assert_eq!(b["state"], "failed");
+        assert_eq!(b["name"], "capstan/apps/web");
+    }
+
+    #[test]
+    fn generic_hmac_is_signed_over_the_body() {
+        let r = build(
+            &spec(ProviderType::GenericHmac, "https://hooks.example.com/in"),
+            &token("s3cret"),
+            &notice(Some(CommitState::Success)),
+        )
+        .unwrap();
+        // As a `generic-hmac` Receiver checks it.
+        let h = r.headers.iter().map(|(k, v)| (k.to_string(), v.clone()));
+        let headers: axum::http::HeaderMap = h
+            .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+            .collect();
+        let checked = crate::webhook::verify(
+            crate::api::ReceiverType::GenericHmac,
+            &headers,
+            &r.body,
+            b"s3cret",
+        );
+        assert!(checked.is_ok());
+        let b = body(&r);
+        assert_eq!(b["involvedObject"]["name"], "web");
+        assert_eq!(b["severity"], "info");
+        assert_eq!(b["metadata"]["revision"], notice(None).revision.unwrap());
+        // Unsigned `generic` sends no signature, and needs no token.
+        let r = build(
+            &spec(ProviderType::Generic, "https://hooks.example.com/in"),
+            &Credentials::default(),
+            &notice(None),
+        )
+        .unwrap();
+        assert!(r.headers.iter().all(|(k, _)| *k != "X-Signature"));
+    }
+
+    #[test]
+    fn the_secrets_address_takes_the_place_of_the_specs() {
+        let credentials = Credentials {
+            token: None,
+            address: Some("https://hooks.slack.com/services/T/B/secret\n".into()),
+        };
+        let mut s = spec(ProviderType::Slack, "");
+        s.address = None;
+        s.channel = Some("#deploys".into());
+        let n = Notice {
+            error: true,
+            reason: "BuildFailed".into(),
+            ..notice(Some(CommitState::Failure))
+        };
+        let r = build(&s, &credentials, &n).unwrap();
+        assert_eq!(r.url, "https://hooks.slack.com/services/T/B/secret");
+        let b = body(&r);
+        assert_eq!(b["channel"], "#deploys");
+        assert_eq!(b["attachments"][0]["color"], "danger");
+        assert_eq!(b["text"], "GitRepository apps/web: BuildFailed");
+        assert_eq!(
+            build(&s, &Credentials::default(), &n),
+            Err(BuildError::NoAddress)
+        );
+    }
+
+    #[test]
+    fn who_wants_what() {
+        let pending = notice(Some(CommitState::Pending));
+        let event = notice(None);
+        assert!(wants(ProviderType::GitHub, &pending));
+        assert!(!wants(ProviderType::GitHub, &event));
+        assert!(!wants(ProviderType::Slack, &pending));
+        assert!(wants(ProviderType::Slack, &event));
+        let no_revision = Notice {
+            revision: None,
+            ..notice(Some(CommitState::Failure))
+        };
+        assert!(!wants(ProviderType::GitLab, &no_revision));
+        assert!(wants(ProviderType::Generic, &no_revision));
+    }
+}

@@ -213,6 +213,11 @@ pub fn differs(old: Option<&GitRepositoryStatus>, new: &GitRepositoryStatus) -> 
             d.detected_at = epoch.clone();
         }
         s.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+        // Where the record is kept follows from the record: a status read back from its
+        // parts names them, one just made does not yet.
+        if let Some(i) = &mut s.inventory {
+            i.record = None;
+        }
         s
     };
     match old {
@@ -418,6 +423,25 @@ mod tests {
         ] {
             assert_eq!(reason.as_str(), format!("{reason:?}"));
         }
+    }
+
+    #[test]
+    fn a_status_read_back_from_its_record_is_not_written_again() {
+        use crate::api::{Inventory, RecordRef};
+        let made = GitRepositoryStatus {
+            inventory: Some(Inventory::default()),
+            ..Default::default()
+        };
+        let mut read = made.clone();
+        read.inventory.as_mut().unwrap().record = Some(RecordRef {
+            name: "app".into(),
+            parts: 2,
+            digest: "d".into(),
+        });
+        assert!(!differs(Some(&read), &made));
+        let mut other = made.clone();
+        other.inventory.as_mut().unwrap().count = Some(3);
+        assert!(differs(Some(&read), &other));
     }
 
     #[test]

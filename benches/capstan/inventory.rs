@@ -114,6 +114,9 @@ pub(crate) async fn inventory(b: &Bench, figures: &mut Figures) {
             breakdown(&counts)
         ),
     );
+    // What the restarted controller did, for when it did more than nothing.
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-inventory-restart.log");
+    let _ = std::fs::write(&log, controller.process.log());
     let (_, peak) = controller.rss_mib();
     figures.add(
         "peak_rss_mib",
@@ -127,8 +130,20 @@ async fn sizes(b: &Bench, ns: &str, api: &Api<GitRepository>, when: &str, figure
     let gr = api.get("big").await.unwrap();
     let object = serde_json::to_vec(&gr).unwrap().len();
     let status = serde_json::to_vec(&gr.status).unwrap().len();
+    // The parts of the record the status names: those of the record it replaced may still be
+    // being deleted.
+    let digest = gr
+        .status
+        .as_ref()
+        .and_then(|s| s.inventory.as_ref()?.record.as_ref())
+        .map(|r| r.digest.clone())
+        .unwrap_or_default();
     let parts: Api<InventoryPart> = Api::namespaced(b.client.clone(), ns);
     let parts = parts.list(&Default::default()).await.unwrap().items;
+    let parts: Vec<InventoryPart> = parts
+        .into_iter()
+        .filter(|p| p.spec.digest == digest)
+        .collect();
     let largest = parts
         .iter()
         .map(|p| serde_json::to_vec(p).unwrap().len())

@@ -277,8 +277,7 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     if let Some(verdict) = &verdict {
         status::set_conditions(&mut status, verdict, gr.meta().generation, &now);
     }
-    report::metrics(ctx, gr, &status, started);
-    report::write(
+    let written = report::write(
         ctx,
         gr,
         &mut state,
@@ -287,7 +286,12 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         verdict.as_ref(),
         events,
     )
-    .await?;
+    .await;
+    // Counted once its status is written: a reconcile counted is one whose outcome shows.
+    if let Some(shown) = &state.status {
+        report::metrics(ctx, gr, shown, started);
+    }
+    written?;
     ctx.states.commit(&uid, state);
     Ok(Action::requeue(delay))
 }

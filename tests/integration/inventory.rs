@@ -11,8 +11,8 @@ use serde_json::json;
 
 use crate::cli::{capstan, stdout};
 use crate::restart::restart;
-use crate::support::Repo;
 use crate::support::controller::{Fixture, configmap, spec};
+use crate::support::{Repo, audit};
 use capstan::api::{GitRepository, InventoryPart, STATUS_ENTRIES};
 
 fn name(n: usize) -> String {
@@ -137,8 +137,12 @@ async fn an_inventory_past_the_status_is_kept_in_parts_and_read_back() {
     check_record(&fx, &gr, 140).await;
     assert_eq!(applied(&fx).await, (0..140).map(name).collect::<Vec<_>>());
 
-    // A restarted controller reads the record back: what only the record lists is pruned.
+    // A restarted controller reads the record back: nothing changed, so nothing is written;
+    // and what only the record lists is pruned.
+    let mark = audit::mark();
     restart(&mut fx).await;
+    let mutating = audit::mutating_since(mark, &fx.ns);
+    assert!(mutating.is_empty(), "a restart changed: {mutating:?}");
     let sha = repo.remove(&strs(&paths(130..140)), "remove ten more");
     let gr = fx.wait_applied("app", &sha).await;
     check_record(&fx, &gr, 130).await;

@@ -139,9 +139,20 @@ impl Notifier {
     }
 }
 
-/// The notification tasks of one leadership term; dropping this stops them.
+/// The notification tasks of one leadership term; dropping this stops them, the sending to
+/// each Provider too: a former leader sends nothing more.
 pub struct Running {
     _tasks: tokio::task::JoinSet<()>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.queues.lock().clear();
+        for worker in self.shared.workers.lock().drain(..) {
+            worker.abort();
+        }
+    }
 }
 
 /// Starts routing and sending for the Alerts of `namespace` (all when None).
@@ -166,6 +177,7 @@ pub fn start(
         providers,
         metrics: metrics.clone(),
         queues: Mutex::default(),
+        workers: Mutex::default(),
         limits: Mutex::default(),
         shown: Mutex::default(),
     });
@@ -179,7 +191,9 @@ pub fn start(
     };
     tasks.spawn(reflect(alert_api, alert_writer, changed.clone()));
     tasks.spawn(reflect(provider_api, provider_writer, changed.clone()));
+    let serving = shared.clone();
     tasks.spawn(async move {
+        let shared = serving;
         // Before the Alerts are listed, routing would lose the notices of the first reconciles
         // and checking would find no Provider. (One task waits: a store wakes one waiter.)
         shared.alerts.wait_until_ready().await.ok();
@@ -190,7 +204,11 @@ pub fn start(
         queue: Some(tx),
         metrics,
     };
-    (notifier, Running { _tasks: tasks })
+    let running = Running {
+        _tasks: tasks,
+        shared,
+    };
+    (notifier, running)
 }
 
 /// Keeps `writer` in step with the cluster, waking `changed` on every change.
@@ -227,6 +245,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// One queue per Provider (namespace, name), with its sending task.
     queues: Mutex<HashMap<(String, String), mpsc::Sender<Delivery>>>,
+    workers: Mutex<Vec<tokio::task::AbortHandle>>,
     limits: Mutex<Limits>,
     /// The Ready condition last written per Alert uid: (status, reason, message, generation).
     shown: Mutex<HashMap<String, Shown>>,
@@ -380,7 +399,10 @@ impl Shared {
             return queue.clone();
         }
         let (tx, rx) = mpsc::channel(PROVIDER_QUEUE);
-        tokio::spawn(self.clone().work(key.clone(), rx));
+        let worker = tokio::spawn(self.clone().work(key.clone(), rx));
+        let mut workers = self.workers.lock();
+        workers.retain(|w| !w.is_finished());
+        workers.push(worker.abort_handle());
         queues.insert(key, tx.clone());
         tx
     }

@@ -37,8 +37,8 @@ fuzz-tools:
 	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "the nightly toolchain is needed for fuzzing (rustup toolchain install nightly)"; exit 1; }
 	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
 
-## tools: build (once) the pinned control plane, node and render tools; install the git server,
-## Prometheus and node packages (containerd, runc, CNI plugins, buildah)
+## tools: build (once) the pinned control plane, node and render tools and Gitea; install the git
+## server, Prometheus and node packages (containerd, runc, CNI plugins, buildah)
 tools:
 	@$(ENV)/controlplane.sh build >/dev/null
 	@$(ENV)/node.sh install
@@ -47,6 +47,7 @@ tools:
 	@$(ENV)/gitserver.sh install
 	@$(ENV)/prometheus.sh install
 	@$(ENV)/prometheus.sh build >/dev/null
+	@$(ENV)/gitea.sh build >/dev/null
 
 ## image: the controller image from the Dockerfile, built here without network (buildah); prints
 ## its name and size

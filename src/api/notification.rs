@@ -35,7 +35,7 @@ pub struct ProviderSpec {
     #[serde(rename = "type")]
     pub kind: ProviderType,
     /// Where to send: the endpoint (`generic`, `generic-hmac`), the incoming webhook URL
-    /// (`slack`), or the repository's web URL (`github`, `gitlab`), e.g.
+    /// (`slack`), or the repository's web URL (`github`, `gitlab`, `gitea`), e.g.
     /// `https://github.com/acme/podinfo`. The Secret's `address` key, when set, takes its place,
     /// for addresses that are themselves a credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,7 +49,7 @@ pub struct ProviderSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub username: Option<String>,
-    /// Secret of this namespace: `token` (the API token of `github` and `gitlab`, the HMAC key
+    /// Secret of this namespace: `token` (the API token of `github`, `gitlab` and `gitea`, the HMAC key
     /// of `generic-hmac`) and/or `address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectReference>,
@@ -80,12 +80,18 @@ pub enum ProviderType {
     /// GitLab commit status on the revision's commit.
     #[serde(rename = "gitlab")]
     GitLab,
+    /// Gitea (and Forgejo) commit status on the revision's commit.
+    #[serde(rename = "gitea")]
+    Gitea,
 }
 
 impl ProviderType {
     /// Whether this provider reports a commit's state rather than events.
     pub fn commit_status(self) -> bool {
-        matches!(self, ProviderType::GitHub | ProviderType::GitLab)
+        matches!(
+            self,
+            ProviderType::GitHub | ProviderType::GitLab | ProviderType::Gitea
+        )
     }
 }
 

@@ -34,7 +34,7 @@ pub enum BuildError {
     NoToken(&'static str),
 }
 
-/// GitHub truncates longer descriptions with an error; GitLab keeps 255.
+/// GitHub refuses longer descriptions (Gitea takes GitHub's API as its model); GitLab keeps 255.
 const GITHUB_DESCRIPTION: usize = 140;
 const GITLAB_DESCRIPTION: usize = 255;
 
@@ -86,23 +86,47 @@ pub fn build(
             headers: vec![content_type],
             body: json(&slack_json(spec, notice)),
         }),
-        ProviderType::GitHub => {
-            let (base, path) = repository(&address, "GitHub")?;
-            let [owner, repo] = path.split('/').collect::<Vec<_>>()[..] else {
-                return Err(BuildError::NotRepository("GitHub"));
-            };
-            let api = if base.ends_with("://github.com") {
-                "https://api.github.com".to_string()
+        ProviderType::GitHub | ProviderType::Gitea => {
+            let host = if spec.kind == ProviderType::Gitea {
+                "Gitea"
             } else {
-                format!("{base}/api/v3")
+                "GitHub"
+            };
+            let (base, path) = repository(&address, host)?;
+            let [owner, repo] = path.split('/').collect::<Vec<_>>()[..] else {
+                return Err(BuildError::NotRepository(host));
             };
             let state = match state {
                 CommitState::Pending => "pending",
                 CommitState::Success => "success",
                 CommitState::Failure => "failure",
             };
+            let body = json(&json!({
+                "state": state,
+                "context": context,
+                "description": truncate(&notice.message, GITHUB_DESCRIPTION),
+            }));
+            let statuses = format!("repos/{owner}/{repo}/statuses/{sha}");
+            if spec.kind == ProviderType::Gitea {
+                return Ok(Request {
+                    url: format!("{base}/api/v1/{statuses}"),
+                    headers: vec![
+                        content_type,
+                        (
+                            "Authorization",
+                            format!("token {}", token(credentials, "gitea")?),
+                        ),
+                    ],
+                    body,
+                });
+            }
+            let api = if base.ends_with("://github.com") {
+                "https://api.github.com".to_string()
+            } else {
+                format!("{base}/api/v3")
+            };
             Ok(Request {
-                url: format!("{api}/repos/{owner}/{repo}/statuses/{sha}"),
+                url: format!("{api}/{statuses}"),
                 headers: vec![
                     content_type,
                     ("Accept", "application/vnd.github+json".into()),
@@ -112,11 +136,7 @@ pub fn build(
                         format!("Bearer {}", token(credentials, "github")?),
                     ),
                 ],
-                body: json(&json!({
-                    "state": state,
-                    "context": context,
-                    "description": truncate(&notice.message, GITHUB_DESCRIPTION),
-                })),
+                body,
             })
         }
         ProviderType::GitLab => {
@@ -255,7 +275,14 @@ pub async fn deliver(
         } else {
             "request failed"
         };
-        SendError::Transport(format!("{kind}: {}", e.without_url()))
+        // The causes say what went wrong (refused, reset, a TLS error); none holds the URL.
+        let mut causes = String::new();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            causes.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        SendError::Transport(format!("{kind}: {}{causes}", e.without_url()))
     };
     let response = builder.send().await.map_err(transport)?;
     let code = response.status();
@@ -367,6 +394,23 @@ mod tests {
             &n,
         );
         assert_eq!(got, Err(BuildError::NoToken("github")));
+    }
+
+    #[test]
+    fn gitea_commit_status() {
+        let sha = "0123abcd".repeat(5);
+        let r = build(
+            &spec(ProviderType::Gitea, "http://127.0.0.1:3000/acme/web.git"),
+            &token("gt"),
+            &notice(Some(CommitState::Pending)),
+        )
+        .unwrap();
+        assert_eq!(
+            r.url,
+            format!("http://127.0.0.1:3000/api/v1/repos/acme/web/statuses/{sha}")
+        );
+        assert!(r.headers.contains(&("Authorization", "token gt".into())));
+        assert_eq!(body(&r)["state"], "pending");
     }
 
     #[test]

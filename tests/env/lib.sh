@@ -28,8 +28,10 @@ cmd_env() {
     cat "$1/env"
 }
 
-# The version $TOOLS_MOD/go.mod pins of module $1.
-go_pin() { awk -v m="$1" '$1 == m && NF >= 2 { print $2; exit }' "$TOOLS_MOD/go.mod"; }
+# The version $TOOLS_MOD/go.mod pins of module $1 (in a require block or on a require line).
+go_pin() {
+    awk -v m="$1" '$1 == m && NF >= 2 { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$TOOLS_MOD/go.mod"
+}
 
 # go_cached BIN WHAT BUILD FILE...: prints BIN once every FILE is in it. Otherwise builds it
 # first, one build at a time on the machine (the lock is shared by every script in tests/env):

@@ -396,3 +396,164 @@ async fn a_notice_is_sent_once_across_a_restart() {
         })
         .await;
 }
+
+/// A real forge: Gitea's push webhook reaches a Receiver, the commit is applied, and its commit
+/// status is posted back through a `gitea` Provider, as Gitea's own API then shows it.
+#[tokio::test]
+async fn a_push_to_gitea_is_applied_and_its_commit_shows_the_status() {
+    let fx = Fixture::with_http("notify-gitea").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/gitea.sh"))
+            .arg("up")
+            .arg(dir.path().join("gitea"))
+            .arg("--watch-pid")
+            .arg(std::process::id().to_string())
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = crate::support::env::parse_exports(&String::from_utf8_lossy(&out.stdout));
+    let (url, user, password, token) = (
+        env["GITEA_URL"].clone(),
+        env["GITEA_USER"].clone(),
+        env["GITEA_PASSWORD"].clone(),
+        env["GITEA_TOKEN"].clone(),
+    );
+    let http = reqwest::Client::new();
+    let api = |path: &str| format!("{url}/api/v1{path}");
+    let auth = format!("token {token}");
+    let created = http
+        .post(api("/user/repos"))
+        .header("Authorization", &auth)
+        .json(&json!({"name": "app", "private": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+
+    // The first commit, pushed over HTTP with the user's password.
+    let work = dir.path().join("work");
+    let remote = url.replace("http://", &format!("http://{user}:{password}@")) + "/capstan/app.git";
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let commit = |value: &str| {
+        std::fs::write(work.join("cm.yaml"), configmap("forged", value)).unwrap();
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", value]);
+        git(&["push", "-q", &remote, "HEAD:main"]);
+        git(&["rev-parse", "HEAD"])
+    };
+    std::fs::create_dir_all(&work).unwrap();
+    git(&["init", "-q", "-b", "main"]);
+    let first = commit("1");
+
+    // Capstan's side: the GitRepository (credentials, an hour between polls), a Receiver for
+    // Gitea's webhook (signed as GitHub signs), and the commit status Provider.
+    let ns = fx.ns.clone();
+    put_secret(
+        &fx.client,
+        &ns,
+        "gitea-git",
+        &[
+            ("username", user.as_bytes()),
+            ("password", password.as_bytes()),
+        ],
+    )
+    .await;
+    put_secret(
+        &fx.client,
+        &ns,
+        "gitea-hook",
+        &[("token", b"gitea-hook-s3cret")],
+    )
+    .await;
+    put_secret(&fx.client, &ns, "gitea-api", &[("token", token.as_bytes())]).await;
+    let receiver = json!({"type": "github", "secretRef": {"name": "gitea-hook"}, "resources": [{"name": "app"}]});
+    let object = json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "Receiver", "metadata": {"name": "gitea"}, "spec": receiver});
+    let receivers: Api<capstan::api::Receiver> = Api::namespaced(fx.client.clone(), &ns);
+    receivers
+        .patch("gitea", &PatchParams::apply("test"), &Patch::Apply(&object))
+        .await
+        .unwrap();
+    let provider = json!({"type": "gitea", "address": format!("{url}/capstan/app"), "secretRef": {"name": "gitea-api"}});
+    route(&fx, "gitea", provider, json!({})).await;
+    alert_ready(&fx, "gitea", "True", "Succeeded").await;
+    let gr = json!({"url": format!("{url}/capstan/app.git"), "interval": "1h", "secretRef": {"name": "gitea-git"}});
+    fx.create("app", spec("", gr)).await;
+    fx.wait_applied("app", &first).await;
+    let hook = json!({
+        "type": "gitea",
+        "config": {"url": format!("http://{}/hook/{ns}/gitea", fx.webhook_addr.unwrap()), "content_type": "json", "secret": "gitea-hook-s3cret"},
+        "events": ["push"],
+        "active": true,
+    });
+    let added = http
+        .post(api("/repos/capstan/app/hooks"))
+        .header("Authorization", &auth)
+        .json(&hook)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201, "{}", added.text().await.unwrap());
+
+    // What Gitea shows of a commit's status, once it is `success` for our context.
+    let context = format!("capstan/{ns}/app");
+    let status_of = async |sha: &str| -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: Value = http
+                .get(api(&format!("/repos/capstan/app/commits/{sha}/status")))
+                .header("Authorization", &auth)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let ours = got["statuses"].as_array().and_then(|all| {
+                all.iter()
+                    .find(|s| s["context"] == context.as_str())
+                    .cloned()
+            });
+            if let Some(s) = ours.filter(|s| s["status"] == "success") {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no success status on {sha}: {got}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let shown = status_of(&first).await;
+    assert!(
+        shown["description"]
+            .as_str()
+            .unwrap()
+            .contains("Applied revision"),
+        "{shown}"
+    );
+
+    // A push: Gitea's webhook reconciles at once (no poll comes within the hour), and the new
+    // commit gets its status.
+    let second = commit("2");
+    fx.wait_applied("app", &second).await;
+    assert_eq!(fx.value("forged").await, "2");
+    status_of(&second).await;
+}

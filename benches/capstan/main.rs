@@ -16,6 +16,7 @@ mod inventory;
 mod latency;
 mod measure;
 mod monorepo;
+mod notify;
 mod report;
 mod scale;
 mod steady;
@@ -46,6 +47,7 @@ use inventory::inventory;
 use latency::latency;
 use measure::*;
 use monorepo::monorepo;
+use notify::notify;
 use scale::scale;
 use steady::steady;
 
@@ -58,6 +60,7 @@ const SCENARIOS: &[&str] = &[
     "fetch",
     "monorepo",
     "inventory",
+    "notify",
 ];
 
 #[tokio::main]
@@ -109,7 +112,17 @@ async fn main() {
             f,
         ));
     }
+    // The shared controller's memory, before scenario 9 leaves it holding requests open.
     let (rss, peak) = controller.rss_mib();
+    if run("notify") {
+        let mut f = Figures::default();
+        notify(&b, &controller, &mut f).await;
+        results.push((
+            "notify",
+            "9. Notifications: a reconcile with an Alert on a provider that never answers",
+            f,
+        ));
+    }
     drop(controller);
     if run("scale") {
         let mut f = Figures::default();

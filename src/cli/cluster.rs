@@ -332,8 +332,13 @@ pub struct DiffArgs {
     pub target: TargetArgs,
     /// Render this local directory (as `spec.path` would name it) instead of the
     /// GitRepository's revision in git: see what a change would do before pushing it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "git_ref")]
     pub path: Option<PathBuf>,
+    /// Render this ref of the GitRepository's repository instead of `spec.ref`: a branch, a
+    /// full ref name (`refs/pull/7/head`) or a commit SHA. See what a pull request would do
+    /// before it merges.
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Format,
     /// Most bytes the fetch may transfer.
@@ -349,6 +354,9 @@ pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliErro
     let (client, ns) = connect(args.target.namespace.as_deref()).await?;
     let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
     let mut gr = api.get(&args.target.name).await?;
+    if let Some(r) = &args.git_ref {
+        gr.spec.git_ref = Some(ref_named(r));
+    }
     // What would be pruned is read from the whole inventory, not the status's first entries.
     gr.status = crate::apply::record::load(&client, &gr)
         .await
@@ -376,6 +384,17 @@ pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliErro
         Format::Table => write_diff_table(&report, out)?,
     }
     Ok(changed)
+}
+
+/// `--ref`: a full ref name, a commit SHA, or else a branch.
+fn ref_named(r: &str) -> crate::api::GitRef {
+    let sha = (r.len() == 40 || r.len() == 64) && r.bytes().all(|b| b.is_ascii_hexdigit());
+    crate::api::GitRef {
+        name: r.starts_with("refs/").then(|| r.to_string()),
+        commit: sha.then(|| r.to_lowercase()),
+        branch: (!sha && !r.starts_with("refs/")).then(|| r.to_string()),
+        ..Default::default()
+    }
 }
 
 /// One object of a diff.
@@ -515,7 +534,6 @@ fn shown(value: &Option<Value>) -> String {
     }
 }
 
-/// The GitRepository's revision, fetched with its credentials (read as the user), rendered.
 /// The GitRepository's revision as the controller would fetch and render it: its source and
 /// render steps, with the user's own credentials.
 async fn fetch_and_render(
@@ -541,6 +559,17 @@ async fn fetch_and_render(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refs_by_their_shape() {
+        let r = super::ref_named("refs/pull/7/head");
+        assert_eq!(r.name.as_deref(), Some("refs/pull/7/head"));
+        assert!(r.branch.is_none() && r.commit.is_none());
+        let r = super::ref_named(&"AB12".repeat(10));
+        assert_eq!(r.commit, Some("ab12".repeat(10)));
+        let r = super::ref_named("feature/x");
+        assert_eq!(r.branch.as_deref(), Some("feature/x"));
+    }
+
     #[test]
     fn short_revisions_cut_characters_not_bytes() {
         assert_eq!(

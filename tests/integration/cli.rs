@@ -316,6 +316,26 @@ async fn diff_shows_drift_and_hides_secret_values() {
         cms.get("web").await.unwrap().data.unwrap()["value"],
         "edited"
     );
+
+    // --ref: a pull request's head, fetched and rendered as the GitRepository's own revision
+    // would be, without anything applied.
+    std::fs::remove_file(repo.work_dir().join("new.yaml")).unwrap();
+    repo.branch(
+        "proposal",
+        &[("proposed.yaml", &configmap("proposed", "1"))],
+    );
+    repo.push_ref("refs/pull/7/head");
+    repo.checkout("main");
+    let pr = capstan(&["diff", "app", "-n", &fx.ns, "--ref", "refs/pull/7/head"]).await;
+    assert_eq!(pr.status.code(), Some(1), "{}", stdout(&pr));
+    let text = stdout(&pr);
+    assert!(
+        text.contains(&format!("ConfigMap {}/proposed: created", fx.ns)),
+        "{text}"
+    );
+    assert!(fx.get("v1", "ConfigMap", "proposed").await.is_none());
+    let missing = capstan(&["diff", "app", "-n", &fx.ns, "--ref", "refs/pull/8/head"]).await;
+    assert_eq!(missing.status.code(), Some(2));
 }
 
 /// Runs `capstan ARGS` as a CI job would: stdout and stderr into one file, no terminal.

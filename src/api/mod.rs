@@ -46,6 +46,22 @@ pub const SHARD_LABEL: &str = "capstan.dev/shard";
 /// Annotation a user sets on an object to keep `postBuild` substitution out of it.
 pub const SUBSTITUTE_ANNOTATION: &str = "capstan.dev/substitute";
 
+/// Whether a selector of one GitRepository by `name` (`*` for all) or by `match_labels`
+/// selects the GitRepository `target` with `labels`: a Receiver's resources and an Alert's
+/// event sources select so.
+fn selects(
+    name: Option<&str>,
+    match_labels: Option<&std::collections::BTreeMap<String, String>>,
+    target: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    match (name, match_labels) {
+        (Some(n), _) => n == "*" || n == target,
+        (None, Some(want)) => want.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        (None, None) => false,
+    }
+}
+
 /// Every CRD of Capstan's API with the file it is committed as in `crds/`.
 pub fn crds() -> Vec<(
     &'static str,

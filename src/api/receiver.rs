@@ -70,10 +70,11 @@ pub struct ReceiverResource {
 impl ReceiverResource {
     /// Whether this entry selects a GitRepository with `name` and `labels`.
     pub fn selects(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
-        match (&self.name, &self.match_labels) {
-            (Some(n), _) => n == "*" || n == name,
-            (None, Some(want)) => want.iter().all(|(k, v)| labels.get(k) == Some(v)),
-            (None, None) => false,
-        }
+        super::selects(
+            self.name.as_deref(),
+            self.match_labels.as_ref(),
+            name,
+            labels,
+        )
     }
 }

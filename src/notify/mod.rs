@@ -280,13 +280,18 @@ async fn route(mut rx: mpsc::Receiver<Notice>, shared: Arc<Shared>) {
             if provider.spec.suspend || !wants(provider.spec.kind, &notice) {
                 continue;
             }
-            if !shared
+            let key = notice.key(&uid(&*alert));
+            match shared
                 .limits
                 .lock()
-                .admit(notice.key(&uid(&*alert)), (&uid(&*alert), &notice.uid))
+                .admit(key, (&uid(&*alert), &notice.uid))
             {
-                shared.metrics.notified(&ns, &name, "dropped");
-                continue;
+                Admit::Send => {}
+                Admit::Duplicate => continue,
+                Admit::Limited => {
+                    shared.metrics.notified(&ns, &name, "dropped");
+                    continue;
+                }
             }
             let delivery = Delivery {
                 alert: ObjectRef::from_obj(&*alert),
@@ -347,6 +352,16 @@ fn invalid(alert: &Alert) -> Option<String> {
         .next()
 }
 
+/// What the dedupe and the rate limit say of a notice.
+#[derive(Debug, PartialEq)]
+enum Admit {
+    Send,
+    /// Sent already within `DEDUPE_WINDOW`.
+    Duplicate,
+    /// Past the rate limit: dropped.
+    Limited,
+}
+
 /// Dedupe and rate limit state.
 #[derive(Default)]
 struct Limits {
@@ -356,11 +371,11 @@ struct Limits {
 
 impl Limits {
     /// Whether a notice with `key` for (Alert, GitRepository) `pair` is sent.
-    fn admit(&mut self, key: u64, pair: (&str, &str)) -> bool {
+    fn admit(&mut self, key: u64, pair: (&str, &str)) -> Admit {
         self.admit_at(key, pair, Instant::now())
     }
 
-    fn admit_at(&mut self, key: u64, pair: (&str, &str), now: Instant) -> bool {
+    fn admit_at(&mut self, key: u64, pair: (&str, &str), now: Instant) -> Admit {
         if self.seen.len() > 4096 {
             self.seen
                 .retain(|_, at| now.duration_since(*at) < DEDUPE_WINDOW);
@@ -372,7 +387,7 @@ impl Limits {
             .get(&key)
             .is_some_and(|at| now.duration_since(*at) < DEDUPE_WINDOW)
         {
-            return false;
+            return Admit::Duplicate;
         }
         let (tokens, at) = self
             .buckets
@@ -382,11 +397,11 @@ impl Limits {
         *tokens = (*tokens + refilled).min(f64::from(BURST));
         *at = now;
         if *tokens < 1.0 {
-            return false;
+            return Admit::Limited;
         }
         *tokens -= 1.0;
         self.seen.insert(key, now);
-        true
+        Admit::Send
     }
 }
 
@@ -668,13 +683,18 @@ mod tests {
         let mut limits = Limits::default();
         let now = Instant::now();
         let n = notice("web", false, "Applied");
-        assert!(limits.admit_at(n.key("a"), ("a", "web"), now));
+        assert_eq!(limits.admit_at(n.key("a"), ("a", "web"), now), Admit::Send);
         // The same again (a requeue): once.
-        assert!(!limits.admit_at(n.key("a"), ("a", "web"), now));
+        let again = limits.admit_at(n.key("a"), ("a", "web"), now);
+        assert_eq!(again, Admit::Duplicate);
         // For another Alert, it is news.
-        assert!(limits.admit_at(n.key("b"), ("b", "web"), now));
+        assert_eq!(limits.admit_at(n.key("b"), ("b", "web"), now), Admit::Send);
         // After the window, it is sent again.
-        assert!(limits.admit_at(n.key("a"), ("a", "web"), now + DEDUPE_WINDOW));
+        let later = now + DEDUPE_WINDOW;
+        assert_eq!(
+            limits.admit_at(n.key("a"), ("a", "web"), later),
+            Admit::Send
+        );
         // Notices that differ each time: a burst, then one per refill.
         let mut limits = Limits::default();
         let sent = (0..100)
@@ -683,18 +703,26 @@ mod tests {
                     message: format!("attempt {i}"),
                     ..notice("flap", true, "FetchFailed")
                 };
-                limits.admit_at(n.key("a"), ("a", "flap"), now)
+                limits.admit_at(n.key("a"), ("a", "flap"), now) == Admit::Send
             })
             .count();
         assert_eq!(sent, BURST as usize);
+        let held = Notice {
+            message: "held".into(),
+            ..notice("flap", true, "FetchFailed")
+        };
+        let got = limits.admit_at(held.key("a"), ("a", "flap"), now);
+        assert_eq!(got, Admit::Limited);
         let later = Notice {
             message: "later".into(),
             ..notice("flap", true, "FetchFailed")
         };
-        assert!(limits.admit_at(later.key("a"), ("a", "flap"), now + REFILL));
+        let refilled = limits.admit_at(later.key("a"), ("a", "flap"), now + REFILL);
+        assert_eq!(refilled, Admit::Send);
         // Another GitRepository is not held back by this one.
         let other = notice("calm", true, "FetchFailed");
-        assert!(limits.admit_at(other.key("a"), ("a", "calm"), now));
+        let calm = limits.admit_at(other.key("a"), ("a", "calm"), now);
+        assert_eq!(calm, Admit::Send);
     }
 
     #[test]

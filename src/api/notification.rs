@@ -194,7 +194,8 @@ pub struct AlertStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`: False with `ProviderNotFound`, `InvalidSpec` or `SendFailed` (the last send
-    /// failed after its retries), True once the Alert is valid and its last send succeeded.
+    /// failed after its retries); True with `Valid` before the first send, `Succeeded` once
+    /// the last send went through.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

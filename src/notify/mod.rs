@@ -4,15 +4,16 @@
 //! one queue per Provider, so a slow or failing provider delays nothing but its own sends.
 //!
 //! Sent at most once: a notice follows a status write, and a restarted or new leader writes
-//! (and so tells) nothing that the status already says. Identical notices within
-//! `DEDUPE_WINDOW` are sent once, and a GitRepository that keeps changing is held to
-//! `BURST` notices per Alert, then one per `REFILL`.
+//! (and so tells) nothing that the status already says. A notice identical to the one queued
+//! last for the same Alert and GitRepository within `DEDUPE_WINDOW` is skipped, and a
+//! GitRepository that keeps changing is held to `BURST` notices per Alert, then one per `REFILL`.
 
 mod send;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -39,8 +40,8 @@ const ATTEMPTS: u32 = 4;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Deadline of one request when the Provider sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Identical notices (same Alert, GitRepository, reason, message, revision) within this are
-/// sent once.
+/// A notice identical to the one queued last (same Alert, GitRepository, reason, message,
+/// revision and commit state) within this is skipped.
 pub const DEDUPE_WINDOW: Duration = Duration::from_secs(300);
 /// Notices per Alert and GitRepository sent at once, and the time in which one more is allowed.
 pub const BURST: u32 = 10;
@@ -148,7 +149,11 @@ pub struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.shared.queues.lock().clear();
+        // Under the queues' lock, so that routing still under way starts no sending after it.
+        let mut queues = self.shared.queues.lock();
+        self.shared.closed.store(true, Ordering::SeqCst);
+        queues.clear();
+        drop(queues);
         for worker in self.shared.workers.lock().drain(..) {
             worker.abort();
         }
@@ -177,9 +182,9 @@ pub fn start(
         providers,
         metrics: metrics.clone(),
         queues: Mutex::default(),
+        closed: AtomicBool::new(false),
         workers: Mutex::default(),
         limits: Mutex::default(),
-        shown: Mutex::default(),
     });
     let mut tasks = tokio::task::JoinSet::new();
     let (alert_api, provider_api) = match namespace {
@@ -226,9 +231,9 @@ where
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(writer)
-        .applied_objects()
-        .for_each(|o| {
-            match o {
+        // Every event, deletions too: an Alert whose Provider went must say so.
+        .for_each(|event| {
+            match event {
                 Ok(_) => changed.notify_one(),
                 Err(e) => warn!(error = %e, "watching Alerts or Providers failed; retrying"),
             }
@@ -245,13 +250,11 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// One queue per Provider (namespace, name), with its sending task.
     queues: Mutex<HashMap<(String, String), mpsc::Sender<Delivery>>>,
+    /// Set when the term ends: nothing is queued or sent any more.
+    closed: AtomicBool,
     workers: Mutex<Vec<tokio::task::AbortHandle>>,
     limits: Mutex<Limits>,
-    /// The Ready condition last written per Alert uid: (status, reason, message, generation).
-    shown: Mutex<HashMap<String, Shown>>,
 }
-
-type Shown = (bool, String, String, Option<i64>);
 
 /// One notice for one Alert's Provider.
 struct Delivery {
@@ -280,12 +283,10 @@ async fn route(mut rx: mpsc::Receiver<Notice>, shared: Arc<Shared>) {
             if provider.spec.suspend || !wants(provider.spec.kind, &notice) {
                 continue;
             }
-            let key = notice.key(&uid(&*alert));
-            match shared
-                .limits
-                .lock()
-                .admit(key, (&uid(&*alert), &notice.uid))
-            {
+            let (key, alert_uid) = (notice.key(&uid(&*alert)), uid(&*alert));
+            let pair = (alert_uid.as_str(), notice.uid.as_str());
+            let pending = notice.commit == Some(CommitState::Pending);
+            match shared.limits.lock().admit(key, pair, pending) {
                 Admit::Send => {}
                 Admit::Duplicate => continue,
                 Admit::Limited => {
@@ -297,11 +298,15 @@ async fn route(mut rx: mpsc::Receiver<Notice>, shared: Arc<Shared>) {
                 alert: ObjectRef::from_obj(&*alert),
                 notice: notice.clone(),
             };
-            let queue = shared.queue(&ns, &name);
+            let Some(queue) = shared.queue(&ns, &name) else {
+                return; // The term is over.
+            };
             if queue.try_send(delivery).is_err() {
                 warn!(namespace = %ns, provider = %name, "the Provider's queue is full: a notice was dropped");
                 shared.metrics.notified(&ns, &name, "dropped");
+                continue;
             }
+            shared.limits.lock().queued(key, pair, Instant::now());
         }
     }
 }
@@ -362,56 +367,64 @@ enum Admit {
     Limited,
 }
 
-/// Dedupe and rate limit state.
+/// Dedupe and rate limit state, per (Alert uid, GitRepository uid).
 #[derive(Default)]
 struct Limits {
-    seen: HashMap<u64, Instant>,
+    /// The key of the notice queued last, and when.
+    last: HashMap<(String, String), (u64, Instant)>,
     buckets: HashMap<(String, String), (f64, Instant)>,
 }
 
 impl Limits {
-    /// Whether a notice with `key` for (Alert, GitRepository) `pair` is sent.
-    fn admit(&mut self, key: u64, pair: (&str, &str)) -> Admit {
-        self.admit_at(key, pair, Instant::now())
+    /// Whether a notice with `key` for (Alert, GitRepository) `pair` is sent. A `pending`
+    /// one needs a token to spare, so that the state that ends the apply is never held back.
+    fn admit(&mut self, key: u64, pair: (&str, &str), pending: bool) -> Admit {
+        self.admit_at(key, pair, pending, Instant::now())
     }
 
-    fn admit_at(&mut self, key: u64, pair: (&str, &str), now: Instant) -> Admit {
-        if self.seen.len() > 4096 {
-            self.seen
-                .retain(|_, at| now.duration_since(*at) < DEDUPE_WINDOW);
+    fn admit_at(&mut self, key: u64, pair: (&str, &str), pending: bool, now: Instant) -> Admit {
+        if self.last.len() > 4096 {
+            self.last
+                .retain(|_, (_, at)| now.duration_since(*at) < DEDUPE_WINDOW);
             self.buckets
                 .retain(|_, (_, at)| now.duration_since(*at) < REFILL * BURST);
         }
-        if self
-            .seen
-            .get(&key)
-            .is_some_and(|at| now.duration_since(*at) < DEDUPE_WINDOW)
-        {
+        let pair = (pair.0.to_string(), pair.1.to_string());
+        let repeated = self
+            .last
+            .get(&pair)
+            .is_some_and(|(last, at)| *last == key && now.duration_since(*at) < DEDUPE_WINDOW);
+        if repeated {
             return Admit::Duplicate;
         }
-        let (tokens, at) = self
-            .buckets
-            .entry((pair.0.to_string(), pair.1.to_string()))
-            .or_insert((f64::from(BURST), now));
+        let (tokens, at) = self.buckets.entry(pair).or_insert((f64::from(BURST), now));
         let refilled = now.duration_since(*at).as_secs_f64() / REFILL.as_secs_f64();
         *tokens = (*tokens + refilled).min(f64::from(BURST));
         *at = now;
-        if *tokens < 1.0 {
+        if *tokens < if pending { 2.0 } else { 1.0 } {
             return Admit::Limited;
         }
         *tokens -= 1.0;
-        self.seen.insert(key, now);
         Admit::Send
+    }
+
+    /// Records that the notice with `key` was queued for `pair`.
+    fn queued(&mut self, key: u64, pair: (&str, &str), now: Instant) {
+        let pair = (pair.0.to_string(), pair.1.to_string());
+        self.last.insert(pair, (key, now));
     }
 }
 
 impl Shared {
     /// The queue of a Provider, its sending task started on first use.
-    fn queue(self: &Arc<Self>, ns: &str, name: &str) -> mpsc::Sender<Delivery> {
+    fn queue(self: &Arc<Self>, ns: &str, name: &str) -> Option<mpsc::Sender<Delivery>> {
         let key = (ns.to_string(), name.to_string());
         let mut queues = self.queues.lock();
+        if self.closed.load(Ordering::SeqCst) {
+            return None;
+        }
         if let Some(queue) = queues.get(&key).filter(|q| !q.is_closed()) {
-            return queue.clone();
+            return Some(queue.clone());
         }
         let (tx, rx) = mpsc::channel(PROVIDER_QUEUE);
         let worker = tokio::spawn(self.clone().work(key.clone(), rx));
@@ -419,7 +432,7 @@ impl Shared {
         workers.retain(|w| !w.is_finished());
         workers.push(worker.abort_handle());
         queues.insert(key, tx.clone());
-        tx
+        Some(tx)
     }
 
     /// Sends a Provider's deliveries one by one, each with its retries. Ends when the Provider
@@ -427,6 +440,9 @@ impl Shared {
     async fn work(self: Arc<Self>, key: (String, String), mut rx: mpsc::Receiver<Delivery>) {
         let (ns, name) = key;
         while let Some(delivery) = rx.recv().await {
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
             let at = ObjectRef::<Provider>::new(&name).within(&ns);
             let Some(provider) = self.providers.get(&at) else {
                 self.queues.lock().remove(&(ns.clone(), name.clone()));
@@ -526,8 +542,9 @@ impl Shared {
                     observed,
                 )
             });
-        let key = uid(alert);
-        if self.shown.lock().get(&key) == Some(&wanted) || current.as_ref() == Some(&wanted) {
+        // Against what the cluster shows, not what this process wrote last: another shard's
+        // controller may have written since.
+        if current.as_ref() == Some(&wanted) {
             return;
         }
         let status = if ready { "True" } else { "False" };
@@ -552,8 +569,7 @@ impl Shared {
             .await
         {
             Ok(_) => {
-                info!(namespace = ?alert.namespace(), alert = %alert.name_any(), ready, reason, "Alert status written");
-                self.shown.lock().insert(key, wanted);
+                info!(namespace = ?alert.namespace(), alert = %alert.name_any(), ready, reason, "Alert status written")
             }
             Err(e) => {
                 warn!(alert = %alert.name_any(), error = %e, "writing an Alert's status failed")
@@ -578,20 +594,22 @@ async fn check(changed: Arc<Notify>, shared: Arc<Shared>) {
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-            let observed = alert.status.as_ref().and_then(|s| s.observed_generation);
-            let fresh = current.is_none_or(|c| c.reason != "SendFailed" && c.reason != "Succeeded")
-                || observed != alert.meta().generation;
-            match (invalid(&alert), provider) {
-                (Some(why), _) => shared.show(&alert, false, "InvalidSpec", &why).await,
-                (None, None) => {
+            // What the last send said stands (for the spec as it is now) until the next.
+            let sent = current.filter(|c| c.reason == "SendFailed" || c.reason == "Succeeded");
+            match (invalid(&alert), provider, sent) {
+                (Some(why), _, _) => shared.show(&alert, false, "InvalidSpec", &why).await,
+                (None, None, _) => {
                     let why = format!("Provider {name} not found in namespace {ns}");
                     shared.show(&alert, false, "ProviderNotFound", &why).await;
                 }
-                (None, Some(provider)) if fresh => {
-                    let message = ready_message(&provider);
-                    shared.show(&alert, true, "Succeeded", &message).await;
+                (None, Some(_), Some(c)) => {
+                    let ready = c.status == "True";
+                    shared.show(&alert, ready, &c.reason, &c.message).await;
                 }
-                (None, Some(_)) => {}
+                (None, Some(provider), None) => {
+                    let message = format!("{}; nothing sent yet", ready_message(&provider));
+                    shared.show(&alert, true, "Valid", &message).await;
+                }
             }
         }
         changed.notified().await;
@@ -680,49 +698,58 @@ mod tests {
 
     #[test]
     fn identical_notices_are_sent_once_and_a_flapping_one_is_held_back() {
-        let mut limits = Limits::default();
         let now = Instant::now();
+        // Admits and, when admitted, queues.
+        let send = |limits: &mut Limits, n: &Notice, alert: &str, at: Instant| {
+            let pair = (alert, n.uid.as_str());
+            let pending = n.commit == Some(CommitState::Pending);
+            let admitted = limits.admit_at(n.key(alert), pair, pending, at);
+            if admitted == Admit::Send {
+                limits.queued(n.key(alert), pair, at);
+            }
+            admitted
+        };
+        let mut limits = Limits::default();
         let n = notice("web", false, "Applied");
-        assert_eq!(limits.admit_at(n.key("a"), ("a", "web"), now), Admit::Send);
+        assert_eq!(send(&mut limits, &n, "a", now), Admit::Send);
         // The same again (a requeue): once.
-        let again = limits.admit_at(n.key("a"), ("a", "web"), now);
-        assert_eq!(again, Admit::Duplicate);
+        assert_eq!(send(&mut limits, &n, "a", now), Admit::Duplicate);
         // For another Alert, it is news.
-        assert_eq!(limits.admit_at(n.key("b"), ("b", "web"), now), Admit::Send);
+        assert_eq!(send(&mut limits, &n, "b", now), Admit::Send);
         // After the window, it is sent again.
-        let later = now + DEDUPE_WINDOW;
-        assert_eq!(
-            limits.admit_at(n.key("a"), ("a", "web"), later),
-            Admit::Send
-        );
+        assert_eq!(send(&mut limits, &n, "a", now + DEDUPE_WINDOW), Admit::Send);
+        // Success, failure, success again: each changes what the commit shows, so each goes.
+        let state = |c: CommitState| n.clone().about(Some("main@sha1:0123abcd"), Some(c));
+        let (ok, failed) = (state(CommitState::Success), state(CommitState::Failure));
+        for n in [&ok, &failed, &ok] {
+            assert_eq!(send(&mut limits, n, "c", now), Admit::Send);
+        }
+
         // Notices that differ each time: a burst, then one per refill.
         let mut limits = Limits::default();
+        let flap = |i: usize| Notice {
+            message: format!("attempt {i}"),
+            ..notice("flap", true, "FetchFailed")
+        };
         let sent = (0..100)
-            .filter(|i| {
-                let n = Notice {
-                    message: format!("attempt {i}"),
-                    ..notice("flap", true, "FetchFailed")
-                };
-                limits.admit_at(n.key("a"), ("a", "flap"), now) == Admit::Send
-            })
+            .filter(|i| send(&mut limits, &flap(*i), "a", now) == Admit::Send)
             .count();
         assert_eq!(sent, BURST as usize);
-        let held = Notice {
-            message: "held".into(),
-            ..notice("flap", true, "FetchFailed")
-        };
-        let got = limits.admit_at(held.key("a"), ("a", "flap"), now);
-        assert_eq!(got, Admit::Limited);
-        let later = Notice {
-            message: "later".into(),
-            ..notice("flap", true, "FetchFailed")
-        };
-        let refilled = limits.admit_at(later.key("a"), ("a", "flap"), now + REFILL);
-        assert_eq!(refilled, Admit::Send);
+        assert_eq!(send(&mut limits, &flap(100), "a", now), Admit::Limited);
+        let later = now + REFILL;
+        assert_eq!(send(&mut limits, &flap(101), "a", later), Admit::Send);
         // Another GitRepository is not held back by this one.
-        let other = notice("calm", true, "FetchFailed");
-        let calm = limits.admit_at(other.key("a"), ("a", "calm"), now);
-        assert_eq!(calm, Admit::Send);
+        let calm = notice("calm", true, "FetchFailed");
+        assert_eq!(send(&mut limits, &calm, "a", now), Admit::Send);
+        // A pending state leaves a token for the state that ends the apply.
+        let mut limits = Limits::default();
+        for i in 0..BURST as usize - 1 {
+            send(&mut limits, &flap(i), "a", now);
+        }
+        let pending = flap(0).about(Some("main@sha1:0123abcd"), Some(CommitState::Pending));
+        assert_eq!(send(&mut limits, &pending, "a", now), Admit::Limited);
+        let done = flap(0).about(Some("main@sha1:0123abcd"), Some(CommitState::Success));
+        assert_eq!(send(&mut limits, &done, "a", now), Admit::Send);
     }
 
     #[test]

@@ -235,6 +235,8 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     let before = state.status.clone();
     let mut status = before.clone().unwrap_or_default();
     let plan = Plan::new(gr, &status, state.last_check.map(|t| t.elapsed()));
+    // Until the pipeline resolves the revision it attempts, a failure is about no commit.
+    state.failed_unresolved = plan.git_due;
     let result = if plan.git_due {
         let result = pipeline(gr, ctx, &mut state, &mut status, &plan).await;
         remember(gr, &mut state, &result);
@@ -242,6 +244,7 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     } else {
         Ok(None)
     };
+    state.failed_unresolved &= result.is_err();
     let delay = plan.next(result.as_ref(), || {
         state.failures = state.failures.saturating_add(1);
         plan::backoff(state.failures)
@@ -350,6 +353,7 @@ async fn pipeline(
     };
     let revision = source.resolved.revision.clone();
     status.last_attempted_revision = Some(revision.clone());
+    state.failed_unresolved = false;
     if status.artifact.as_ref().map(|a| &a.revision) != Some(&revision) {
         status.artifact = Some(crate::api::Artifact {
             revision: revision.clone(),

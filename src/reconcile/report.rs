@@ -115,7 +115,16 @@ pub(super) async fn progressing(
     }
     match write_status(ctx, gr, state.status.as_ref(), &mut shown).await {
         Ok(()) => state.status = Some(shown),
-        Err(e) => warn!(error = %e, "writing the Reconciling condition failed"),
+        Err(e) => {
+            warn!(error = %e, "writing the Reconciling condition failed");
+            return;
+        }
+    }
+    // Told once written, as every notice: a new leader finds it shown and tells it no more.
+    // Applying again what is applied (a spec change, a request) leaves its commit's state be:
+    // such an apply may end with nothing to tell.
+    if status.last_applied_revision.as_deref() == Some(revision) {
+        return;
     }
     let message = format!("Applying revision {revision}");
     let notice = Notice::new(gr, false, Reason::Progressing.as_str(), &message);
@@ -167,9 +176,19 @@ pub(super) async fn write(
     }
     write_status(ctx, gr, state.status.as_ref(), &mut status).await?;
     if let Some(verdict) = verdict {
+        // A new revision, or Ready again after a failure: news either way.
         let new_revision = before.and_then(|s| s.last_applied_revision.as_ref())
-            != status.last_applied_revision.as_ref();
-        publish(ctx, gr, verdict, new_revision, &status).await;
+            != status.last_applied_revision.as_ref()
+            || status::ready(before).is_some_and(|c| c.status != "True");
+        publish(
+            ctx,
+            gr,
+            verdict,
+            new_revision,
+            state.failed_unresolved,
+            &status,
+        )
+        .await;
     }
     for (type_, reason, note) in events {
         event(ctx, gr, type_, reason, note).await;
@@ -178,13 +197,14 @@ pub(super) async fn write(
     Ok(())
 }
 
-/// The event for a verdict: `Applied` for a new revision or changed objects, a Warning with the
-/// reason for a failure.
+/// The event for a verdict: `Applied` for a new revision, changed objects, or Ready again after
+/// a failure (all `new_revision`); a Warning with the reason for a failure.
 pub(super) async fn publish(
     ctx: &Context,
     gr: &GitRepository,
     verdict: &Verdict,
     new_revision: bool,
+    unresolved: bool,
     status: &GitRepositoryStatus,
 ) {
     let (type_, reason, note, revision, commit) = match verdict {
@@ -210,15 +230,7 @@ pub(super) async fn publish(
         Verdict::Retrying { reason, message } | Verdict::Stalled { reason, message } => {
             let revision = status.last_attempted_revision.as_deref();
             // Failing before a revision is known says nothing of the last one's commit.
-            let unknown = matches!(
-                reason,
-                Reason::InvalidSpec
-                    | Reason::InvalidSource
-                    | Reason::FetchFailed
-                    | Reason::AuthenticationFailed
-                    | Reason::RefNotFound
-            );
-            let failure = (!unknown).then_some(CommitState::Failure);
+            let failure = (!unresolved).then_some(CommitState::Failure);
             (EventType::Warning, *reason, message, revision, failure)
         }
     };

@@ -52,6 +52,9 @@ pub(super) struct State {
     /// What the render of the revision applied last read: a revision that changes none of it
     /// is neither rendered nor applied.
     pub reads: Option<Reads>,
+    /// This reconcile failed before it knew which revision it was after (the spec, a
+    /// dependency, credentials, the ref, variables): its failure is about no commit.
+    pub failed_unresolved: bool,
 }
 
 #[derive(Clone)]

@@ -101,7 +101,8 @@ async fn commit_status_on_github_and_gitlab_follows_each_apply() {
         json!({}),
     )
     .await;
-    alert_ready(&fx, "github", "True", "Succeeded").await;
+    let why = alert_ready(&fx, "github", "True", "Valid").await;
+    assert!(why.contains("nothing sent yet"), "{why}");
     let repo = Repo::create("notify-commit", &[("cm.yaml", &configmap("one", "1"))]);
     fx.create("app", spec(repo.http_url(), json!({}))).await;
     let sha = repo.head();
@@ -144,6 +145,22 @@ async fn commit_status_on_github_and_gitlab_follows_each_apply() {
     // GitLab: POST /projects/:id/statuses/:sha, the id a URL-encoded path, PRIVATE-TOKEN.
     assert_eq!(gl_success.headers["private-token"], TOKEN);
     assert_eq!(gl_success.json()["name"], format!("capstan/{}/app", fx.ns));
+
+    alert_ready(&fx, "github", "True", "Succeeded").await;
+
+    // A failure before any revision is resolved (a dependency that does not exist) is about
+    // no commit: the applied one keeps its `success`.
+    fx.patch("app", json!({"spec": {"dependsOn": [{"name": "missing"}]}}))
+        .await;
+    fx.wait_failed("app", "DependencyNotReady").await;
+    fx.patch("app", json!({"spec": {"dependsOn": null}})).await;
+    fx.wait_applied("app", &sha).await;
+    let failed_first = |r: &Recorded| r.path == github && state_of(r) == "failure";
+    assert!(
+        !host.received().iter().any(failed_first),
+        "{:#?}",
+        host.received()
+    );
 
     // A revision that fails to build: its commit gets `failure` (GitLab: `failed`).
     let bad = repo.commit(&[("cm.yaml", "kind: [unclosed")], "broken");
@@ -189,7 +206,7 @@ async fn events_reach_generic_hmac_and_slack_as_their_alerts_select() {
     route(&fx, "generic", generic, json!({})).await;
     let slack = json!({"type": "slack", "channel": "#deploys", "secretRef": {"name": "slack"}});
     route(&fx, "slack", slack, json!({"eventSeverity": "error"})).await;
-    alert_ready(&fx, "slack", "True", "Succeeded").await;
+    alert_ready(&fx, "slack", "True", "Valid").await;
     // Another GitRepository's events are not selected by a name.
     let other = json!({"type": "generic", "address": hooks.url("/other")});
     apply(&fx.client, &fx.ns, "Provider", "other", other).await;
@@ -331,6 +348,11 @@ async fn a_failing_provider_is_retried_then_shown_on_its_alert_and_syncing_goes_
     let fifth = repo.commit(&[("cm.yaml", &configmap("one", "5"))], "five");
     fx.wait_applied("app", &fifth).await;
     alert_ready(&fx, "hook", "True", "Succeeded").await;
+
+    // Its Provider deleted: the Alert says so.
+    let providers: Api<Provider> = Api::namespaced(fx.client.clone(), &fx.ns);
+    providers.delete("hook", &Default::default()).await.unwrap();
+    alert_ready(&fx, "hook", "False", "ProviderNotFound").await;
 }
 
 /// `capstan_notifications_total` of the Provider `hook` with `result`.
@@ -493,7 +515,7 @@ async fn a_push_to_gitea_is_applied_and_its_commit_shows_the_status() {
         .unwrap();
     let provider = json!({"type": "gitea", "address": format!("{url}/capstan/app"), "secretRef": {"name": "gitea-api"}});
     route(&fx, "gitea", provider, json!({})).await;
-    alert_ready(&fx, "gitea", "True", "Succeeded").await;
+    alert_ready(&fx, "gitea", "True", "Valid").await;
     let gr = json!({"url": format!("{url}/capstan/app.git"), "interval": "1h", "secretRef": {"name": "gitea-git"}});
     fx.create("app", spec("", gr)).await;
     fx.wait_applied("app", &first).await;

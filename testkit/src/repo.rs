@@ -11,7 +11,8 @@ pub struct Repo {
     work: tempfile::TempDir,
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
+/// Runs `git ARGS` in `dir` as the test author; its trimmed stdout. Panics on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .args([
             "-c",

@@ -460,20 +460,7 @@ async fn a_push_to_gitea_is_applied_and_its_commit_shows_the_status() {
     // The first commit, pushed over HTTP with the user's password.
     let work = dir.path().join("work");
     let remote = url.replace("http://", &format!("http://{user}:{password}@")) + "/capstan/app.git";
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .current_dir(&work)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let git = |args: &[&str]| crate::support::repo::git(&work, args);
     let commit = |value: &str| {
         std::fs::write(work.join("cm.yaml"), configmap("forged", value)).unwrap();
         git(&["add", "-A"]);

@@ -33,6 +33,10 @@ pub enum Reason {
     /// The revision's signatures are missing, not by a trusted key, or do not match it.
     VerificationFailed,
     BuildFailed,
+    /// `spec.kubeConfig`'s Secret is missing, or holds no kubeconfig Capstan can use.
+    InvalidKubeConfig,
+    /// The remote cluster of `spec.kubeConfig` does not answer or refuses its credentials.
+    ClusterUnreachable,
     ApplyFailed,
     /// An object of the revision is managed by another GitRepository.
     OwnershipConflict,
@@ -64,6 +68,8 @@ impl Reason {
             Reason::DecryptionFailed => "DecryptionFailed",
             Reason::VerificationFailed => "VerificationFailed",
             Reason::BuildFailed => "BuildFailed",
+            Reason::InvalidKubeConfig => "InvalidKubeConfig",
+            Reason::ClusterUnreachable => "ClusterUnreachable",
             Reason::ApplyFailed => "ApplyFailed",
             Reason::OwnershipConflict => "OwnershipConflict",
             Reason::PruneFailed => "PruneFailed",
@@ -404,6 +410,8 @@ mod tests {
             InvalidSpec,
             InvalidSource,
             BuildFailed,
+            InvalidKubeConfig,
+            ClusterUnreachable,
             PruneBlocked,
             HealthCheckFailed,
             FetchFailed,

@@ -109,7 +109,8 @@ pub struct GitRepositorySpec {
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
     pub target_namespace: Option<String>,
 
-    /// ServiceAccount in the same namespace to impersonate for every apply, prune and correction.
+    /// ServiceAccount in the same namespace to impersonate for every apply, prune and correction
+    /// (with `kubeConfig`: a ServiceAccount of that namespace on the remote cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
@@ -160,6 +161,31 @@ pub struct GitRepositorySpec {
     /// Signatures a revision must carry, by a trusted key, before anything of it is applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
+
+    /// Apply to another cluster: everything applied, pruned, watched for drift and checked for
+    /// health goes there; the status and Events stay here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_config: Option<KubeConfigReference>,
+}
+
+/// The kubeconfig of a remote cluster, in a Secret.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeConfigReference {
+    /// Secret in the same namespace holding the kubeconfig. Its credentials must be inline
+    /// (a token, or client certificate data): file paths and exec plugins are refused.
+    pub secret_ref: SecretKeyReference,
+}
+
+/// One entry of a Secret in the same namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SecretKeyReference {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The entry; `value` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
 }
 
 /// How custom resources of one apiVersion and kind tell their health, in CEL, as Flux's: the

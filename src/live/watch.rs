@@ -51,6 +51,8 @@ pub struct Live {
     synced: Arc<RwLock<HashMap<String, u64>>>,
     objects: Arc<RwLock<HashMap<String, Observed>>>,
     wakes: Arc<Wakes>,
+    /// Why the cluster's watches fail to reach it, since they began to (see [`unreachable`]).
+    down: Arc<RwLock<Option<String>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -84,9 +86,39 @@ impl Live {
             synced: Arc::default(),
             objects: Arc::default(),
             wakes: wakes.clone(),
+            down: Arc::default(),
             tasks: Mutex::default(),
         };
         (Arc::new(live), wakes.stream())
+    }
+
+    /// The live state of another cluster (a remote one) as `client` reaches it: the same
+    /// selection, in every namespace, waking GitRepositories through the same stream.
+    pub fn sibling(&self, client: Client) -> Arc<Live> {
+        Arc::new(Live {
+            client,
+            namespace: None,
+            selector: self.selector.clone(),
+            watched: Mutex::default(),
+            synced: Arc::default(),
+            objects: Arc::default(),
+            wakes: self.wakes.clone(),
+            down: Arc::default(),
+            tasks: Mutex::default(),
+        })
+    }
+
+    /// Why the watches cannot reach the cluster (no connection, or the credentials refused),
+    /// from the last failure since [`Live::reached`]; the owners of what is watched were woken
+    /// when it began.
+    pub fn down(&self) -> Option<String> {
+        self.down.read().clone()
+    }
+
+    /// The cluster answered (a request of the reconcile's own): the watches recover by
+    /// themselves.
+    pub fn reached(&self) {
+        self.down.write().take();
     }
 
     /// What the cluster shows of `id`; None when it is not there (or its kind is not synced yet:
@@ -151,11 +183,20 @@ impl Live {
             wakes: self.wakes.clone(),
             listing: None,
         };
+        let down = self.down.clone();
         let task = tokio::spawn(async move {
             while let Some(event) = events.next().await {
                 match event {
                     Ok(event) => watch.handle(event),
-                    Err(e) => warn!(kind = %watch.key, error = %e, "watch failed; retrying"),
+                    Err(e) => {
+                        warn!(kind = %watch.key, error = %e, "watch failed; retrying");
+                        if let Some(why) = unreachable(&e) {
+                            let began = down.write().replace(why).is_none();
+                            if began {
+                                watch.wake_all();
+                            }
+                        }
+                    }
                 }
             }
         });
@@ -191,7 +232,36 @@ struct KindWatch {
     listing: Option<HashSet<String>>,
 }
 
+/// Why a watch's failure means the cluster cannot be reached: no connection (refused, reset,
+/// timed out, TLS) or credentials refused (401). An error the API server answered with
+/// otherwise (403 for one kind, 410 Gone) is about the watch, not the cluster.
+fn unreachable(error: &watcher::Error) -> Option<String> {
+    let e = match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => e,
+        watcher::Error::WatchError(_) | watcher::Error::NoResourceVersion => return None,
+    };
+    match e {
+        kube::Error::Api(status) if status.code != 401 => None,
+        e => Some(e.to_string()),
+    }
+}
+
 impl KindWatch {
+    /// Wakes the owner of everything watched, of every kind.
+    fn wake_all(&self) {
+        let owners: HashSet<String> = self
+            .objects
+            .read()
+            .values()
+            .map(|o| o.owner.clone())
+            .collect();
+        for owner in owners {
+            self.wakes.wake(&owner);
+        }
+    }
+
     fn handle(&mut self, event: watcher::Event<DynamicObject>) {
         match event {
             watcher::Event::Init => self.listing = Some(HashSet::new()),

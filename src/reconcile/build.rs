@@ -59,7 +59,7 @@ async fn decryption_keys(
     let Some(spec) = &gr.spec.decryption else {
         return Ok(None);
     };
-    let client = ctx.client_for(gr, state).map_err(Failure::Identity)?;
+    let client = ctx.reader_for(gr, state).map_err(Failure::Identity)?;
     let name = &spec.secret_ref.name;
     let data = read_secret(&client, gr, name)
         .await

@@ -3,7 +3,8 @@
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use tracing::info;
+use kube::runtime::events::EventType;
+use tracing::{info, warn};
 
 use super::{Context, Error, uid};
 use crate::api::{DeletionPolicy, GitRepository};
@@ -23,11 +24,25 @@ pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action,
         .map_err(|e| Error::Cleanup(format!("reading namespace {namespace}: {e}")))?
         .is_none_or(|ns| ns.metadata.deletion_timestamp.is_some());
     let mut state = ctx.states.load(&uid(gr));
-    let client = if terminating {
+    let remote = gr.spec.kube_config.is_some();
+    if let Err(failure) = super::cluster::connect(ctx, gr, &mut state, false).await {
+        if !(terminating && remote) {
+            return Err(Error::Cleanup(failure.to_string()));
+        }
+        // The namespace goes, and its kubeconfig Secret with it: what is on the remote stays.
+        let note = format!("{failure}: the objects applied to the remote cluster are left there");
+        warn!(error = %failure, "the remote cluster cannot be reached while the namespace is deleted");
+        super::report::event(ctx, gr, EventType::Warning, failure.reason(), note).await;
+        ctx.forget(gr);
+        return Ok(Action::await_change());
+    }
+    // The RoleBindings of a namespace being deleted are here, not on a remote cluster.
+    let client = if terminating && !remote {
         ctx.client.clone()
     } else {
         ctx.client_for(gr, &mut state).map_err(Error::Cleanup)?
     };
+    let cluster = ctx.cluster(&state);
     let status = match state.status.clone() {
         Some(status) => Some(status),
         None => super::full_status(ctx, gr).await?,
@@ -55,7 +70,7 @@ pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action,
         ordered.sort_by_key(|e| {
             ObjectId::parse(&e.id).map(|id| (std::cmp::Reverse(apply_tier(&id)), e.id.clone()))
         });
-        let report = ctx.applier.prune(&client, &ordered, &owner).await;
+        let report = cluster.applier.prune(&client, &ordered, &owner).await;
         // Objects already being deleted (finalizers) do not hold the GitRepository back.
         if !report.errors.is_empty() {
             let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
@@ -66,7 +81,8 @@ pub(super) async fn cleanup(gr: &GitRepository, ctx: &Context) -> Result<Action,
             "deleted the objects this GitRepository applied"
         );
     } else {
-        ctx.applier
+        cluster
+            .applier
             .release(&client, &entries, &owner)
             .await
             .map_err(Error::Cleanup)?;

@@ -16,7 +16,7 @@ use super::report::progressing;
 use super::state::State;
 use crate::api::{GitRepository, GitRepositoryStatus, Inventory, InventoryEntry, Summary};
 use crate::apply::{Action as Applied, ApplyOptions, Owned, Owner, Sent};
-use crate::live::Observed;
+use crate::live::{Live, Observed};
 use crate::object::ObjectId;
 use crate::render::Manifest;
 use crate::status::{self, Reason, Verdict};
@@ -51,6 +51,7 @@ pub(super) async fn apply(
     let previous_entries = status.inventory.clone().unwrap_or_default().entries;
     let previous: HashSet<String> = previous_entries.iter().map(|e| e.id.clone()).collect();
     let client = ctx.client_for(gr, state).map_err(Failure::Identity)?;
+    let cluster = ctx.cluster(state);
     let restored = plan.pending.is_none()
         && restore(ctx, &client, state, status, manifests, plan.timeout).await;
     // A reconcile asked for by hand re-sends everything, whatever the digests say.
@@ -68,7 +69,7 @@ pub(super) async fn apply(
         default_namespace: &default_namespace,
         previous: &previous,
         previous_digests: &previous_digests,
-        previous_versions: &previous_versions(ctx, state, &previous),
+        previous_versions: &previous_versions(&cluster.live, state, &previous),
         timeout: plan.timeout,
         force: gr.spec.force,
     };
@@ -77,9 +78,9 @@ pub(super) async fn apply(
     if !(restored && status.last_applied_revision.as_ref() == Some(revision)) {
         progressing(ctx, gr, state, status, revision).await;
     }
-    let report = ctx.applier.apply(&client, manifests, &opts).await;
+    let report = cluster.applier.apply(&client, manifests, &opts).await;
     for kind in &report.kinds {
-        ctx.live.watch(kind);
+        cluster.live.watch(kind);
     }
     let mut sent = report.sent.clone();
     for (id, s) in sent.iter_mut() {
@@ -141,7 +142,8 @@ async fn restore(
     if !state.objects.is_empty() || inventory.checksum.is_none() {
         return false;
     }
-    let kinds = ctx.applier.kinds_of(client, manifests).await;
+    let cluster = ctx.cluster(state);
+    let kinds = cluster.applier.kinds_of(client, manifests).await;
     let watched: HashSet<(&str, &str)> = kinds
         .iter()
         .map(|k| (k.resource.group.as_str(), k.resource.kind.as_str()))
@@ -160,10 +162,10 @@ async fn restore(
         return false;
     };
     for kind in &kinds {
-        ctx.live.watch(kind);
+        cluster.live.watch(kind);
     }
     let deadline = Instant::now() + timeout.min(RESTORE_WAIT);
-    while !ids.iter().all(|id| ctx.live.caught_up(id, None)) {
+    while !ids.iter().all(|id| cluster.live.caught_up(id, None)) {
         if Instant::now() > deadline {
             return false;
         }
@@ -172,7 +174,7 @@ async fn restore(
     let observed: Vec<(String, Option<Observed>)> = inventory
         .entries
         .iter()
-        .map(|e| (e.id.clone(), ctx.live.observed(&e.id)))
+        .map(|e| (e.id.clone(), cluster.live.observed(&e.id)))
         .collect();
     let counts = observed
         .iter()
@@ -216,14 +218,14 @@ fn checksum<'a>(counts: impl Iterator<Item = (&'a str, Option<usize>)>) -> Optio
 /// The latest resourceVersion known of each object: from the watch, or from the last apply. An
 /// apply that leaves an object there changed nothing.
 fn previous_versions(
-    ctx: &Context,
+    live: &Live,
     state: &State,
     previous: &HashSet<String>,
 ) -> HashMap<String, u64> {
     previous
         .iter()
         .filter_map(|id| {
-            let watched = ctx.live.resource_version(id);
+            let watched = live.resource_version(id);
             let sent = state
                 .objects
                 .get(id)

@@ -51,6 +51,15 @@ pub(super) enum Failure {
     Verification(VerifyError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// Reading the Secret of `spec.kubeConfig`.
+    #[error("kubeconfig: {0}")]
+    KubeConfigSecret(CredentialsError),
+    /// The kubeconfig in it is not one Capstan can use.
+    #[error("{0}")]
+    KubeConfig(String),
+    /// The remote cluster does not answer, or refuses the kubeconfig's credentials.
+    #[error("remote cluster unreachable: {0}")]
+    ClusterUnreachable(String),
     /// The client that applies as the GitRepository's ServiceAccount could not be made.
     #[error("{0}")]
     Identity(String),
@@ -113,6 +122,8 @@ impl Failure {
             }) => Reason::DecryptionFailed,
             Failure::Variables(_) | Failure::Build(_) => Reason::BuildFailed,
             Failure::Apply(e) if e.only_conflicts() => Reason::OwnershipConflict,
+            Failure::KubeConfigSecret(_) | Failure::KubeConfig(_) => Reason::InvalidKubeConfig,
+            Failure::ClusterUnreachable(_) => Reason::ClusterUnreachable,
             Failure::Identity(_) | Failure::Apply(_) => Reason::ApplyFailed,
             Failure::PruneBlocked(_) => Reason::PruneBlocked,
             Failure::Prune(_) => Reason::PruneFailed,
@@ -130,6 +141,7 @@ impl Failure {
             | Failure::Build(_)
             | Failure::Verification(_)
             | Failure::DecryptionKeys(_)
+            | Failure::KubeConfig(_)
             | Failure::PruneBlocked(_) => true,
             // An invalid semver range or commit is in the spec; a missing ref may yet be pushed.
             Failure::Resolve(e) => e.reason() == Reason::InvalidSpec,
@@ -140,6 +152,8 @@ impl Failure {
             | Failure::Checkout(_)
             | Failure::VerifySecret(_)
             | Failure::DecryptionSecret(_)
+            | Failure::KubeConfigSecret(_)
+            | Failure::ClusterUnreachable(_)
             | Failure::Identity(_)
             | Failure::Apply(_)
             | Failure::Prune(_) => false,

@@ -215,7 +215,7 @@ async fn credentials(
         return Ok(auth.clone());
     }
     state.credentials = None;
-    let client = ctx.client_for(gr, state).map_err(Failure::Identity)?;
+    let client = ctx.reader_for(gr, state).map_err(Failure::Identity)?;
     let auth = read_credentials(&client, gr, name).await?;
     state.credentials = Some(Credentials {
         secret: name.clone(),
@@ -299,7 +299,7 @@ async fn variables(
     if gr.spec.post_build.is_none() {
         return Ok(None);
     }
-    let client = ctx.client_for(gr, state).map_err(Failure::Identity)?;
+    let client = ctx.reader_for(gr, state).map_err(Failure::Identity)?;
     read_variables(&client, gr, &gr.namespace().unwrap_or_default())
         .await
         .map_err(Failure::Variables)

@@ -33,7 +33,6 @@ use tracing::{info, instrument, warn};
 use crate::api::{
     FIELD_MANAGER, FINALIZER, GitRepository, GitRepositoryStatus, RECONCILE_REQUESTED_ANNOTATION,
 };
-use crate::apply::Applier;
 use crate::apply::record::RecordError;
 use crate::live::Live;
 use crate::metrics::Metrics;
@@ -44,6 +43,7 @@ use crate::status::{self, Reason, Verdict};
 
 mod build;
 mod cleanup;
+mod cluster;
 mod depends;
 mod deploy;
 mod failure;
@@ -58,6 +58,7 @@ mod state;
 mod verify;
 
 use crate::runtime::{Config, Disk};
+use cluster::Cluster;
 use failure::Failure;
 use observe::Note;
 use plan::Plan;
@@ -84,15 +85,16 @@ pub struct Context {
     client: Client,
     cache: Arc<Cache>,
     work_dir: std::path::PathBuf,
-    applier: Applier,
     recorder: Recorder,
     limits: Limits,
     tools: Tools,
-    live: Arc<Live>,
+    /// The controller's own cluster, where the GitRepositories are.
+    local: Arc<Cluster>,
+    /// The clusters of `spec.kubeConfig`.
+    remotes: cluster::Remotes,
+    apply_concurrency: usize,
     metrics: Arc<Metrics>,
     notifier: Notifier,
-    /// The controller's own connection settings, from which impersonating clients are made.
-    kube_config: kube::Config,
     default_service_account: Option<String>,
     states: States,
     checkouts: fetch::Checkouts,
@@ -122,16 +124,21 @@ impl Context {
                     instance: std::env::var("POD_NAME").ok(),
                 },
             ),
+            local: Arc::new(Cluster::local(
+                kube_config,
+                client.clone(),
+                live,
+                config.apply_concurrency,
+            )),
+            remotes: cluster::Remotes::default(),
+            apply_concurrency: config.apply_concurrency,
             client,
             cache: disk.cache.clone(),
             work_dir: disk.work_dir.clone(),
-            applier: Applier::new(config.apply_concurrency),
             limits: config.render.limits(),
             tools: config.render.tools(),
-            live,
             metrics,
             notifier,
-            kube_config,
             default_service_account: config.default_service_account.clone(),
             states: States::default(),
             checkouts: fetch::Checkouts::default(),
@@ -139,10 +146,24 @@ impl Context {
         })
     }
 
-    /// The client that changes the cluster for `gr`: the controller's own, or one impersonating
-    /// `spec.serviceAccountName` (or the lockdown default), so that the API server enforces that
-    /// ServiceAccount's RBAC on every apply, prune and correction.
+    /// The controller's own client, on the cluster where the GitRepositories are.
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The cluster `gr`'s objects go to, as [`cluster::connect`] left `state`.
+    fn cluster(&self, state: &State) -> Arc<Cluster> {
+        match &state.target {
+            Some(target) => target.cluster.clone(),
+            None => self.local.clone(),
+        }
+    }
+
+    /// The client that changes the cluster for `gr`: the cluster's own, or one impersonating
+    /// `spec.serviceAccountName` (or the lockdown default) there, so that the API server
+    /// enforces that ServiceAccount's RBAC on every apply, prune and correction.
     fn client_for(&self, gr: &GitRepository, state: &mut State) -> Result<Client, String> {
+        let cluster = self.cluster(state);
         let Some(sa) = gr
             .spec
             .service_account_name
@@ -150,19 +171,28 @@ impl Context {
             .or(self.default_service_account.as_ref())
         else {
             state.user = None;
-            return Ok(self.client.clone());
+            return Ok(cluster.client().clone());
         };
         let user = format!(
             "system:serviceaccount:{}:{sa}",
             gr.namespace().unwrap_or_default()
         );
-        let client = self.states.client(&user, || {
-            let mut config = self.kube_config.clone();
-            config.auth_info.impersonate = Some(user.clone());
+        let (config, key) = cluster.impersonating(&user);
+        let client = self.states.client(&key, || {
             Client::try_from(config).map_err(|e| format!("impersonating {user}: {e}"))
         })?;
-        state.user = Some(user);
+        state.user = Some(key);
         Ok(client)
+    }
+
+    /// The client that reads `gr`'s Secrets and ConfigMaps (credentials, keys, variables, in
+    /// its own namespace): as its ServiceAccount, unless that is a remote cluster's, when the
+    /// controller reads them.
+    fn reader_for(&self, gr: &GitRepository, state: &mut State) -> Result<Client, String> {
+        match gr.spec.kube_config {
+            Some(_) => Ok(self.client.clone()),
+            None => self.client_for(gr, state),
+        }
     }
 
     /// Drops what this process knows of `gr`: its record, its clients, its metric series.
@@ -237,13 +267,21 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     let plan = Plan::new(gr, &status, state.last_check.map(|t| t.elapsed()));
     // Until the pipeline resolves the revision it attempts, a failure is about no commit.
     state.failed_unresolved = plan.git_due;
-    let result = if plan.git_due {
-        let result = pipeline(gr, ctx, &mut state, &mut status, &plan).await;
-        remember(gr, &mut state, &result);
-        result
-    } else {
-        Ok(None)
+    // A remote's kubeconfig is read again after a change, a request or a failure.
+    let steady = plan.settled && state.applied_current(gr) && state.failures == 0;
+    let connected = cluster::connect(ctx, gr, &mut state, !steady).await;
+    let reachable = connected.is_ok();
+    let result = match connected {
+        Err(failure) => {
+            state.failed_unresolved = true;
+            Err(failure)
+        }
+        Ok(()) if plan.git_due => pipeline(gr, ctx, &mut state, &mut status, &plan).await,
+        Ok(()) => Ok(None),
     };
+    if plan.git_due || result.is_err() {
+        remember(gr, &mut state, &result);
+    }
     state.failed_unresolved &= result.is_err();
     let delay = plan.next(result.as_ref(), || {
         state.failures = state.failures.saturating_add(1);
@@ -262,17 +300,22 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     });
     // Conditions are stamped with the time they changed: after the steps, not before.
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let (verdict, events, delay) = observe(
-        gr,
-        ctx,
-        &mut state,
-        &mut status,
-        &plan,
-        verdict,
-        delay,
-        &now,
-    )
-    .await;
+    // Without its cluster there is nothing to observe.
+    let (verdict, events, delay) = if reachable {
+        observe(
+            gr,
+            ctx,
+            &mut state,
+            &mut status,
+            &plan,
+            verdict,
+            delay,
+            &now,
+        )
+        .await
+    } else {
+        (verdict, Vec::new(), delay)
+    };
     if plan.request.is_some() {
         status.last_handled_reconcile_at = plan.request.clone();
     }

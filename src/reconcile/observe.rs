@@ -15,8 +15,8 @@ use super::plan::{self, Plan};
 use super::state::State;
 use crate::api::{DriftEntry, DriftMode, GitRepository, GitRepositoryStatus};
 use crate::apply::Sent;
-use crate::live::HealthExprs;
 use crate::live::health::Health;
+use crate::live::{HealthExprs, Live};
 use crate::object::ObjectId;
 use crate::status::Reason;
 use crate::status::{self, Verdict};
@@ -48,7 +48,7 @@ pub(super) async fn drift(
         }
         return (Vec::new(), None);
     }
-    let found = drifted(ctx, &state.objects);
+    let found = drifted(&ctx.cluster(state).live, &state.objects);
     let previous: HashMap<String, DriftEntry> =
         status.drift.drain(..).map(|d| (d.id.clone(), d)).collect();
     let mut look = Look {
@@ -135,7 +135,8 @@ impl Look<'_> {
         let (ctx, gr) = (self.ctx, self.gr);
         let reapplied = match ctx.client_for(gr, state) {
             Ok(client) => {
-                ctx.applier
+                ctx.cluster(state)
+                    .applier
                     .reapply(&client, &state.objects[id].object)
                     .await
             }
@@ -194,18 +195,17 @@ impl Look<'_> {
 
 /// The objects whose applied fields are no longer as Capstan left them, or that are gone, with
 /// the fields that drifted. Judged only once the watch has caught up with the last apply.
-pub(super) fn drifted(ctx: &Context, sent: &HashMap<String, Sent>) -> Vec<(String, Vec<String>)> {
+pub(super) fn drifted(live: &Live, sent: &HashMap<String, Sent>) -> Vec<(String, Vec<String>)> {
     let mut found: Vec<(String, Vec<String>)> = Vec::new();
     for (id, s) in sent {
         let (Some(oid), Some(owned)) = (ObjectId::parse(id), &s.owned) else {
             continue;
         };
-        if !ctx.live.watches_namespace(&oid.namespace)
-            || !ctx.live.caught_up(&oid, owned.resource_version)
+        if !live.watches_namespace(&oid.namespace) || !live.caught_up(&oid, owned.resource_version)
         {
             continue;
         }
-        let fields = match ctx.live.observed(id) {
+        let fields = match live.observed(id) {
             None => vec!["(deleted)".to_string()],
             Some(observed) => owned.fields.missing_from(&observed.fields),
         };
@@ -357,12 +357,13 @@ fn unhealthy(
 ) -> (Vec<String>, Vec<String>) {
     let mut waiting = Vec::new();
     let mut failed = Vec::new();
+    let live = &ctx.cluster(state).live;
     for entry in status.inventory.iter().flat_map(|i| &i.entries) {
         let Some(id) = ObjectId::parse(&entry.id) else {
             continue;
         };
         let name = id.display_name();
-        if !ctx.live.watches_namespace(&id.namespace) {
+        if !live.watches_namespace(&id.namespace) {
             // Outside the namespace this controller is restricted to: not observable.
             continue;
         }
@@ -370,11 +371,11 @@ fn unhealthy(
             .objects
             .get(&entry.id)
             .and_then(|s| s.owned.as_ref()?.resource_version);
-        if !ctx.live.caught_up(&id, applied_at) {
+        if !live.caught_up(&id, applied_at) {
             waiting.push(format!("{name}: status not observed yet"));
             continue;
         }
-        let health = ctx.live.observed(&entry.id).map(|o| match &o.custom {
+        let health = live.observed(&entry.id).map(|o| match &o.custom {
             Some(object) if !exprs.is_empty() => exprs.health(object).unwrap_or(o.health),
             _ => o.health,
         });

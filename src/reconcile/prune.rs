@@ -45,6 +45,7 @@ pub(super) async fn prune(
         return Err(Failure::PruneBlocked(message));
     }
     let pruned = ctx
+        .cluster(state)
         .applier
         .prune(&outcome.client, &candidates, &outcome.owner)
         .await;

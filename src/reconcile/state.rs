@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 
 use kube::Resource;
 
+use super::cluster::Cluster;
 use crate::api::{GitRepository, GitRepositoryStatus};
 use crate::apply::Sent;
 use crate::source::Auth;
@@ -47,8 +48,11 @@ pub(super) struct State {
     pub failures: u32,
     /// `spec.secretRef`'s credentials as read last, by this GitRepository's own identity.
     pub credentials: Option<Credentials>,
-    /// The identity its changes are made as, when it impersonates a ServiceAccount.
+    /// The identity its changes are made as, when it impersonates a ServiceAccount: the key of
+    /// its client (the cluster's and the user's).
     pub user: Option<String>,
+    /// The remote cluster `spec.kubeConfig` names, as its Secret said when read last.
+    pub target: Option<Target>,
     /// What the render of the revision applied last read: a revision that changes none of it
     /// is neither rendered nor applied.
     pub reads: Option<Reads>,
@@ -63,6 +67,13 @@ pub(super) struct Reads {
     pub commit: git2::Oid,
     /// Paths relative to the checkout root (`""` for the root).
     pub paths: Vec<String>,
+}
+
+#[derive(Clone)]
+pub(super) struct Target {
+    /// `<secret>/<key>` it was read from.
+    pub secret: String,
+    pub cluster: Arc<Cluster>,
 }
 
 #[derive(Clone)]
@@ -91,7 +102,8 @@ impl State {
 #[derive(Default)]
 pub(super) struct States {
     records: Mutex<HashMap<String, State>>,
-    /// Per `system:serviceaccount:<ns>:<name>`; dropped when no record names it any more.
+    /// Per cluster and `system:serviceaccount:<ns>:<name>`; dropped when no record names it any
+    /// more.
     clients: Mutex<HashMap<String, Client>>,
 }
 

@@ -21,7 +21,7 @@ pub(super) async fn verify(
     let Some(spec) = &gr.spec.verify else {
         return Ok(());
     };
-    let client = ctx.client_for(gr, state).map_err(Failure::Identity)?;
+    let client = ctx.reader_for(gr, state).map_err(Failure::Identity)?;
     let name = &spec.secret_ref.name;
     let data = read_secret(&client, gr, name)
         .await

@@ -180,7 +180,92 @@ pub fn control_plane() -> &'static ControlPlane {
     })
 }
 
+/// A second control plane, for what Capstan applies to a remote cluster; started by the first
+/// test that asks for it. Its API server knows nothing of Capstan's CRDs.
+pub fn remote_control_plane() -> &'static ControlPlane {
+    static CP: OnceLock<ControlPlane> = OnceLock::new();
+    CP.get_or_init(|| {
+        let vars = up("controlplane.sh", &run_dir("remote"));
+        ControlPlane {
+            kubeconfig: vars["KUBECONFIG"].clone().into(),
+            kube_bin: vars["CAPSTAN_KUBE_BIN"].clone().into(),
+            audit_log: vars["CAPSTAN_AUDIT_LOG"].clone().into(),
+        }
+    })
+}
+
 impl ControlPlane {
+    /// The API server's address, from the admin kubeconfig.
+    pub fn server(&self) -> std::net::SocketAddr {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("reading kubeconfig");
+        let server = kubeconfig.clusters[0]
+            .cluster
+            .as_ref()
+            .and_then(|c| c.server.clone())
+            .expect("a server");
+        let authority = server.strip_prefix("https://").unwrap_or(&server);
+        authority.parse().expect("an IP address and port")
+    }
+
+    /// A kubeconfig as a user puts it in a Secret: everything inline, ServiceAccount `sa` of
+    /// `ns` (created if missing, bound to cluster-admin) with a token, the API server at
+    /// `server` (a proxy in front of it, say) or where it is.
+    pub fn token_kubeconfig(
+        &self,
+        ns: &str,
+        sa: &str,
+        server: Option<std::net::SocketAddr>,
+    ) -> String {
+        let _ = Command::new(self.kube_bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["create", "namespace", ns])
+            .output();
+        if self
+            .try_kubectl(&["get", "serviceaccount", sa, "-n", ns])
+            .is_none()
+        {
+            self.kubectl(&["create", "serviceaccount", sa, "-n", ns]);
+            self.kubectl(&[
+                "create",
+                "clusterrolebinding",
+                &format!("{ns}-{sa}"),
+                "--clusterrole=cluster-admin",
+                &format!("--serviceaccount={ns}:{sa}"),
+            ]);
+        }
+        let token = self.kubectl(&["create", "token", sa, "-n", ns, "--duration=2h"]);
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("reading kubeconfig");
+        let ca_path = kubeconfig.clusters[0]
+            .cluster
+            .as_ref()
+            .and_then(|c| c.certificate_authority.clone())
+            .expect("the CA's file");
+        let ca = std::fs::read(ca_path).expect("reading the CA");
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+        let server = server.unwrap_or_else(|| self.server());
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: remote\n  cluster:\n    server: https://{server}\n    certificate-authority-data: {ca}\nusers:\n- name: {sa}\n  user:\n    token: {}\ncontexts:\n- name: remote\n  context: {{cluster: remote, user: {sa}}}\ncurrent-context: remote\n",
+            token.trim()
+        )
+    }
+
+    /// Runs kubectl; its output, or None when it failed.
+    pub fn try_kubectl(&self, args: &[&str]) -> Option<String> {
+        let output = Command::new(self.kube_bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .current_dir(repo_root())
+            .output()
+            .expect("running kubectl");
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Runs kubectl against the test control plane from the repository root; panics on failure.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let output = Command::new(self.kube_bin.join("kubectl"))
@@ -235,6 +320,16 @@ pub async fn kube_config() -> Config {
     Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig")
+}
+
+/// A client for the remote control plane, as its admin.
+pub async fn remote_client() -> Client {
+    let cp = remote_control_plane();
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("reading kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(config).expect("client")
 }
 
 /// A client for the test control plane. One per test: a client is bound to the runtime that

@@ -21,6 +21,7 @@ mod monorepo;
 mod notify;
 mod operations;
 mod ownership;
+mod remote;
 mod render;
 mod restart;
 mod sync;

@@ -129,11 +129,20 @@ async fn gitrepositories_share_the_watches_of_a_remote_and_delete_or_orphan_ther
     remote.kubectl(&["create", "serviceaccount", "deployer", "-n", &fx.ns]);
     remote.kubectl(&[
         "create",
+        "role",
+        "deployer",
+        "-n",
+        &fx.ns,
+        "--verb=get,list,watch,create,update,patch,delete",
+        "--resource=configmaps",
+    ]);
+    remote.kubectl(&[
+        "create",
         "rolebinding",
         "deployer",
         "-n",
         &fx.ns,
-        "--clusterrole=admin",
+        "--role=deployer",
         &format!("--serviceaccount={}:deployer", fx.ns),
     ]);
     let repo = Repo::create(

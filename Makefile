@@ -54,7 +54,7 @@ tools:
 image:
 	@$(ENV)/image.sh build
 
-## bench: the benchmark scenarios (all, or SCENARIOS="cold steady latency drift scale fetch monorepo inventory notify");
+## bench: the benchmark scenarios (all, or SCENARIOS="cold steady latency drift scale fetch monorepo inventory notify remote");
 ## each run rewrites its sections of docs/benchmarks.md
 bench: tools
 	cargo bench --bench capstan -- $(SCENARIOS)

@@ -17,6 +17,7 @@ mod latency;
 mod measure;
 mod monorepo;
 mod notify;
+mod remote;
 mod report;
 mod scale;
 mod steady;
@@ -48,6 +49,7 @@ use latency::latency;
 use measure::*;
 use monorepo::monorepo;
 use notify::notify;
+use remote::remote;
 use scale::scale;
 use steady::steady;
 
@@ -61,6 +63,7 @@ const SCENARIOS: &[&str] = &[
     "monorepo",
     "inventory",
     "notify",
+    "remote",
 ];
 
 #[tokio::main]
@@ -109,6 +112,15 @@ async fn main() {
         results.push((
             "drift",
             "4. Drift latency (out-of-band edit to reverted)",
+            f,
+        ));
+    }
+    if run("remote") {
+        let mut f = Figures::default();
+        remote(&b, &controller, &mut f).await;
+        results.push((
+            "remote",
+            "10. A remote cluster: 10 GitRepositories of 100 objects, steady",
             f,
         ));
     }

@@ -377,7 +377,12 @@ pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliErro
         )?,
         None => fetch_and_render(&client, &gr, variables, args, timeout).await?,
     };
-    let report = dry_run(&client, &gr, &manifests, timeout).await;
+    // Against the cluster the GitRepository applies to: a remote one from its kubeconfig Secret.
+    let target = reconcile::remote_client(&client, &gr)
+        .await
+        .map_err(CliError::Failed)?
+        .unwrap_or(client);
+    let report = dry_run(&target, &gr, &manifests, timeout).await;
     let changed = report.iter().any(|row| row.action != "unchanged");
     match args.output {
         Format::Json | Format::Yaml => write_diff_structured(&report, args.output, out)?,

@@ -101,18 +101,8 @@ pub(super) async fn connect(
     let target = match held {
         Some(target) => target,
         None => {
-            let data = read_secret(ctx.client(), gr, &secret.name)
-                .await
-                .map_err(Failure::KubeConfigSecret)?;
+            let text = kubeconfig_of(ctx.client(), gr).await?;
             let described = || format!("kubeconfig secret {}", secret.name);
-            let text = data
-                .get(key)
-                .ok_or_else(|| Failure::KubeConfig(format!("{}: no entry {key:?}", described())))
-                .and_then(|bytes| {
-                    String::from_utf8(bytes.clone()).map_err(|_| {
-                        Failure::KubeConfig(format!("{}: entry {key:?} is not text", described()))
-                    })
-                })?;
             let cluster = ctx.remotes.cluster(ctx, &text, described).await?;
             Target {
                 secret: named,
@@ -126,6 +116,37 @@ pub(super) async fn connect(
         probe(&cluster).await?;
     }
     Ok(())
+}
+
+/// The kubeconfig in the Secret of `gr`'s `spec.kubeConfig`, read by `client`.
+async fn kubeconfig_of(client: &Client, gr: &GitRepository) -> Result<String, Failure> {
+    let Some(spec) = &gr.spec.kube_config else {
+        return Err(Failure::KubeConfig("no spec.kubeConfig".into()));
+    };
+    let secret = &spec.secret_ref;
+    let key = secret.key.as_deref().unwrap_or(KUBECONFIG_KEY);
+    let data = read_secret(client, gr, &secret.name)
+        .await
+        .map_err(Failure::KubeConfigSecret)?;
+    let described = || format!("kubeconfig secret {}", secret.name);
+    let bytes = data
+        .get(key)
+        .ok_or_else(|| Failure::KubeConfig(format!("{}: no entry {key:?}", described())))?;
+    String::from_utf8(bytes.clone())
+        .map_err(|_| Failure::KubeConfig(format!("{}: entry {key:?} is not text", described())))
+}
+
+/// For `capstan diff`: a client of the cluster `gr` applies to when that is a remote one, from
+/// its kubeconfig Secret as `client` (the user) reads it; `None` for the controller's own.
+pub async fn remote_client(client: &Client, gr: &GitRepository) -> Result<Option<Client>, String> {
+    if gr.spec.kube_config.is_none() {
+        return Ok(None);
+    }
+    let text = kubeconfig_of(client, gr).await.map_err(|e| e.to_string())?;
+    let config = config_of(&text).await?;
+    Client::try_from(config)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Asks the remote for its version: whether it answers, and accepts the kubeconfig's

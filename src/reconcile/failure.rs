@@ -282,6 +282,24 @@ mod tests {
                 false,
             ),
             (
+                Failure::KubeConfigSecret(not_found()),
+                Reason::InvalidKubeConfig,
+                false,
+                false,
+            ),
+            (
+                Failure::KubeConfig("kubeconfig secret prod: not a kubeconfig".into()),
+                Reason::InvalidKubeConfig,
+                true,
+                false,
+            ),
+            (
+                Failure::ClusterUnreachable("https://10.0.0.1:6443/: connection refused".into()),
+                Reason::ClusterUnreachable,
+                false,
+                false,
+            ),
+            (
                 Failure::VerifySecret(not_found()),
                 Reason::VerificationFailed,
                 false,

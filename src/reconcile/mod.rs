@@ -65,6 +65,7 @@ use plan::Plan;
 use state::{State, States};
 
 pub use build::{Build, helm_options};
+pub use cluster::remote_client;
 pub(crate) use depends::Dependents;
 pub use fetch::{VariablesError, check_out, read_variables};
 

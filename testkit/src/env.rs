@@ -216,11 +216,8 @@ impl ControlPlane {
         sa: &str,
         server: Option<std::net::SocketAddr>,
     ) -> String {
-        let _ = Command::new(self.kube_bin.join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["create", "namespace", ns])
-            .output();
+        // Already there when another ServiceAccount of `ns` was made.
+        let _ = self.try_kubectl(&["create", "namespace", ns]);
         if self
             .try_kubectl(&["get", "serviceaccount", sa, "-n", ns])
             .is_none()
@@ -253,28 +250,26 @@ impl ControlPlane {
 
     /// Runs kubectl; its output, or None when it failed.
     pub fn try_kubectl(&self, args: &[&str]) -> Option<String> {
-        let output = Command::new(self.kube_bin.join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .current_dir(repo_root())
-            .output()
-            .expect("running kubectl");
+        let output = self.run_kubectl(args);
         output
             .status
             .success()
             .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Runs kubectl against the test control plane from the repository root; panics on failure.
-    pub fn kubectl(&self, args: &[&str]) -> String {
-        let output = Command::new(self.kube_bin.join("kubectl"))
+    fn run_kubectl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(self.kube_bin.join("kubectl"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
             .current_dir(repo_root())
             .output()
-            .expect("running kubectl");
+            .expect("running kubectl")
+    }
+
+    /// Runs kubectl against the test control plane from the repository root; panics on failure.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let output = self.run_kubectl(args);
         assert!(
             output.status.success(),
             "kubectl {args:?} failed: {}",
@@ -315,7 +310,10 @@ pub fn git_server() -> &'static GitServer {
 
 /// The test control plane's admin connection settings.
 pub async fn kube_config() -> Config {
-    let cp = control_plane();
+    admin_config(control_plane()).await
+}
+
+async fn admin_config(cp: &ControlPlane) -> Config {
     let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("reading kubeconfig");
     Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -324,12 +322,7 @@ pub async fn kube_config() -> Config {
 
 /// A client for the remote control plane, as its admin.
 pub async fn remote_client() -> Client {
-    let cp = remote_control_plane();
-    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("reading kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
-    Client::try_from(config).expect("client")
+    Client::try_from(admin_config(remote_control_plane()).await).expect("client")
 }
 
 /// A client for the test control plane. One per test: a client is bound to the runtime that

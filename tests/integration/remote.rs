@@ -24,6 +24,20 @@ fn remote_audit(mark: usize) -> Vec<Value> {
         .collect()
 }
 
+/// Watches by `user` at `stage` (started: `ResponseStarted`, ended: `ResponseComplete`) in
+/// `events`, of `resource` when given.
+fn watches(events: &[Value], user: &str, stage: &str, resource: Option<&str>) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            e["verb"] == "watch"
+                && e["stage"] == stage
+                && e["user"]["username"] == user
+                && resource.is_none_or(|r| e["objectRef"]["resource"] == r)
+        })
+        .count()
+}
+
 fn remote_mark() -> usize {
     remote_audit(0).len()
 }
@@ -170,19 +184,8 @@ async fn gitrepositories_share_the_watches_of_a_remote_and_delete_or_orphan_ther
     let capstan = format!("system:serviceaccount:{}:capstan", fx.ns);
     let deployer = format!("system:serviceaccount:{}:deployer", fx.ns);
     let events = remote_audit(mark);
-    let configmap_watches = |stage: &str| {
-        events
-            .iter()
-            .filter(|e| {
-                e["verb"] == "watch"
-                    && e["stage"] == stage
-                    && e["objectRef"]["resource"] == "configmaps"
-                    && e["user"]["username"] == capstan.as_str()
-            })
-            .count()
-    };
     assert_eq!(
-        configmap_watches("ResponseStarted"),
+        watches(&events, &capstan, "ResponseStarted", Some("configmaps")),
         1,
         "one watch of ConfigMaps on the remote for both GitRepositories"
     );
@@ -222,22 +225,9 @@ async fn gitrepositories_share_the_watches_of_a_remote_and_delete_or_orphan_ther
     // No GitRepository targets the remote any more: its watches end.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let ended = remote_audit(mark)
-            .iter()
-            .filter(|e| {
-                e["verb"] == "watch"
-                    && e["stage"] == "ResponseComplete"
-                    && e["user"]["username"] == capstan.as_str()
-            })
-            .count();
-        let started = remote_audit(mark)
-            .iter()
-            .filter(|e| {
-                e["verb"] == "watch"
-                    && e["stage"] == "ResponseStarted"
-                    && e["user"]["username"] == capstan.as_str()
-            })
-            .count();
+        let events = remote_audit(mark);
+        let ended = watches(&events, &capstan, "ResponseComplete", None);
+        let started = watches(&events, &capstan, "ResponseStarted", None);
         if ended == started {
             break;
         }

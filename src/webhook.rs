@@ -22,7 +22,10 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::api::{GitRef, GitRepository, RECONCILE_REQUESTED_ANNOTATION, Receiver, ReceiverType};
+use crate::api::{
+    GitRef, GitRepository, PREVIEW_REQUESTED_ANNOTATION, RECONCILE_REQUESTED_ANNOTATION, Receiver,
+    ReceiverType,
+};
 
 /// Push payloads of the big hosts stay far below this; more is refused with 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -82,29 +85,38 @@ async fn receive(
             return reply(StatusCode::BAD_REQUEST, format!("malformed payload: {why}"));
         }
     };
-    let push = match event {
-        Event::Push(push) => push,
+    // A push asks for a reconcile now; a pull request for a preview of its head.
+    let (annotation, value) = match &event {
+        Event::Push(_) => (
+            RECONCILE_REQUESTED_ANNOTATION,
+            k8s_openapi::jiff::Timestamp::now().to_string(),
+        ),
+        Event::PullRequest(pr) => (
+            PREVIEW_REQUESTED_ANNOTATION,
+            json!({"number": pr.number, "ref": pr.head_ref, "sha": pr.sha}).to_string(),
+        ),
         Event::Other(kind) => return reply(StatusCode::OK, format!("ignored event {kind:?}")),
     };
-
-    let triggered = match trigger(client, &namespace, &receiver, &push).await {
+    let triggered = match trigger(client, &namespace, &receiver, &event, annotation, &value).await {
         Ok(triggered) => triggered,
         Err(refused) => return refused,
     };
-    info!(%namespace, receiver = %name, ?triggered, "webhook: push received");
+    info!(%namespace, receiver = %name, ?triggered, annotation, "webhook: event received");
     reply(
         StatusCode::ACCEPTED,
         json!({"triggered": triggered}).to_string(),
     )
 }
 
-/// Asks for a reconcile of every GitRepository the Receiver selects that `push` concerns.
-/// Returns their names.
+/// Sets `annotation` to `value` on every GitRepository the Receiver selects that `event`
+/// concerns. Returns their names.
 async fn trigger(
     client: Client,
     namespace: &str,
     receiver: &Receiver,
-    push: &Push,
+    event: &Event,
+    annotation: &str,
+    value: &str,
 ) -> Result<Vec<String>, Reply> {
     let grs: Api<GitRepository> = Api::namespaced(client, namespace);
     let list = match grs.list(&ListParams::default()).await {
@@ -122,13 +134,13 @@ async fn trigger(
             .resources
             .iter()
             .any(|r| r.selects(&gr.name_any(), labels))
-            && push.concerns(gr)
+            && event.concerns(gr)
     }) {
         // Always a fresh request, even if one is pending: that one may be past its fetch and
         // miss this push. The controller runs one reconcile per GitRepository at a time and
-        // merges requests that arrive meanwhile into one more, so a flood stays cheap.
-        let now = k8s_openapi::jiff::Timestamp::now().to_string();
-        let patch = json!({"metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: now}}});
+        // merges requests that arrive meanwhile into one more (the newest preview wins), so a
+        // flood stays cheap.
+        let patch = json!({"metadata": {"annotations": {annotation: value}}});
         match grs
             .patch(
                 &gr.name_any(),
@@ -233,6 +245,7 @@ fn hmac_sha256(header: Option<&str>, body: &[u8], token: &[u8]) -> Result<(), &'
 #[derive(Debug, PartialEq)]
 pub enum Event {
     Push(Push),
+    PullRequest(PullRequest),
     /// Another event (a ping, an issue comment): acknowledged, nothing reconciled.
     Other(String),
 }
@@ -243,6 +256,20 @@ pub struct Push {
     pub urls: Vec<String>,
     /// `refs/heads/<branch>` or `refs/tags/<tag>`.
     pub git_ref: Option<String>,
+}
+
+/// A pull request (GitHub, Gitea) or merge request (GitLab) whose head is new: opened, reopened,
+/// or pushed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullRequest {
+    pub urls: Vec<String>,
+    pub number: u64,
+    /// The ref the host keeps the head under: `refs/pull/N/head`, `refs/merge-requests/N/head`.
+    pub head_ref: String,
+    /// The head commit.
+    pub sha: String,
+    /// The branch it merges into.
+    pub base: String,
 }
 
 pub fn parse(kind: ReceiverType, headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
@@ -266,15 +293,11 @@ pub fn parse(kind: ReceiverType, headers: &HeaderMap, body: &[u8]) -> Result<Eve
             &["git_http_url", "git_ssh_url", "web_url"],
         ),
     };
-    if !matches!(event.as_str(), "push" | "Push Hook" | "Tag Push Hook") {
+    let pull_request = matches!(event.as_str(), "pull_request" | "Merge Request Hook");
+    if !pull_request && !matches!(event.as_str(), "push" | "Push Hook" | "Tag Push Hook") {
         return Ok(Event::Other(event));
     }
     let payload: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let git_ref = payload
-        .get("ref")
-        .and_then(Value::as_str)
-        .ok_or("no \"ref\"")?
-        .to_string();
     let repository = payload
         .get(url_fields)
         .and_then(Value::as_object)
@@ -287,9 +310,80 @@ pub fn parse(kind: ReceiverType, headers: &HeaderMap, body: &[u8]) -> Result<Eve
     if urls.is_empty() {
         return Err(format!("no repository URL in {url_fields:?}"));
     }
+    if pull_request {
+        return pull_request_of(kind, &payload, urls);
+    }
+    let git_ref = payload
+        .get("ref")
+        .and_then(Value::as_str)
+        .ok_or("no \"ref\"")?
+        .to_string();
     Ok(Event::Push(Push {
         urls,
         git_ref: Some(git_ref),
+    }))
+}
+
+/// The pull request of a `pull_request` (GitHub, Gitea) or `Merge Request Hook` (GitLab)
+/// payload, when its head is new; other actions (closed, labelled, edited) are `Other`.
+fn pull_request_of(
+    kind: ReceiverType,
+    payload: &Value,
+    urls: Vec<String>,
+) -> Result<Event, String> {
+    let text = |v: &Value, path: &str| -> Result<String, String> {
+        v.pointer(path)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("no {path:?}"))
+    };
+    let (number, sha, base, head_ref) = if kind == ReceiverType::GitLab {
+        let action = text(payload, "/object_attributes/action")?;
+        // An update is a push only when it names the head it replaced.
+        let pushed = payload.pointer("/object_attributes/oldrev").is_some();
+        let new = matches!(action.as_str(), "open" | "reopen") || (action == "update" && pushed);
+        if !new {
+            return Ok(Event::Other(format!("merge request {action}")));
+        }
+        let number = payload
+            .pointer("/object_attributes/iid")
+            .and_then(Value::as_u64)
+            .ok_or("no \"/object_attributes/iid\"")?;
+        let sha = text(payload, "/object_attributes/last_commit/id")?;
+        let base = text(payload, "/object_attributes/target_branch")?;
+        (
+            number,
+            sha,
+            base,
+            format!("refs/merge-requests/{number}/head"),
+        )
+    } else {
+        let action = text(payload, "/action")?;
+        // Gitea says `synchronized` where GitHub says `synchronize`.
+        let new = matches!(
+            action.as_str(),
+            "opened" | "reopened" | "synchronize" | "synchronized"
+        );
+        if !new {
+            return Ok(Event::Other(format!("pull_request {action}")));
+        }
+        let number = payload
+            .get("number")
+            .and_then(Value::as_u64)
+            .ok_or("no \"number\"")?;
+        let sha = text(payload, "/pull_request/head/sha")?;
+        let base = text(payload, "/pull_request/base/ref")?;
+        (number, sha, base, format!("refs/pull/{number}/head"))
+    };
+    if !(sha.len() == 40 || sha.len() == 64) || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("the head commit {sha:?} is not a SHA"));
+    }
+    Ok(Event::PullRequest(PullRequest {
+        urls,
+        number,
+        head_ref,
+        sha: sha.to_lowercase(),
+        base,
     }))
 }
 
@@ -324,6 +418,35 @@ impl Push {
             return pushed.starts_with("refs/tags/");
         }
         name.as_deref() == Some(pushed.as_str())
+    }
+}
+
+impl Event {
+    fn concerns(&self, gr: &GitRepository) -> bool {
+        match self {
+            Event::Push(push) => push.concerns(gr),
+            Event::PullRequest(pr) => pr.concerns(gr),
+            Event::Other(_) => false,
+        }
+    }
+}
+
+impl PullRequest {
+    /// Whether `gr` previews this pull request: it opts in, tracks the same repository, and the
+    /// pull request merges into a branch it previews (`spec.preview.branches`, or the branch it
+    /// follows).
+    pub fn concerns(&self, gr: &GitRepository) -> bool {
+        let Some(preview) = &gr.spec.preview else {
+            return false;
+        };
+        let url = normalize_url(&gr.spec.url);
+        if !self.urls.iter().any(|u| normalize_url(u) == url) {
+            return false;
+        }
+        match preview.branches.is_empty() {
+            true => gr.spec.git_ref().branch.as_deref() == Some(self.base.as_str()),
+            false => preview.branches.contains(&self.base),
+        }
     }
 }
 
@@ -417,6 +540,105 @@ mod tests {
             parse(ReceiverType::GitLab, &gl, body).unwrap(),
             Event::Push(Push { git_ref: Some(r), .. }) if r == "refs/tags/v1.2.0"
         ));
+    }
+
+    #[test]
+    fn pull_requests_whose_head_is_new_are_parsed() {
+        let sha = "ab".repeat(20);
+        let gh = headers(&[("x-github-event", "pull_request")]);
+        let github = |action: &str| {
+            json!({"action": action, "number": 7,
+                "pull_request": {"head": {"sha": sha, "ref": "feature"}, "base": {"ref": "main"}},
+                "repository": {"clone_url": "https://github.com/acme/app.git"}})
+            .to_string()
+        };
+        let want = PullRequest {
+            urls: vec!["https://github.com/acme/app.git".into()],
+            number: 7,
+            head_ref: "refs/pull/7/head".into(),
+            sha: sha.clone(),
+            base: "main".into(),
+        };
+        for action in ["opened", "reopened", "synchronize", "synchronized"] {
+            let got = parse(ReceiverType::GitHub, &gh, github(action).as_bytes()).unwrap();
+            assert_eq!(
+                got,
+                Event::PullRequest(PullRequest { ..want.clone() }),
+                "{action}"
+            );
+        }
+        assert_eq!(
+            parse(ReceiverType::GitHub, &gh, github("closed").as_bytes()).unwrap(),
+            Event::Other("pull_request closed".into())
+        );
+        let no_sha = github("opened").replace(&sha, "HEAD");
+        assert!(parse(ReceiverType::GitHub, &gh, no_sha.as_bytes()).is_err());
+
+        let gl = headers(&[("x-gitlab-event", "Merge Request Hook")]);
+        let gitlab = |action: &str, oldrev: bool| {
+            let mut attributes = json!({"action": action, "iid": 3, "target_branch": "main",
+                "last_commit": {"id": sha}});
+            if oldrev {
+                attributes["oldrev"] = json!("cd".repeat(20));
+            }
+            json!({"object_attributes": attributes,
+                "project": {"git_http_url": "https://gitlab.com/acme/app.git"}})
+            .to_string()
+        };
+        let got = parse(ReceiverType::GitLab, &gl, gitlab("update", true).as_bytes()).unwrap();
+        assert!(
+            matches!(&got, Event::PullRequest(pr) if pr.head_ref == "refs/merge-requests/3/head" && pr.number == 3 && pr.base == "main"),
+            "{got:?}"
+        );
+        assert!(matches!(
+            parse(ReceiverType::GitLab, &gl, gitlab("open", false).as_bytes()).unwrap(),
+            Event::PullRequest(_)
+        ));
+        // An update without a new head (a title, a label) is not previewed again.
+        assert!(matches!(
+            parse(
+                ReceiverType::GitLab,
+                &gl,
+                gitlab("update", false).as_bytes()
+            )
+            .unwrap(),
+            Event::Other(_)
+        ));
+    }
+
+    #[test]
+    fn a_pull_request_concerns_the_gitrepositories_that_preview_its_base() {
+        let pr = |base: &str| PullRequest {
+            urls: vec!["https://github.com/acme/app.git".into()],
+            number: 7,
+            head_ref: "refs/pull/7/head".into(),
+            sha: "ab".repeat(20),
+            base: base.into(),
+        };
+        let previewing = |git_ref: Value, preview: Value| {
+            crate::git_repository(json!({
+                "metadata": {"name": "x"},
+                "spec": {"url": "git@github.com:acme/app.git", "interval": "1m", "ref": git_ref, "preview": preview},
+            }))
+        };
+        let main = previewing(json!({"branch": "main"}), json!({}));
+        assert!(pr("main").concerns(&main));
+        assert!(!pr("dev").concerns(&main));
+        let listed = previewing(
+            json!({"semver": ">=1"}),
+            json!({"branches": ["main", "dev"]}),
+        );
+        assert!(pr("dev").concerns(&listed));
+        assert!(!pr("prod").concerns(&listed));
+        assert!(!pr("main").concerns(&gr(
+            "git@github.com:acme/app.git",
+            json!({"branch": "main"})
+        )));
+        let elsewhere = crate::git_repository(json!({
+            "metadata": {"name": "x"},
+            "spec": {"url": "https://github.com/acme/other", "interval": "1m", "ref": {"branch": "main"}, "preview": {}},
+        }));
+        assert!(!pr("main").concerns(&elsewhere));
     }
 
     #[test]

@@ -166,6 +166,27 @@ pub struct GitRepositorySpec {
     /// health goes there; the status and Events stay here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube_config: Option<KubeConfigReference>,
+
+    /// Preview pull requests: a pull-request event through a Receiver makes the controller
+    /// render the pull request's head as it would this GitRepository's ref, and report the
+    /// server-side dry run's diff on the head commit through a Provider. Nothing is applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewSpec>,
+}
+
+/// Which pull requests are previewed, and where the result goes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewSpec {
+    /// The branches whose pull requests (merge requests) are previewed, by the branch they
+    /// merge into; the branch `spec.ref` follows when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<String>,
+    /// A `github`, `gitea` or `gitlab` Provider of this namespace: the head commit gets a
+    /// commit status with the summary, the pull request a comment with the diff, updated on
+    /// every push. Without it the result shows only in `status.preview`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_ref: Option<LocalObjectReference>,
 }
 
 /// The kubeconfig of a remote cluster, in a Secret.
@@ -426,6 +447,28 @@ pub struct GitRepositoryStatus {
     /// Set while the blast-radius guard holds back a prune.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_blocked: Option<PruneBlocked>,
+    /// The last pull-request preview.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewStatus>,
+}
+
+/// What the last preview found.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewStatus {
+    /// The `capstan.dev/preview-requested` annotation this answers.
+    pub request: String,
+    /// The pull request's number.
+    pub number: u64,
+    /// The revision rendered, as `<ref>@sha1:<sha>`, once it was resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Whether the diff was computed; false when the revision did not fetch, verify, render or
+    /// pass the server's dry run.
+    pub succeeded: bool,
+    /// The summary (`1 changed, 2 created, 1 would be pruned`) or the error.
+    pub message: String,
+    pub at: Time,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

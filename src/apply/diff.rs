@@ -1,7 +1,170 @@
-//! What an apply would change in an object: the fields that differ between the live object and
-//! the server's dry run of the apply. Pure; used by `capstan diff`.
+//! What an apply would change: per object, the fields that differ between the live object and
+//! the server's dry run of the apply, and what a prune would remove. `capstan diff` and the
+//! controller's pull-request previews compute it here, and show it the same way.
 
+use std::collections::HashSet;
+use std::time::Duration;
+
+use kube::{Client, ResourceExt};
 use serde_json::Value;
+
+use super::{Applier, ApplyOptions, Owner};
+use crate::api::GitRepository;
+use crate::object::ObjectId;
+use crate::render::Manifest;
+
+/// What applying would do to one object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectDiff {
+    /// `Kind namespace/name`.
+    pub object: String,
+    pub action: Action,
+    pub changes: Vec<Change>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Created,
+    Changed,
+    Unchanged,
+    Pruned,
+    /// The server refused the dry run (or the object could not be prepared for it).
+    Failed,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Changed => "changed",
+            Action::Unchanged => "unchanged",
+            Action::Pruned => "pruned",
+            Action::Failed => "failed",
+        }
+    }
+}
+
+/// The server-side dry run of `manifests` as `gr` would apply them through `client`, and what
+/// it would prune of `managed` (inventory ids) when `spec.prune` is set. Nothing is changed.
+pub async fn dry_run(
+    applier: &Applier,
+    client: &Client,
+    gr: &GitRepository,
+    managed: &[String],
+    manifests: &[Manifest],
+    timeout: Duration,
+) -> Vec<ObjectDiff> {
+    let ns = gr.namespace().unwrap_or_default();
+    let owner = Owner::of(gr);
+    let default_namespace = gr.spec.target_namespace.clone().unwrap_or(ns);
+    let (previous, digests, versions) = (HashSet::new(), Default::default(), Default::default());
+    let opts = ApplyOptions {
+        owner: &owner,
+        default_namespace: &default_namespace,
+        previous: &previous,
+        previous_digests: &digests,
+        previous_versions: &versions,
+        timeout,
+        force: gr.spec.force,
+    };
+    let dry = applier.dry_run(client, manifests, &opts).await;
+    let diff = |object, action, changes, error| ObjectDiff {
+        object,
+        action,
+        changes,
+        error,
+    };
+    let mut report = Vec::new();
+    let mut rendered = HashSet::new();
+    for object in &dry {
+        rendered.insert(object.id.to_string());
+        let what = describe(&object.id);
+        report.push(match (&object.live, &object.desired) {
+            (_, Err(message)) => diff(what, Action::Failed, vec![], Some(message.clone())),
+            (None, Ok(_)) => diff(what, Action::Created, vec![], None),
+            (Some(live), Ok(desired)) => {
+                let c = changes(live, desired);
+                let action = match c.is_empty() {
+                    true => Action::Unchanged,
+                    false => Action::Changed,
+                };
+                diff(what, action, c, None)
+            }
+        });
+    }
+    if gr.spec.prune {
+        for id in managed.iter().filter(|id| !rendered.contains(*id)) {
+            if let Some(id) = ObjectId::parse(id) {
+                report.push(diff(describe(&id), Action::Pruned, vec![], None));
+            }
+        }
+    }
+    report
+}
+
+fn describe(id: &ObjectId) -> String {
+    if id.namespace.is_empty() {
+        format!("{} {}", id.kind, id.name)
+    } else {
+        format!("{} {}/{}", id.kind, id.namespace, id.name)
+    }
+}
+
+/// `1 changed, 2 created, 1 would be pruned` (and how many failed), or `no change to N
+/// objects`.
+pub fn summary(report: &[ObjectDiff]) -> String {
+    let count = |a: Action| report.iter().filter(|d| d.action == a).count();
+    let parts: Vec<String> = [
+        (Action::Changed, "changed"),
+        (Action::Created, "created"),
+        (Action::Pruned, "would be pruned"),
+        (Action::Failed, "failed the dry run"),
+    ]
+    .into_iter()
+    .filter(|(a, _)| count(*a) > 0)
+    .map(|(a, what)| format!("{} {what}", count(a)))
+    .collect();
+    match parts.is_empty() {
+        true => format!("no change to {} objects", report.len()),
+        false => parts.join(", "),
+    }
+}
+
+/// The objects that would change, one line each with their changed fields under them, as
+/// `capstan diff` prints them; `paint` colours an action (ANSI codes, or none).
+pub fn text(report: &[ObjectDiff], paint: impl Fn(&str, &str) -> String) -> String {
+    let mut out = String::new();
+    for d in report {
+        let code = match d.action {
+            Action::Created => "32",
+            Action::Changed => "33",
+            Action::Pruned | Action::Failed => "31",
+            Action::Unchanged => continue,
+        };
+        out.push_str(&format!(
+            "{}: {}\n",
+            d.object,
+            paint(code, d.action.as_str())
+        ));
+        for c in &d.changes {
+            let (live, desired) = (shown(&c.live), shown(&c.desired));
+            out.push_str(&format!("  {}: {live} → {desired}\n", c.path));
+        }
+        if let Some(error) = &d.error {
+            out.push_str(&format!("  {error}\n"));
+        }
+    }
+    out
+}
+
+fn shown(value: &Option<Value>) -> String {
+    match value {
+        None => "(absent)".into(),
+        Some(Value::String(s)) if s == REDACTED => s.clone(),
+        Some(v) => v.to_string(),
+    }
+}
 
 /// One field that would change. `None` on a side: the field is absent there.
 #[derive(Debug, Clone, PartialEq)]

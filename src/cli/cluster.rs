@@ -1,7 +1,6 @@
 //! `capstan get`, `reconcile`, `suspend`, `resume` and `diff`: GitRepositories in the cluster of
 //! the current kubeconfig, as kubectl reaches it.
 
-use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,9 +11,8 @@ use serde_json::{Value, json};
 
 use super::{CliError, Format};
 use crate::api::{GitRepository, RECONCILE_REQUESTED_ANNOTATION};
-use crate::apply::diff::{Change, changes};
-use crate::apply::{Applier, ApplyOptions, Owner};
-use crate::object::ObjectId;
+use crate::apply::Applier;
+use crate::apply::diff::{self, Action, ObjectDiff};
 use crate::reconcile;
 use crate::render::Manifest;
 use crate::runtime::RenderConfig;
@@ -382,8 +380,22 @@ pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliErro
         .await
         .map_err(CliError::Failed)?
         .unwrap_or(client);
-    let report = dry_run(&target, &gr, &manifests, timeout).await;
-    let changed = report.iter().any(|row| row.action != "unchanged");
+    let managed: Vec<String> = gr
+        .status
+        .as_ref()
+        .and_then(|s| s.inventory.as_ref())
+        .map(|i| i.entries.iter().map(|e| e.id.clone()).collect())
+        .unwrap_or_default();
+    let report = diff::dry_run(
+        &Applier::new(1),
+        &target,
+        &gr,
+        &managed,
+        &manifests,
+        timeout,
+    )
+    .await;
+    let changed = report.iter().any(|d| d.action != Action::Unchanged);
     match args.output {
         Format::Json | Format::Yaml => write_diff_structured(&report, args.output, out)?,
         Format::Table => write_diff_table(&report, out)?,
@@ -402,71 +414,8 @@ fn ref_named(r: &str) -> crate::api::GitRef {
     }
 }
 
-/// One object of a diff.
-struct Row {
-    object: String,
-    action: &'static str,
-    changes: Vec<Change>,
-    error: Option<String>,
-}
-
-/// The server-side dry run of `manifests` as `gr` would apply them, and what it would prune.
-async fn dry_run(
-    client: &Client,
-    gr: &GitRepository,
-    manifests: &[Manifest],
-    timeout: Duration,
-) -> Vec<Row> {
-    let ns = gr.namespace().unwrap_or_default();
-    let owner = Owner::of(gr);
-    let default_namespace = gr.spec.target_namespace.clone().unwrap_or(ns);
-    let (previous, digests, versions) = (HashSet::new(), Default::default(), Default::default());
-    let opts = ApplyOptions {
-        owner: &owner,
-        default_namespace: &default_namespace,
-        previous: &previous,
-        previous_digests: &digests,
-        previous_versions: &versions,
-        timeout,
-        force: gr.spec.force,
-    };
-    let dry = Applier::new(1).dry_run(client, manifests, &opts).await;
-    let row = |object, action, changes, error| Row {
-        object,
-        action,
-        changes,
-        error,
-    };
-    let mut report = Vec::new();
-    let mut rendered = HashSet::new();
-    for object in &dry {
-        rendered.insert(object.id.to_string());
-        let what = describe(&object.id);
-        report.push(match (&object.live, &object.desired) {
-            (_, Err(message)) => row(what, "failed", vec![], Some(message.clone())),
-            (None, Ok(_)) => row(what, "created", vec![], None),
-            (Some(live), Ok(desired)) => {
-                let c = changes(live, desired);
-                let action = if c.is_empty() { "unchanged" } else { "changed" };
-                row(what, action, c, None)
-            }
-        });
-    }
-    if gr.spec.prune {
-        let inventory = gr.status.as_ref().and_then(|s| s.inventory.as_ref());
-        for entry in inventory.map(|i| i.entries.as_slice()).unwrap_or_default() {
-            if !rendered.contains(&entry.id)
-                && let Some(id) = ObjectId::parse(&entry.id)
-            {
-                report.push(row(describe(&id), "pruned", vec![], None));
-            }
-        }
-    }
-    report
-}
-
 fn write_diff_structured(
-    report: &[Row],
+    report: &[ObjectDiff],
     format: Format,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
@@ -475,7 +424,7 @@ fn write_diff_structured(
         .map(|row| {
             json!({
                 "object": row.object,
-                "action": row.action,
+                "action": row.action.as_str(),
                 "changes": row.changes.iter().map(|c| json!({"path": c.path, "live": c.live, "desired": c.desired})).collect::<Vec<_>>(),
                 "error": row.error,
             })
@@ -492,51 +441,19 @@ fn write_diff_structured(
     Ok(())
 }
 
-fn write_diff_table(report: &[Row], out: &mut impl Write) -> Result<(), CliError> {
+fn write_diff_table(report: &[ObjectDiff], out: &mut impl Write) -> Result<(), CliError> {
     let colours = colours_for(std::io::stdout().is_terminal());
-    for row in report {
-        let code = match row.action {
-            "created" => "32",
-            "changed" => "33",
-            "pruned" | "failed" => "31",
-            _ => continue,
-        };
-        writeln!(out, "{}: {}", row.object, colour(colours, code, row.action))?;
-        for c in &row.changes {
-            writeln!(
-                out,
-                "  {}: {} → {}",
-                c.path,
-                shown(&c.live),
-                shown(&c.desired)
-            )?;
-        }
-        if let Some(error) = &row.error {
-            writeln!(out, "  {error}")?;
-        }
-    }
+    write!(
+        out,
+        "{}",
+        diff::text(report, |code, text| colour(colours, code, text))
+    )?;
     let n = report
         .iter()
-        .filter(|row| row.action != "unchanged")
+        .filter(|d| d.action != Action::Unchanged)
         .count();
     writeln!(out, "{n} of {} objects would change", report.len())?;
     Ok(())
-}
-
-fn describe(id: &ObjectId) -> String {
-    if id.namespace.is_empty() {
-        format!("{} {}", id.kind, id.name)
-    } else {
-        format!("{} {}/{}", id.kind, id.namespace, id.name)
-    }
-}
-
-fn shown(value: &Option<Value>) -> String {
-    match value {
-        None => "(absent)".into(),
-        Some(Value::String(s)) if s == crate::apply::diff::REDACTED => s.clone(),
-        Some(v) => v.to_string(),
-    }
 }
 
 /// The GitRepository's revision as the controller would fetch and render it: its source and

@@ -75,6 +75,19 @@ pub struct Notice {
     pub commit: Option<CommitState>,
     /// RFC 3339.
     pub at: String,
+    /// Set for a pull-request preview: sent to its Provider alone, not through Alerts.
+    pub preview: Option<PreviewNote>,
+}
+
+/// What a pull-request preview tells the pull request, besides its head commit's status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreviewNote {
+    /// The Provider of `spec.preview.providerRef`, in the GitRepository's namespace.
+    pub provider: String,
+    /// The pull request (merge request).
+    pub number: u64,
+    /// The comment (Markdown) that shows the diff; none while the preview is pending.
+    pub comment: Option<String>,
 }
 
 impl Notice {
@@ -90,6 +103,7 @@ impl Notice {
             revision: None,
             commit: None,
             at: k8s_openapi::jiff::Timestamp::now().to_string(),
+            preview: None,
         }
     }
 
@@ -258,7 +272,8 @@ struct Shared {
 
 /// One notice for one Alert's Provider.
 struct Delivery {
-    alert: ObjectRef<Alert>,
+    /// The Alert that routed it; none for a preview.
+    alert: Option<ObjectRef<Alert>>,
     notice: Arc<Notice>,
 }
 
@@ -266,6 +281,21 @@ struct Delivery {
 async fn route(mut rx: mpsc::Receiver<Notice>, shared: Arc<Shared>) {
     while let Some(notice) = rx.recv().await {
         let notice = Arc::new(notice);
+        if let Some(preview) = &notice.preview {
+            let (ns, name) = (notice.namespace.clone(), preview.provider.clone());
+            let delivery = Delivery {
+                alert: None,
+                notice: notice.clone(),
+            };
+            let Some(queue) = shared.queue(&ns, &name) else {
+                return; // The term is over.
+            };
+            if queue.try_send(delivery).is_err() {
+                warn!(namespace = %ns, provider = %name, "the Provider's queue is full: a preview was dropped");
+                shared.metrics.notified(&ns, &name, "dropped");
+            }
+            continue;
+        }
         for alert in shared.alerts.state() {
             if alert.namespace().as_deref() != Some(&notice.namespace) {
                 continue;
@@ -295,7 +325,7 @@ async fn route(mut rx: mpsc::Receiver<Notice>, shared: Arc<Shared>) {
                 }
             }
             let delivery = Delivery {
-                alert: ObjectRef::from_obj(&*alert),
+                alert: Some(ObjectRef::from_obj(&*alert)),
                 notice: notice.clone(),
             };
             let Some(queue) = shared.queue(&ns, &name) else {
@@ -445,11 +475,22 @@ impl Shared {
             }
             let at = ObjectRef::<Provider>::new(&name).within(&ns);
             let Some(provider) = self.providers.get(&at) else {
+                if delivery.alert.is_none() {
+                    warn!(namespace = %ns, provider = %name, "a preview's Provider does not exist: not sent");
+                    self.metrics.notified(&ns, &name, "failed");
+                }
                 self.queues.lock().remove(&(ns.clone(), name.clone()));
                 return;
             };
             let result = self.send(&provider, &delivery.notice).await;
-            let Some(alert) = self.alerts.get(&delivery.alert) else {
+            let Some(alert) = delivery.alert.as_ref().and_then(|a| self.alerts.get(a)) else {
+                match &result {
+                    Ok(()) => self.metrics.notified(&ns, &name, "sent"),
+                    Err(e) => {
+                        self.metrics.notified(&ns, &name, "failed");
+                        warn!(namespace = %ns, provider = %name, gitrepository = %delivery.notice.name, error = %e, "sending a preview failed");
+                    }
+                }
                 continue;
             };
             match result {
@@ -482,6 +523,12 @@ impl Shared {
             .as_deref()
             .and_then(crate::reconcile::parse_duration)
             .unwrap_or(DEFAULT_TIMEOUT);
+        if notice.preview.is_some() && !provider.spec.kind.commit_status() {
+            return Err(format!(
+                "Provider {} is not a git host (github, gitea or gitlab): previews are not sent to it",
+                provider.name_any()
+            ));
+        }
         let mut wait = FIRST_RETRY;
         let mut last = String::new();
         for attempt in 1..=ATTEMPTS {
@@ -497,7 +544,23 @@ impl Shared {
                 }
             };
             let request = build(&provider.spec, &credentials, notice).map_err(|e| e.to_string())?;
-            match send::deliver(&self.http, &request, timeout).await {
+            let mut sent = send::deliver(&self.http, &request, timeout).await;
+            if let (
+                Ok(()),
+                Some(PreviewNote {
+                    number,
+                    comment: Some(comment),
+                    ..
+                }),
+            ) = (&sent, &notice.preview)
+            {
+                let api = send::comments(&provider.spec, &credentials, *number)
+                    .map_err(|e| e.to_string())?;
+                let marker = send::comment_marker(notice);
+                let body = format!("{marker}\n{comment}");
+                sent = send::upsert_comment(&self.http, &api, &marker, &body, timeout).await;
+            }
+            match sent {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e.to_string(),
             }
@@ -634,6 +697,7 @@ mod tests {
             revision: None,
             commit: None,
             at: String::new(),
+            preview: None,
         }
     }
 

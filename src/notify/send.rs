@@ -63,7 +63,10 @@ pub fn build(
         .ok_or(BuildError::NoAddress)?;
     let json = |body: &Value| serde_json::to_vec(body).unwrap_or_default();
     let content_type = ("Content-Type", "application/json".to_string());
-    let context = format!("capstan/{}/{}", notice.namespace, notice.name);
+    let mut context = format!("capstan/{}/{}", notice.namespace, notice.name);
+    if notice.preview.is_some() {
+        context.push_str("/preview");
+    }
     let state = notice.commit.unwrap_or(CommitState::Failure);
     let sha = notice.sha().unwrap_or_default();
     match spec.kind {
@@ -86,81 +89,91 @@ pub fn build(
             headers: vec![content_type],
             body: json(&slack_json(spec, notice)),
         }),
-        ProviderType::GitHub | ProviderType::Gitea => {
-            let host = if spec.kind == ProviderType::Gitea {
-                "Gitea"
-            } else {
-                "GitHub"
+        ProviderType::GitHub | ProviderType::Gitea | ProviderType::GitLab => {
+            let forge = forge(spec, credentials, &address)?;
+            let gitlab = spec.kind == ProviderType::GitLab;
+            let state = match (state, gitlab) {
+                (CommitState::Pending, _) => "pending",
+                (CommitState::Success, _) => "success",
+                (CommitState::Failure, false) => "failure",
+                (CommitState::Failure, true) => "failed",
             };
-            let (base, path) = repository(&address, host)?;
-            let [owner, repo] = path.split('/').collect::<Vec<_>>()[..] else {
-                return Err(BuildError::NotRepository(host));
-            };
-            let state = match state {
-                CommitState::Pending => "pending",
-                CommitState::Success => "success",
-                CommitState::Failure => "failure",
-            };
-            let body = json(&json!({
-                "state": state,
-                "context": context,
-                "description": truncate(&notice.message, GITHUB_DESCRIPTION),
-            }));
-            let statuses = format!("repos/{owner}/{repo}/statuses/{sha}");
-            if spec.kind == ProviderType::Gitea {
-                return Ok(Request {
-                    url: format!("{base}/api/v1/{statuses}"),
-                    headers: vec![
-                        content_type,
-                        (
-                            "Authorization",
-                            format!("token {}", token(credentials, "gitea")?),
-                        ),
-                    ],
-                    body,
-                });
-            }
-            let api = if base.ends_with("://github.com") {
-                "https://api.github.com".to_string()
-            } else {
-                format!("{base}/api/v3")
-            };
-            Ok(Request {
-                url: format!("{api}/{statuses}"),
-                headers: vec![
-                    content_type,
-                    ("Accept", "application/vnd.github+json".into()),
-                    ("X-GitHub-Api-Version", "2022-11-28".into()),
-                    (
-                        "Authorization",
-                        format!("Bearer {}", token(credentials, "github")?),
-                    ),
-                ],
-                body,
-            })
-        }
-        ProviderType::GitLab => {
-            let (base, path) = repository(&address, "GitLab")?;
-            let project: String = url::form_urlencoded::byte_serialize(path.as_bytes()).collect();
-            let state = match state {
-                CommitState::Pending => "pending",
-                CommitState::Success => "success",
-                CommitState::Failure => "failed",
-            };
-            Ok(Request {
-                url: format!("{base}/api/v4/projects/{project}/statuses/{sha}"),
-                headers: vec![
-                    content_type,
-                    ("PRIVATE-TOKEN", token(credentials, "gitlab")?.to_string()),
-                ],
-                body: json(&json!({
+            let body = match gitlab {
+                true => json!({
                     "state": state,
                     "name": context,
                     "description": truncate(&notice.message, GITLAB_DESCRIPTION),
-                })),
+                }),
+                false => json!({
+                    "state": state,
+                    "context": context,
+                    "description": truncate(&notice.message, GITHUB_DESCRIPTION),
+                }),
+            };
+            let mut headers = forge.headers;
+            headers.push(content_type);
+            Ok(Request {
+                url: format!("{}/statuses/{sha}", forge.api),
+                headers,
+                body: json(&body),
             })
         }
     }
+}
+
+/// A repository's API on a forge: its base URL (`…/repos/owner/repo`, `…/projects/<id>`) and
+/// the headers that authenticate to it.
+struct Forge {
+    api: String,
+    headers: Vec<(&'static str, String)>,
+}
+
+fn forge(
+    spec: &ProviderSpec,
+    credentials: &Credentials,
+    address: &str,
+) -> Result<Forge, BuildError> {
+    let host = match spec.kind {
+        ProviderType::Gitea => "Gitea",
+        ProviderType::GitLab => "GitLab",
+        _ => "GitHub",
+    };
+    let (base, path) = repository(address, host)?;
+    if spec.kind == ProviderType::GitLab {
+        let project: String = url::form_urlencoded::byte_serialize(path.as_bytes()).collect();
+        return Ok(Forge {
+            api: format!("{base}/api/v4/projects/{project}"),
+            headers: vec![("PRIVATE-TOKEN", token(credentials, "gitlab")?.to_string())],
+        });
+    }
+    let [owner, repo] = path.split('/').collect::<Vec<_>>()[..] else {
+        return Err(BuildError::NotRepository(host));
+    };
+    if spec.kind == ProviderType::Gitea {
+        return Ok(Forge {
+            api: format!("{base}/api/v1/repos/{owner}/{repo}"),
+            headers: vec![(
+                "Authorization",
+                format!("token {}", token(credentials, "gitea")?),
+            )],
+        });
+    }
+    let api = if base.ends_with("://github.com") {
+        "https://api.github.com".to_string()
+    } else {
+        format!("{base}/api/v3")
+    };
+    Ok(Forge {
+        api: format!("{api}/repos/{owner}/{repo}"),
+        headers: vec![
+            ("Accept", "application/vnd.github+json".into()),
+            ("X-GitHub-Api-Version", "2022-11-28".into()),
+            (
+                "Authorization",
+                format!("Bearer {}", token(credentials, "github")?),
+            ),
+        ],
+    })
 }
 
 fn token<'a>(credentials: &'a Credentials, kind: &'static str) -> Result<&'a str, BuildError> {
@@ -260,10 +273,22 @@ pub async fn deliver(
     request: &Request,
     timeout: Duration,
 ) -> Result<(), SendError> {
-    let mut builder = http
-        .post(&request.url)
-        .timeout(timeout)
-        .body(request.body.clone());
+    call(http, reqwest::Method::POST, request, timeout)
+        .await
+        .map(drop)
+}
+
+/// One request with `method`; the answer's body when it succeeds.
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    request: &Request,
+    timeout: Duration,
+) -> Result<String, SendError> {
+    let mut builder = http.request(method, &request.url).timeout(timeout);
+    if !request.body.is_empty() {
+        builder = builder.body(request.body.clone());
+    }
     for (k, v) in &request.headers {
         builder = builder.header(*k, v);
     }
@@ -286,12 +311,103 @@ pub async fn deliver(
     };
     let response = builder.send().await.map_err(transport)?;
     let code = response.status();
+    let body = response.text().await.map_err(transport)?;
     if code.is_success() {
-        return Ok(());
+        return Ok(body);
     }
-    let body = response.text().await.unwrap_or_default();
     let body: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
     Err(SendError::Status(code.as_u16(), body))
+}
+
+/// The first line of the comment a preview keeps on a pull request: how the next preview of
+/// the same GitRepository finds it to update it.
+pub fn comment_marker(notice: &Notice) -> String {
+    format!(
+        "<!-- capstan-preview {}/{} -->",
+        notice.namespace, notice.name
+    )
+}
+
+/// Where a pull request's comments are listed, created and updated.
+#[derive(Debug, PartialEq)]
+pub struct Comments {
+    list: String,
+    create: String,
+    /// Followed by the comment's id.
+    update: String,
+    /// PATCH for GitHub and Gitea, PUT for GitLab.
+    update_method: reqwest::Method,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// The comment API of pull request (merge request) `number` on the Provider's repository.
+pub fn comments(
+    spec: &ProviderSpec,
+    credentials: &Credentials,
+    number: u64,
+) -> Result<Comments, BuildError> {
+    let address = credentials
+        .address
+        .clone()
+        .or_else(|| spec.address.clone())
+        .ok_or(BuildError::NoAddress)?;
+    let Forge { api, mut headers } = forge(spec, credentials, address.trim())?;
+    headers.push(("Content-Type", "application/json".to_string()));
+    Ok(match spec.kind {
+        ProviderType::GitLab => Comments {
+            list: format!("{api}/merge_requests/{number}/notes?per_page=100&sort=asc"),
+            create: format!("{api}/merge_requests/{number}/notes"),
+            update: format!("{api}/merge_requests/{number}/notes/"),
+            update_method: reqwest::Method::PUT,
+            headers,
+        },
+        _ => Comments {
+            // `per_page` for GitHub, `limit` for Gitea.
+            list: format!("{api}/issues/{number}/comments?per_page=100&limit=50"),
+            create: format!("{api}/issues/{number}/comments"),
+            update: format!("{api}/issues/comments/"),
+            update_method: reqwest::Method::PATCH,
+            headers,
+        },
+    })
+}
+
+/// Creates the comment that starts with `marker`, or updates it when the pull request has
+/// one already, so that each GitRepository keeps one comment, always the newest.
+pub async fn upsert_comment(
+    http: &reqwest::Client,
+    api: &Comments,
+    marker: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<(), SendError> {
+    let request = |url: String, body: Vec<u8>| Request {
+        url,
+        headers: api.headers.clone(),
+        body,
+    };
+    let listed = call(
+        http,
+        reqwest::Method::GET,
+        &request(api.list.clone(), Vec::new()),
+        timeout,
+    )
+    .await?;
+    let listed: Value = serde_json::from_str(&listed)
+        .map_err(|e| SendError::Transport(format!("the comments did not parse: {e}")))?;
+    let ours = listed.as_array().and_then(|all| {
+        all.iter()
+            .find(|c| c["body"].as_str().is_some_and(|b| b.starts_with(marker)))
+            .and_then(|c| c["id"].as_u64())
+    });
+    let body = serde_json::to_vec(&json!({"body": body})).unwrap_or_default();
+    let (method, url) = match ours {
+        Some(id) => (api.update_method.clone(), format!("{}{id}", api.update)),
+        None => (reqwest::Method::POST, api.create.clone()),
+    };
+    call(http, method, &request(url, body), timeout)
+        .await
+        .map(drop)
 }
 
 #[cfg(test)]
@@ -310,6 +426,7 @@ mod tests {
             revision: Some(format!("main@sha1:{}", "0123abcd".repeat(5))),
             commit,
             at: "2026-12-03T12:00:00Z".into(),
+            preview: None,
         }
     }
 
@@ -509,5 +626,51 @@ mod tests {
         };
         assert!(!wants(ProviderType::GitLab, &no_revision));
         assert!(wants(ProviderType::Generic, &no_revision));
+    }
+
+    #[test]
+    fn preview_comments_and_status() {
+        let mut n = notice(Some(CommitState::Success));
+        n.preview = Some(crate::notify::PreviewNote {
+            provider: "gitea".into(),
+            number: 7,
+            comment: Some("diff".into()),
+        });
+        let r = build(
+            &spec(ProviderType::Gitea, "https://git.example.com/acme/app"),
+            &token("t"),
+            &n,
+        )
+        .unwrap();
+        assert_eq!(body(&r)["context"], "capstan/apps/web/preview");
+        let c = comments(
+            &spec(ProviderType::GitHub, "https://github.com/acme/app"),
+            &token("t"),
+            7,
+        )
+        .unwrap();
+        assert_eq!(
+            c.create,
+            "https://api.github.com/repos/acme/app/issues/7/comments"
+        );
+        assert_eq!(
+            c.update,
+            "https://api.github.com/repos/acme/app/issues/comments/"
+        );
+        assert_eq!(c.update_method, reqwest::Method::PATCH);
+        assert!(c.headers.contains(&("Authorization", "Bearer t".into())));
+        let c = comments(
+            &spec(ProviderType::GitLab, "https://gitlab.com/acme/team/app"),
+            &token("t"),
+            3,
+        )
+        .unwrap();
+        assert_eq!(
+            c.create,
+            "https://gitlab.com/api/v4/projects/acme%2Fteam%2Fapp/merge_requests/3/notes"
+        );
+        assert_eq!(c.update_method, reqwest::Method::PUT);
+        assert!(c.headers.contains(&("PRIVATE-TOKEN", "t".into())));
+        assert_eq!(comment_marker(&n), "<!-- capstan-preview apps/web -->");
     }
 }

@@ -8,8 +8,10 @@
 //! 4. [`deploy`]: server-side apply of what changed, and what is managed afterwards;
 //! 5. [`prune`]: what left git, behind the blast-radius guard;
 //! 6. [`observe`]: drift (corrected, reported or held) and health, from the shared watches;
-//! 7. [`report`]: metrics, one status write when something changed, the Events;
-//! 8. [`cleanup`]: on delete, the objects applied are deleted or released.
+//! 7. [`preview`]: a pull request's head, rendered and dry-run against the cluster, when one is
+//!    asked for;
+//! 8. [`report`]: metrics, one status write when something changed, the Events;
+//! 9. [`cleanup`]: on delete, the objects applied are deleted or released.
 //!
 //! A step returns its output or a [`failure::Failure`], which alone decides the reason and
 //! whether it stalls or is retried. What the process knows between reconciles is one
@@ -31,7 +33,8 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use crate::api::{
-    FIELD_MANAGER, FINALIZER, GitRepository, GitRepositoryStatus, RECONCILE_REQUESTED_ANNOTATION,
+    FIELD_MANAGER, FINALIZER, GitRepository, GitRepositoryStatus, PREVIEW_REQUESTED_ANNOTATION,
+    RECONCILE_REQUESTED_ANNOTATION,
 };
 use crate::apply::record::RecordError;
 use crate::live::Live;
@@ -52,6 +55,7 @@ mod fetch;
 mod mock;
 mod observe;
 mod plan;
+mod preview;
 mod prune;
 mod report;
 mod state;
@@ -216,14 +220,17 @@ pub(crate) fn uid(gr: &GitRepository) -> String {
         .unwrap_or_else(|| format!("{}/{}", gr.namespace().unwrap_or_default(), gr.name_any()))
 }
 
-/// What, in a GitRepository, asks for a reconcile: its spec (generation), the reconcile-now
-/// annotation, and the finalizer and deletion state the finalizer helper acts on.
+/// What, in a GitRepository, asks for a reconcile: its spec (generation), the reconcile-now and
+/// preview annotations, and the finalizer and deletion state the finalizer helper acts on.
 pub(crate) fn trigger_hash(gr: &GitRepository) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     predicates::generation(gr).hash(&mut h);
     gr.annotations()
         .get(RECONCILE_REQUESTED_ANNOTATION)
+        .hash(&mut h);
+    gr.annotations()
+        .get(PREVIEW_REQUESTED_ANNOTATION)
         .hash(&mut h);
     gr.finalizers().hash(&mut h);
     gr.meta().deletion_timestamp.is_some().hash(&mut h);
@@ -317,6 +324,12 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     } else {
         (verdict, Vec::new(), delay)
     };
+    // A pull request's preview, once the cluster it would be compared with is reachable.
+    if gr.spec.preview.is_none() {
+        status.preview = None;
+    } else if let (true, Some(request)) = (reachable, preview::pending(gr, &status)) {
+        preview::preview(ctx, gr, &mut state, &mut status, &plan, request).await;
+    }
     if plan.request.is_some() {
         status.last_handled_reconcile_at = plan.request.clone();
     }

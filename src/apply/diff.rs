@@ -211,7 +211,13 @@ pub fn changes(live: &Value, desired: &Value) -> Vec<Change> {
 }
 
 fn ignored(path: &str) -> bool {
-    path == ".status"
+    // Capstan's own record of what it sent changes with every change; it is not one.
+    let digest = format!(
+        ".metadata.annotations{}",
+        segment(crate::api::DIGEST_ANNOTATION)
+    );
+    path == digest
+        || path == ".status"
         || path.starts_with(".status.")
         || path.starts_with(".status[")
         || SERVER_FIELDS.iter().any(|f| {
@@ -314,8 +320,10 @@ mod tests {
 
     #[test]
     fn server_metadata_and_status_are_not_changes() {
-        let live = json!({"metadata": {"generation": 1, "managedFields": [1], "uid": "u"}, "status": {"x": 1}});
-        let desired = json!({"metadata": {"generation": 2, "managedFields": [2], "uid": "u"}, "status": {"x": 2}});
+        let live = json!({"metadata": {"generation": 1, "managedFields": [1], "uid": "u",
+            "annotations": {"capstan.dev/digest": "1"}}, "status": {"x": 1}});
+        let desired = json!({"metadata": {"generation": 2, "managedFields": [2], "uid": "u",
+            "annotations": {"capstan.dev/digest": "2"}}, "status": {"x": 2}});
         assert_eq!(changes(&live, &desired), vec![]);
     }
 

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod controller;
 pub mod env;
+pub mod gitea;
 pub mod hooks;
 pub mod process;
 pub mod proxy;

@@ -21,6 +21,7 @@ mod monorepo;
 mod notify;
 mod operations;
 mod ownership;
+mod preview;
 mod remote;
 mod render;
 mod restart;

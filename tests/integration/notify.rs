@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::support::Repo;
 use crate::support::controller::{Fixture, configmap, http_get, put_secret, spec};
+use crate::support::gitea::Gitea;
 use crate::support::hooks::{Answer, Endpoint, Recorded};
 
 const TOKEN: &str = "t0ken-never-shown";
@@ -41,7 +42,7 @@ async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) {
 }
 
 /// A Provider and an Alert of every GitRepository's events to it, both named `name`.
-async fn route(fx: &Fixture, name: &str, provider: Value, alert: Value) {
+pub async fn route(fx: &Fixture, name: &str, provider: Value, alert: Value) {
     apply(&fx.client, &fx.ns, "Provider", name, provider).await;
     let mut spec = json!({"providerRef": {"name": name}, "eventSources": [{"kind": "GitRepository", "name": "*"}]});
     for (k, v) in alert.as_object().unwrap() {
@@ -51,7 +52,7 @@ async fn route(fx: &Fixture, name: &str, provider: Value, alert: Value) {
 }
 
 /// Waits until the Alert's Ready condition has `reason`; returns its message.
-async fn alert_ready(fx: &Fixture, name: &str, status: &str, reason: &str) -> String {
+pub async fn alert_ready(fx: &Fixture, name: &str, status: &str, reason: &str) -> String {
     let api: Api<Alert> = Api::namespaced(fx.client.clone(), &fx.ns);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
@@ -424,133 +425,26 @@ async fn a_notice_is_sent_once_across_a_restart() {
 #[tokio::test]
 async fn a_push_to_gitea_is_applied_and_its_commit_shows_the_status() {
     let fx = Fixture::with_http("notify-gitea").await;
-    let dir = tempfile::tempdir().unwrap();
-    let out =
-        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/gitea.sh"))
-            .arg("up")
-            .arg(dir.path().join("gitea"))
-            .arg("--watch-pid")
-            .arg(std::process::id().to_string())
-            .output()
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let env = crate::support::env::parse_exports(&String::from_utf8_lossy(&out.stdout));
-    let (url, user, password, token) = (
-        env["GITEA_URL"].clone(),
-        env["GITEA_USER"].clone(),
-        env["GITEA_PASSWORD"].clone(),
-        env["GITEA_TOKEN"].clone(),
-    );
-    let http = reqwest::Client::new();
-    let api = |path: &str| format!("{url}/api/v1{path}");
-    let auth = format!("token {token}");
-    let created = http
-        .post(api("/user/repos"))
-        .header("Authorization", &auth)
-        .json(&json!({"name": "app", "private": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
-
-    // The first commit, pushed over HTTP with the user's password.
-    let work = dir.path().join("work");
-    let remote = url.replace("http://", &format!("http://{user}:{password}@")) + "/capstan/app.git";
-    let git = |args: &[&str]| crate::support::repo::git(&work, args);
-    let commit = |value: &str| {
-        std::fs::write(work.join("cm.yaml"), configmap("forged", value)).unwrap();
-        git(&["add", "-A"]);
-        git(&["commit", "-q", "-m", value]);
-        git(&["push", "-q", &remote, "HEAD:main"]);
-        git(&["rev-parse", "HEAD"])
-    };
-    std::fs::create_dir_all(&work).unwrap();
-    git(&["init", "-q", "-b", "main"]);
+    let gitea = Gitea::start();
+    let work = gitea.repository("app").await;
+    let commit = |value: &str| work.commit("main", &[("cm.yaml", &configmap("forged", value))]);
     let first = commit("1");
 
     // Capstan's side: the GitRepository (credentials, an hour between polls), a Receiver for
     // Gitea's webhook (signed as GitHub signs), and the commit status Provider.
-    let ns = fx.ns.clone();
-    put_secret(
-        &fx.client,
-        &ns,
-        "gitea-git",
-        &[
-            ("username", user.as_bytes()),
-            ("password", password.as_bytes()),
-        ],
-    )
-    .await;
-    put_secret(
-        &fx.client,
-        &ns,
-        "gitea-hook",
-        &[("token", b"gitea-hook-s3cret")],
-    )
-    .await;
-    put_secret(&fx.client, &ns, "gitea-api", &[("token", token.as_bytes())]).await;
-    let receiver = json!({"type": "github", "secretRef": {"name": "gitea-hook"}, "resources": [{"name": "app"}]});
-    let object = json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "Receiver", "metadata": {"name": "gitea"}, "spec": receiver});
-    let receivers: Api<capstan::api::Receiver> = Api::namespaced(fx.client.clone(), &ns);
-    receivers
-        .patch("gitea", &PatchParams::apply("test"), &Patch::Apply(&object))
-        .await
-        .unwrap();
-    let provider = json!({"type": "gitea", "address": format!("{url}/capstan/app"), "secretRef": {"name": "gitea-api"}});
+    forge_secrets(&fx, &gitea).await;
+    receiver(&fx, "gitea", "app").await;
+    let provider = json!({"type": "gitea", "address": gitea.address("app"), "secretRef": {"name": "gitea-api"}});
     route(&fx, "gitea", provider, json!({})).await;
     alert_ready(&fx, "gitea", "True", "Valid").await;
-    let gr = json!({"url": format!("{url}/capstan/app.git"), "interval": "1h", "secretRef": {"name": "gitea-git"}});
+    let gr = json!({"url": gitea.clone_url("app"), "interval": "1h", "secretRef": {"name": "gitea-git"}});
     fx.create("app", spec("", gr)).await;
     fx.wait_applied("app", &first).await;
-    let hook = json!({
-        "type": "gitea",
-        "config": {"url": format!("http://{}/hook/{ns}/gitea", fx.webhook_addr.unwrap()), "content_type": "json", "secret": "gitea-hook-s3cret"},
-        "events": ["push"],
-        "active": true,
-    });
-    let added = http
-        .post(api("/repos/capstan/app/hooks"))
-        .header("Authorization", &auth)
-        .json(&hook)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(added.status(), 201, "{}", added.text().await.unwrap());
+    hook(&fx, &gitea, "app", &["push"]).await;
 
     // What Gitea shows of a commit's status, once it is `success` for our context.
-    let context = format!("capstan/{ns}/app");
-    let status_of = async |sha: &str| -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let got: Value = http
-                .get(api(&format!("/repos/capstan/app/commits/{sha}/status")))
-                .header("Authorization", &auth)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let ours = got["statuses"].as_array().and_then(|all| {
-                all.iter()
-                    .find(|s| s["context"] == context.as_str())
-                    .cloned()
-            });
-            if let Some(s) = ours.filter(|s| s["status"] == "success") {
-                return s;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no success status on {sha}: {got}"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    };
-    let shown = status_of(&first).await;
+    let context = format!("capstan/{}/app", fx.ns);
+    let shown = gitea.status("app", &first, &context, "success").await;
     assert!(
         shown["description"]
             .as_str()
@@ -564,5 +458,51 @@ async fn a_push_to_gitea_is_applied_and_its_commit_shows_the_status() {
     let second = commit("2");
     fx.wait_applied("app", &second).await;
     assert_eq!(fx.value("forged").await, "2");
-    status_of(&second).await;
+    gitea.status("app", &second, &context, "success").await;
+}
+
+/// The Secrets a GitRepository, a Receiver and a Provider use with `gitea`: `gitea-git` (the
+/// user's password), `gitea-hook` (the webhook's token), `gitea-api` (the API token).
+pub async fn forge_secrets(fx: &Fixture, gitea: &Gitea) {
+    let git: &[(&str, &[u8])] = &[
+        ("username", gitea.user.as_bytes()),
+        ("password", gitea.password.as_bytes()),
+    ];
+    put_secret(&fx.client, &fx.ns, "gitea-git", git).await;
+    put_secret(
+        &fx.client,
+        &fx.ns,
+        "gitea-hook",
+        &[("token", HOOK_TOKEN.as_bytes())],
+    )
+    .await;
+    let api: &[(&str, &[u8])] = &[("token", gitea.token.as_bytes())];
+    put_secret(&fx.client, &fx.ns, "gitea-api", api).await;
+}
+
+const HOOK_TOKEN: &str = "gitea-hook-s3cret";
+
+/// A `github` Receiver `name` (Gitea signs as GitHub does) for the GitRepository `gr`.
+pub async fn receiver(fx: &Fixture, name: &str, gr: &str) {
+    let receiver =
+        json!({"type": "github", "secretRef": {"name": "gitea-hook"}, "resources": [{"name": gr}]});
+    let object = json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "Receiver", "metadata": {"name": name}, "spec": receiver});
+    let receivers: Api<capstan::api::Receiver> = Api::namespaced(fx.client.clone(), &fx.ns);
+    receivers
+        .patch(name, &PatchParams::apply("test"), &Patch::Apply(&object))
+        .await
+        .unwrap();
+}
+
+/// Gitea's webhook of `events` on repository `repo`, to the Receiver `gitea`.
+pub async fn hook(fx: &Fixture, gitea: &Gitea, repo: &str, events: &[&str]) {
+    let url = format!("http://{}/hook/{}/gitea", fx.webhook_addr.unwrap(), fx.ns);
+    let hook = json!({
+        "type": "gitea",
+        "config": {"url": url, "content_type": "json", "secret": HOOK_TOKEN},
+        "events": events,
+        "active": true,
+    });
+    let path = format!("/repos/{}/{repo}/hooks", gitea.user);
+    gitea.expect(201, "POST", &path, Some(hook)).await;
 }

@@ -91,7 +91,7 @@ async fn service_account_rights_bound_what_a_gitrepository_applies() {
 }
 
 /// ServiceAccount `name` of the fixture's namespace, allowed every verb on `resources` there.
-async fn service_account(fx: &Fixture, name: &str, resources: &[&str]) {
+pub async fn service_account(fx: &Fixture, name: &str, resources: &[&str]) {
     create(
         fx,
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}),

@@ -1,0 +1,226 @@
+//! Pull-request previews against a real forge: Gitea's `pull_request` webhook reaches a
+//! Receiver, the controller renders the pull request's head and dry-runs it against the real
+//! API server, and Gitea's own API then shows the head commit's status and the one comment,
+//! updated on the next push. Nothing of the pull request is applied.
+
+use capstan::api::GitRepository;
+use kube::api::Api;
+use serde_json::{Value, json};
+
+use crate::notify::{forge_secrets, hook, receiver};
+use crate::support::controller::{Fixture, configmap, spec};
+use crate::support::gitea::Gitea;
+
+/// The GitRepository's `status.preview` once it answers a request for `sha`.
+async fn preview_of(fx: &Fixture, sha: &str) -> capstan::api::PreviewStatus {
+    let api: Api<GitRepository> = fx.api();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let gr = api.get("app").await.unwrap();
+        let preview = gr.status.and_then(|s| s.preview);
+        if let Some(p) = preview.as_ref().filter(|p| p.request.contains(sha)) {
+            return p.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no preview of {sha}: {preview:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+async fn comments(gitea: &Gitea, number: u64) -> Vec<Value> {
+    let path = format!("/repos/{}/app/issues/{number}/comments", gitea.user);
+    let listed = gitea.expect(200, "GET", &path, None).await;
+    listed.as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_pull_request_is_previewed_on_its_head_commit_and_nothing_of_it_is_applied() {
+    let fx = Fixture::with_http("preview").await;
+    let ns = fx.ns.clone();
+    let gitea = Gitea::start();
+    let work = gitea.repository("app").await;
+    let base = work.commit(
+        "main",
+        &[
+            ("kept.yaml", &configmap("kept", "1")),
+            ("dropped.yaml", &configmap("dropped", "1")),
+        ],
+    );
+    forge_secrets(&fx, &gitea).await;
+    receiver(&fx, "gitea", "app").await;
+    provider(&fx, &gitea).await;
+    let gr = json!({
+        "url": gitea.clone_url("app"), "interval": "1h", "secretRef": {"name": "gitea-git"},
+        "prune": true, "preview": {"providerRef": {"name": "gitea"}},
+    });
+    fx.create("app", spec("", gr)).await;
+    fx.wait_applied("app", &base).await;
+    hook(&fx, &gitea, "app", &["push", "pull_request"]).await;
+
+    // A pull request that changes one object, adds one and removes one.
+    work.git(&["checkout", "-q", "-b", "feature"]);
+    std::fs::remove_file(work.path().join("dropped.yaml")).unwrap();
+    let head = work.commit(
+        "feature",
+        &[
+            ("kept.yaml", &configmap("kept", "2")),
+            ("added.yaml", &configmap("added", "1")),
+        ],
+    );
+    let number = pull_request(&gitea, "Change the config").await;
+
+    // The head commit's status, as Gitea shows it.
+    let context = format!("capstan/{ns}/app/preview");
+    let shown = gitea.status("app", &head, &context, "success").await;
+    let summary = "1 changed, 1 created, 1 would be pruned";
+    assert_eq!(shown["description"], summary, "{shown}");
+    let preview = preview_of(&fx, &head).await;
+    assert_eq!(preview.number, number);
+    assert!(preview.succeeded, "{preview:?}");
+    assert_eq!(preview.message, summary);
+    assert_eq!(
+        preview.revision.as_deref(),
+        Some(format!("refs/pull/{number}/head@sha1:{head}").as_str())
+    );
+
+    // One comment with the readable diff.
+    let listed = comments(&gitea, number).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let body = listed[0]["body"].as_str().unwrap();
+    eprintln!("BODY<<{body}>> {shown}");
+    for want in [
+        format!("<!-- capstan-preview {ns}/app -->"),
+        format!("ConfigMap {ns}/kept: changed"),
+        r#".data.value: "1" → "2""#.to_string(),
+        format!("ConfigMap {ns}/added: created"),
+        format!("ConfigMap {ns}/dropped: pruned"),
+        format!("**{summary}**"),
+    ] {
+        assert!(body.contains(&want), "{want:?} not in {body}");
+    }
+
+    // Nothing of it was applied.
+    assert_eq!(fx.value("kept").await, "1");
+    assert!(fx.get("v1", "ConfigMap", "added").await.is_none());
+    assert!(fx.get("v1", "ConfigMap", "dropped").await.is_some());
+    let applied = fx.api().get("app").await.unwrap();
+    let status = applied.status.unwrap();
+    assert_eq!(
+        status.last_applied_revision,
+        Some(format!("main@sha1:{base}"))
+    );
+
+    // A push that breaks the render: the new head fails with the render's error, and the one
+    // comment says so.
+    let broken = work.commit("feature", &[("broken.yaml", "kind: [\n")]);
+    let shown = gitea.status("app", &broken, &context, "failure").await;
+    let description = shown["description"].as_str().unwrap();
+    assert!(description.contains("broken.yaml"), "{shown}");
+    let preview = preview_of(&fx, &broken).await;
+    assert!(!preview.succeeded);
+    let listed = comments(&gitea, number).await;
+    assert_eq!(
+        listed.len(),
+        1,
+        "the comment is updated, not added: {listed:?}"
+    );
+    let body = listed[0]["body"].as_str().unwrap();
+    eprintln!("BODY<<{body}>> {shown}");
+    assert!(body.contains("broken.yaml"), "{body}");
+    assert!(!body.contains("kept: changed"), "{body}");
+
+    // The GitRepository itself went on: still Ready at the base.
+    let gr = fx.api().get("app").await.unwrap();
+    let ready = crate::support::controller::ready(&gr).unwrap();
+    assert_eq!(ready.0, "True", "{ready:?}");
+}
+
+/// The dry run is the GitRepository's own: as its ServiceAccount, whose rights bound what the
+/// preview shows as applicable, and with no Secret value shown on the status or the pull request.
+#[tokio::test]
+async fn a_preview_runs_as_the_service_account_and_shows_no_secret_value() {
+    let fx = Fixture::with_http("preview-identity").await;
+    let ns = fx.ns.clone();
+    crate::tenancy::service_account(&fx, "deployer", &["configmaps", "secrets"]).await;
+    let gitea = Gitea::start();
+    let work = gitea.repository("app").await;
+    let secret = |value: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  password: {value}\n"
+        )
+    };
+    let base = work.commit("main", &[("secret.yaml", &secret("old-pass-1"))]);
+    forge_secrets(&fx, &gitea).await;
+    receiver(&fx, "gitea", "app").await;
+    provider(&fx, &gitea).await;
+    let gr = json!({
+        "url": gitea.clone_url("app"), "interval": "1h", "secretRef": {"name": "gitea-git"},
+        "serviceAccountName": "deployer", "preview": {"providerRef": {"name": "gitea"}},
+    });
+    fx.create("app", spec("", gr)).await;
+    fx.wait_applied("app", &base).await;
+    hook(&fx, &gitea, "app", &["pull_request"]).await;
+
+    work.git(&["checkout", "-q", "-b", "feature"]);
+    let service =
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 80\n";
+    let head = work.commit(
+        "feature",
+        &[
+            ("secret.yaml", &secret("new-pass-2")),
+            ("service.yaml", service),
+        ],
+    );
+    let number = pull_request(&gitea, "A Service").await;
+
+    let context = format!("capstan/{ns}/app/preview");
+    let shown = gitea.status("app", &head, &context, "failure").await;
+    assert_eq!(shown["description"], "1 changed, 1 failed the dry run");
+    let preview = preview_of(&fx, &head).await;
+    assert!(!preview.succeeded, "{preview:?}");
+    let listed = comments(&gitea, number).await;
+    let body = listed[0]["body"].as_str().unwrap();
+    for want in [
+        format!("Secret {ns}/creds: changed"),
+        ".data.password: (redacted) → (redacted)".to_string(),
+        format!("Service {ns}/web: failed"),
+        "forbidden".to_string(),
+        "system:serviceaccount:".to_string() + &ns + ":deployer",
+    ] {
+        assert!(body.contains(&want), "{want:?} not in {body}");
+    }
+    let api: Api<GitRepository> = fx.api();
+    let status = serde_json::to_string(&api.get("app").await.unwrap()).unwrap();
+    for value in [
+        "new-pass-2",
+        "old-pass-1",
+        "bmV3LXBhc3MtMg",
+        "b2xkLXBhc3MtMQ",
+    ] {
+        assert!(!body.contains(value), "{value} in {body}");
+        assert!(!status.contains(value), "{value} in {status}");
+    }
+    assert!(fx.get("v1", "Service", "web").await.is_none());
+}
+
+/// The `gitea` Provider for the repository `app`.
+async fn provider(fx: &Fixture, gitea: &Gitea) {
+    let spec = json!({"type": "gitea", "address": gitea.address("app"), "secretRef": {"name": "gitea-api"}});
+    let object = json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "gitea"}, "spec": spec});
+    let providers: Api<capstan::api::Provider> = Api::namespaced(fx.client.clone(), &fx.ns);
+    let params = kube::api::PatchParams::apply("test");
+    providers
+        .patch("gitea", &params, &kube::api::Patch::Apply(&object))
+        .await
+        .unwrap();
+}
+
+/// Opens a pull request of `feature` into `main`; returns its number.
+async fn pull_request(gitea: &Gitea, title: &str) -> u64 {
+    let pull = json!({"head": "feature", "base": "main", "title": title});
+    let path = format!("/repos/{}/app/pulls", gitea.user);
+    let opened = gitea.expect(201, "POST", &path, Some(pull)).await;
+    opened["number"].as_u64().unwrap()
+}

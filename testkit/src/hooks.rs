@@ -27,9 +27,11 @@ impl Recorded {
 }
 
 /// How the endpoint answers.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Answer {
     Status(u16),
+    /// A status and a JSON body.
+    Json(u16, String),
     /// Holds the request unanswered.
     Hang,
 }
@@ -120,7 +122,7 @@ async fn answer(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
     let answer = {
         let mut inner = state.lock().unwrap();
         inner.received.push(Recorded {
@@ -135,16 +137,19 @@ async fn answer(
             body: body.to_vec(),
         });
         if inner.next.is_empty() {
-            inner.otherwise.unwrap_or(Answer::Status(200))
+            inner.otherwise.clone().unwrap_or(Answer::Status(200))
         } else {
             inner.next.remove(0)
         }
     };
-    match answer {
-        Answer::Status(code) => StatusCode::from_u16(code).unwrap(),
+    let (code, body) = match answer {
+        Answer::Status(code) => (code, String::new()),
+        Answer::Json(code, body) => (code, body),
         Answer::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            StatusCode::OK
+            (200, String::new())
         }
-    }
+    };
+    let json = [("content-type", "application/json")];
+    (StatusCode::from_u16(code).unwrap(), json, body)
 }

@@ -17,7 +17,7 @@ use crate::support::hooks::{Answer, Endpoint, Recorded};
 
 const TOKEN: &str = "t0ken-never-shown";
 
-async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) {
+pub async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) {
     let object = json!({
         "apiVersion": "capstan.dev/v1alpha1",
         "kind": kind,

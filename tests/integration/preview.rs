@@ -4,12 +4,14 @@
 //! updated on the next push. Nothing of the pull request is applied.
 
 use capstan::api::GitRepository;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::notify::{forge_secrets, hook, receiver};
-use crate::support::controller::{Fixture, configmap, spec};
+use crate::support::Repo;
+use crate::support::controller::{Fixture, configmap, http_request, put_secret, spec};
 use crate::support::gitea::Gitea;
+use crate::support::hooks::{Answer, Endpoint};
 
 /// The GitRepository's `status.preview` once it answers a request for `sha`.
 async fn preview_of(fx: &Fixture, sha: &str) -> capstan::api::PreviewStatus {
@@ -223,4 +225,141 @@ async fn pull_request(gitea: &Gitea, title: &str) -> u64 {
     let path = format!("/repos/{}/app/pulls", gitea.user);
     let opened = gitea.expect(201, "POST", &path, Some(pull)).await;
     opened["number"].as_u64().unwrap()
+}
+
+/// GitLab, checked against its documented API by a recording endpoint: a signed `Merge Request
+/// Hook` previews `refs/merge-requests/N/head`; the head commit's status goes to
+/// `/projects/:id/statuses/:sha`, the note is created once and then updated in place with PUT.
+#[tokio::test]
+async fn a_gitlab_merge_request_gets_its_status_and_one_note() {
+    let fx = Fixture::with_http("preview-gitlab").await;
+    let ns = fx.ns.clone();
+    let repo = Repo::create("preview-gitlab", &[("a.yaml", &configmap("a", "1"))]);
+    let base = repo.head();
+    let gitlab = Endpoint::start().await;
+    put_secret(&fx.client, &ns, "gitlab-api", &[("token", b"glpat-secret")]).await;
+    put_secret(&fx.client, &ns, "gitlab-hook", &[("token", b"hook-token")]).await;
+    let provider = json!({"type": "gitlab", "address": gitlab.url("/acme/app"), "secretRef": {"name": "gitlab-api"}});
+    crate::notify::apply(&fx.client, &ns, "Provider", "gitlab", provider).await;
+    let receiver = json!({"type": "gitlab", "secretRef": {"name": "gitlab-hook"}, "resources": [{"name": "app"}]});
+    let object = json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "Receiver", "metadata": {"name": "gitlab"}, "spec": receiver});
+    let receivers: Api<capstan::api::Receiver> = Api::namespaced(fx.client.clone(), &ns);
+    receivers
+        .patch(
+            "gitlab",
+            &PatchParams::apply("test"),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap();
+    let extra = json!({"interval": "1h", "ref": {"branch": "main"}, "preview": {"providerRef": {"name": "gitlab"}}});
+    fx.create("app", spec(repo.http_url(), extra)).await;
+    fx.wait_applied("app", &base).await;
+
+    let hook = |sha: &str, action: &str| {
+        let mut attributes = json!({"iid": 3, "action": action, "target_branch": "main", "last_commit": {"id": sha}});
+        if action == "update" {
+            attributes["oldrev"] = json!(base);
+        }
+        json!({"object_kind": "merge_request", "project": {"git_http_url": repo.http_url()}, "object_attributes": attributes})
+            .to_string()
+    };
+    let headers = vec![
+        ("X-Gitlab-Event", "Merge Request Hook".to_string()),
+        ("X-Gitlab-Token", "hook-token".to_string()),
+    ];
+    let path = format!("/hook/{ns}/gitlab");
+    let send = async |body: String| {
+        let addr = fx.webhook_addr.unwrap();
+        let (code, answer) = http_request(addr, "POST", &path, &headers, body.as_bytes()).await;
+        assert_eq!(code, 202, "{answer}");
+        assert!(answer.contains("app"), "{answer}");
+    };
+    let project = "/api/v4/projects/acme%2Fapp";
+    let notes = format!("{project}/merge_requests/3/notes");
+
+    // Opened: pending, then the verdict; no note yet, so one is created.
+    let head = repo.branch("feature", &[("b.yaml", &configmap("b", "1"))]);
+    repo.push_ref("refs/merge-requests/3/head");
+    gitlab.answer(
+        &[
+            Answer::Status(201),
+            Answer::Status(201),
+            Answer::Json(200, "[]".into()),
+        ],
+        Some(Answer::Status(201)),
+    );
+    send(hook(&head, "open")).await;
+    let created = gitlab
+        .wait_for("a note created", |r| r.method == "POST" && r.path == notes)
+        .await;
+    let marker = format!("<!-- capstan-preview {ns}/app -->");
+    let note = created.json()["body"].as_str().unwrap().to_string();
+    assert!(note.starts_with(&marker), "{note}");
+    assert!(
+        note.contains(&format!("ConfigMap {ns}/b: created")),
+        "{note}"
+    );
+    assert_eq!(created.headers["private-token"], "glpat-secret");
+    let statuses: Vec<Value> = gitlab
+        .received()
+        .iter()
+        .filter(|r| r.path == format!("{project}/statuses/{head}"))
+        .map(|r| r.json())
+        .collect();
+    let context = format!("capstan/{ns}/app/preview");
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert_eq!(statuses[0]["state"], "pending");
+    assert_eq!(statuses[1]["state"], "success");
+    assert_eq!(statuses[1]["name"], context.as_str());
+    assert_eq!(statuses[1]["description"], "1 created");
+    let listed = gitlab.received();
+    assert!(
+        listed
+            .iter()
+            .any(|r| r.method == "GET" && r.path.starts_with(&notes)),
+        "the notes were looked up first"
+    );
+
+    // Pushed to: the note found by its marker is updated with PUT.
+    let next = repo.commit(&[("b.yaml", &configmap("b", "2"))], "again");
+    repo.push_ref("refs/merge-requests/3/head");
+    let ours =
+        json!([{"id": 40, "body": "someone else's"}, {"id": 41, "body": format!("{marker}\nold")}]);
+    gitlab.answer(
+        &[
+            Answer::Status(201),
+            Answer::Status(201),
+            Answer::Json(200, ours.to_string()),
+        ],
+        Some(Answer::Status(200)),
+    );
+    send(hook(&next, "update")).await;
+    let updated = gitlab
+        .wait_for("the note updated", |r| {
+            r.method == "PUT" && r.path == format!("{notes}/41")
+        })
+        .await;
+    let note = updated.json()["body"].as_str().unwrap().to_string();
+    assert!(note.contains(&next), "{note}");
+    assert!(
+        !gitlab.received().iter().any(|r| r.method == "POST"
+            && r.path == notes
+            && r.json()["body"].as_str().is_some_and(|b| b.contains(&next))),
+        "no second note"
+    );
+    // A title edit is no new head: nothing is previewed again.
+    let (code, answer) = http_request(
+        fx.webhook_addr.unwrap(),
+        "POST",
+        &path,
+        &headers,
+        hook(&next, "update")
+            .replace("\"oldrev\"", "\"x\"")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(fx.value("a").await, "1");
+    assert!(fx.get("v1", "ConfigMap", "b").await.is_none());
 }

@@ -117,6 +117,23 @@ async fn applies_corrects_and_prunes_on_the_remote_cluster() {
         "nothing is applied to the management cluster"
     );
 
+    // `capstan diff` compares with the remote: there `a` exists (changed), here it does not.
+    let proposed = tempfile::tempdir().unwrap();
+    for (file, value) in [("a.yaml", "2"), ("b.yaml", "1")] {
+        let name = &file[..1];
+        std::fs::write(proposed.path().join(file), configmap(name, value)).unwrap();
+    }
+    let dir = proposed.path().to_str().unwrap();
+    let out = crate::cli::capstan(&["diff", "app", "-n", &fx.ns, "--path", dir]).await;
+    let text = crate::cli::stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("ConfigMap {}/a: changed", fx.ns)),
+        "{text}"
+    );
+    assert!(text.contains(r#".data.value: "1" → "2""#), "{text}");
+    assert!(text.contains("1 of 2 objects would change"), "{text}");
+
     // Someone takes a field on the remote: the watch of the remote sees it, and it is corrected.
     let edit = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"value": "edited"}});
     cms.patch(

@@ -23,8 +23,8 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::api::{
-    GitRef, GitRepository, PREVIEW_REQUESTED_ANNOTATION, RECONCILE_REQUESTED_ANNOTATION, Receiver,
-    ReceiverType,
+    GitRef, GitRepository, PREVIEW_REQUESTED_ANNOTATION, PREVIEW_REQUESTS, PreviewRequest,
+    RECONCILE_REQUESTED_ANNOTATION, Receiver, ReceiverType,
 };
 
 /// Push payloads of the big hosts stay far below this; more is refused with 413.
@@ -86,18 +86,12 @@ async fn receive(
         }
     };
     // A push asks for a reconcile now; a pull request for a preview of its head.
-    let (annotation, value) = match &event {
-        Event::Push(_) => (
-            RECONCILE_REQUESTED_ANNOTATION,
-            k8s_openapi::jiff::Timestamp::now().to_string(),
-        ),
-        Event::PullRequest(pr) => (
-            PREVIEW_REQUESTED_ANNOTATION,
-            json!({"number": pr.number, "ref": pr.head_ref, "sha": pr.sha}).to_string(),
-        ),
+    let annotation = match &event {
+        Event::Push(_) => RECONCILE_REQUESTED_ANNOTATION,
+        Event::PullRequest(_) => PREVIEW_REQUESTED_ANNOTATION,
         Event::Other(kind) => return reply(StatusCode::OK, format!("ignored event {kind:?}")),
     };
-    let triggered = match trigger(client, &namespace, &receiver, &event, annotation, &value).await {
+    let triggered = match trigger(client, &namespace, &receiver, &event).await {
         Ok(triggered) => triggered,
         Err(refused) => return refused,
     };
@@ -108,15 +102,13 @@ async fn receive(
     )
 }
 
-/// Sets `annotation` to `value` on every GitRepository the Receiver selects that `event`
-/// concerns. Returns their names.
+/// Asks every GitRepository the Receiver selects that `event` concerns for a reconcile now (a
+/// push) or a preview (a pull request). Returns their names.
 async fn trigger(
     client: Client,
     namespace: &str,
     receiver: &Receiver,
     event: &Event,
-    annotation: &str,
-    value: &str,
 ) -> Result<Vec<String>, Reply> {
     let grs: Api<GitRepository> = Api::namespaced(client, namespace);
     let list = match grs.list(&ListParams::default()).await {
@@ -136,27 +128,73 @@ async fn trigger(
             .any(|r| r.selects(&gr.name_any(), labels))
             && event.concerns(gr)
     }) {
-        // Always a fresh request, even if one is pending: that one may be past its fetch and
-        // miss this push. The controller runs one reconcile per GitRepository at a time and
-        // merges requests that arrive meanwhile into one more (the newest preview wins), so a
-        // flood stays cheap.
-        let patch = json!({"metadata": {"annotations": {annotation: value}}});
-        match grs
-            .patch(
-                &gr.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => triggered.push(gr.name_any()),
+        let asked = match event {
+            Event::PullRequest(pr) => request_preview(&grs, gr.clone(), pr).await,
+            // Always a fresh request, even if one is pending: that one may be past its fetch
+            // and miss this push. The controller runs one reconcile per GitRepository at a time
+            // and merges requests that arrive meanwhile into one more, so a flood stays cheap.
+            _ => {
+                let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                let patch =
+                    json!({"metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: now}}});
+                let params = PatchParams::default();
+                grs.patch(&gr.name_any(), &params, &Patch::Merge(&patch))
+                    .await
+                    .map(drop)
+            }
+        };
+        match asked {
+            Ok(()) => triggered.push(gr.name_any()),
             Err(e) => {
-                warn!(%namespace, gitrepository = %gr.name_any(), error = %e, "webhook: requesting a reconcile failed");
+                warn!(%namespace, gitrepository = %gr.name_any(), error = %e, "webhook: requesting a reconcile or preview failed");
                 return Err(reply(StatusCode::SERVICE_UNAVAILABLE, "try again later"));
             }
         }
     }
     Ok(triggered)
+}
+
+/// Adds `pr`'s head to the GitRepository's preview requests, in place of an older head of the
+/// same pull request, keeping the newest [`PREVIEW_REQUESTS`]. A read, then a write that fails
+/// if another request changed the GitRepository since, then again: two pull requests' events at
+/// once both stay.
+async fn request_preview(
+    grs: &Api<GitRepository>,
+    mut gr: GitRepository,
+    pr: &PullRequest,
+) -> Result<(), kube::Error> {
+    let mut attempts = 0;
+    loop {
+        let mut requests: Vec<PreviewRequest> = gr
+            .annotations()
+            .get(PREVIEW_REQUESTED_ANNOTATION)
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default();
+        requests.retain(|r| r.number != pr.number);
+        requests.push(PreviewRequest {
+            number: pr.number,
+            git_ref: pr.head_ref.clone(),
+            sha: pr.sha.clone(),
+        });
+        let excess = requests.len().saturating_sub(PREVIEW_REQUESTS);
+        requests.drain(..excess);
+        let value = serde_json::to_string(&requests).unwrap_or_default();
+        let patch = json!({"metadata": {
+            "resourceVersion": gr.resource_version(),
+            "annotations": {PREVIEW_REQUESTED_ANNOTATION: value},
+        }});
+        let params = PatchParams::default();
+        match grs
+            .patch(&gr.name_any(), &params, &Patch::Merge(&patch))
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 5 => {
+                attempts += 1;
+                gr = grs.get(&gr.name_any()).await?;
+            }
+            done => return done.map(drop),
+        }
+    }
 }
 
 /// The Receiver `namespace/name`, if the request carries its signature.
@@ -325,7 +363,10 @@ pub fn parse(kind: ReceiverType, headers: &HeaderMap, body: &[u8]) -> Result<Eve
 }
 
 /// The pull request of a `pull_request` (GitHub, Gitea) or `Merge Request Hook` (GitLab)
-/// payload, when its head is new; other actions (closed, labelled, edited) are `Other`.
+/// payload, when its head is new; other actions (closed, labelled, edited) are `Other`, and so is
+/// a pull request from another repository (a fork): its author need not have any right on this
+/// one, and a preview renders with the GitRepository's keys and variables and shows values of
+/// the live cluster.
 fn pull_request_of(
     kind: ReceiverType,
     payload: &Value,
@@ -344,6 +385,10 @@ fn pull_request_of(
         let new = matches!(action.as_str(), "open" | "reopen") || (action == "update" && pushed);
         if !new {
             return Ok(Event::Other(format!("merge request {action}")));
+        }
+        let source = payload.pointer("/object_attributes/source_project_id");
+        if source.is_none() || source != payload.pointer("/object_attributes/target_project_id") {
+            return Ok(Event::Other("merge request from a fork".into()));
         }
         let number = payload
             .pointer("/object_attributes/iid")
@@ -366,6 +411,10 @@ fn pull_request_of(
         );
         if !new {
             return Ok(Event::Other(format!("pull_request {action}")));
+        }
+        let head = payload.pointer("/pull_request/head/repo/full_name");
+        if head.is_none() || head != payload.pointer("/pull_request/base/repo/full_name") {
+            return Ok(Event::Other("pull_request from a fork".into()));
         }
         let number = payload
             .get("number")
@@ -548,7 +597,8 @@ mod tests {
         let gh = headers(&[("x-github-event", "pull_request")]);
         let github = |action: &str| {
             json!({"action": action, "number": 7,
-                "pull_request": {"head": {"sha": sha, "ref": "feature"}, "base": {"ref": "main"}},
+                "pull_request": {"head": {"sha": sha, "ref": "feature", "repo": {"full_name": "acme/app"}},
+                    "base": {"ref": "main", "repo": {"full_name": "acme/app"}}},
                 "repository": {"clone_url": "https://github.com/acme/app.git"}})
             .to_string()
         };
@@ -573,11 +623,16 @@ mod tests {
         );
         let no_sha = github("opened").replace(&sha, "HEAD");
         assert!(parse(ReceiverType::GitHub, &gh, no_sha.as_bytes()).is_err());
+        let fork = github("opened").replacen("acme/app", "mallory/app", 1);
+        assert_eq!(
+            parse(ReceiverType::GitHub, &gh, fork.as_bytes()).unwrap(),
+            Event::Other("pull_request from a fork".into())
+        );
 
         let gl = headers(&[("x-gitlab-event", "Merge Request Hook")]);
         let gitlab = |action: &str, oldrev: bool| {
             let mut attributes = json!({"action": action, "iid": 3, "target_branch": "main",
-                "last_commit": {"id": sha}});
+                "last_commit": {"id": sha}, "source_project_id": 5, "target_project_id": 5});
             if oldrev {
                 attributes["oldrev"] = json!("cd".repeat(20));
             }
@@ -594,6 +649,12 @@ mod tests {
             parse(ReceiverType::GitLab, &gl, gitlab("open", false).as_bytes()).unwrap(),
             Event::PullRequest(_)
         ));
+        let fork =
+            gitlab("open", false).replace("\"source_project_id\":5", "\"source_project_id\":6");
+        assert_eq!(
+            parse(ReceiverType::GitLab, &gl, fork.as_bytes()).unwrap(),
+            Event::Other("merge request from a fork".into())
+        );
         // An update without a new head (a title, a label) is not previewed again.
         assert!(matches!(
             parse(

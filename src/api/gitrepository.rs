@@ -447,24 +447,40 @@ pub struct GitRepositoryStatus {
     /// Set while the blast-radius guard holds back a prune.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_blocked: Option<PruneBlocked>,
-    /// The last pull-request preview.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preview: Option<PreviewStatus>,
+    /// The last preview of each pull request still asked about (at most
+    /// [`PREVIEW_REQUESTS`]), by number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["number"]))]
+    pub previews: Vec<PreviewStatus>,
 }
 
-/// What the last preview found.
+/// Pull requests a GitRepository keeps preview requests and answers of: the newest ones.
+pub const PREVIEW_REQUESTS: usize = 10;
+
+/// One request for a preview, as the `capstan.dev/preview-requested` annotation lists them.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PreviewRequest {
+    /// The pull request (merge request).
+    pub number: u64,
+    /// Where the host keeps its head: `refs/pull/N/head`, `refs/merge-requests/N/head`.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The head commit the event named.
+    pub sha: String,
+}
+
+/// What the last preview of one pull request found.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PreviewStatus {
-    /// The `capstan.dev/preview-requested` annotation this answers.
-    pub request: String,
     /// The pull request's number.
     pub number: u64,
+    /// The head commit of the request this answers.
+    pub sha: String,
     /// The revision rendered, as `<ref>@sha1:<sha>`, once it was resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
-    /// Whether the diff was computed; false when the revision did not fetch, verify, render or
-    /// pass the server's dry run.
+    /// Whether the diff was computed and every object passed the server's dry run.
     pub succeeded: bool,
     /// The summary (`1 changed, 2 created, 1 would be pruned`) or the error.
     pub message: String,

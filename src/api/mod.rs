@@ -40,9 +40,9 @@ pub const PRUNE_ANNOTATION: &str = "capstan.dev/prune";
 /// Annotation a user sets on a GitRepository to ask for a reconcile now; echoed in
 /// `status.lastHandledReconcileAt`.
 pub const RECONCILE_REQUESTED_ANNOTATION: &str = "capstan.dev/reconcile-requested-at";
-/// Annotation the Receiver sets on a GitRepository to ask for a preview of a pull request:
-/// JSON `{"number": N, "ref": "refs/pull/N/head", "sha": "<head commit>"}`. The newest wins;
-/// echoed in `status.preview.request`.
+/// Annotation the Receiver sets on a GitRepository to ask for previews of pull requests: a JSON
+/// list of [`PreviewRequest`]s, one per pull request (its newest head), the newest
+/// [`PREVIEW_REQUESTS`]. Answered in `status.previews`.
 pub const PREVIEW_REQUESTED_ANNOTATION: &str = "capstan.dev/preview-requested";
 /// Label a user sets on a GitRepository to assign it to the controller started with
 /// `--shard <value>`; controllers without `--shard` take only GitRepositories without it.

@@ -191,8 +191,10 @@ const SERVER_FIELDS: &[&str] = &[
 /// left out; the values under a Secret's `data` and `stringData` are replaced by [`REDACTED`].
 pub fn changes(live: &Value, desired: &Value) -> Vec<Change> {
     let secret = desired["kind"] == "Secret" && desired["apiVersion"] == "v1";
+    // Capstan's own record of what it sent changes with every change; it is not one.
+    let (live, desired) = (without_digest(live), without_digest(desired));
     let mut out = Vec::new();
-    walk(live, desired, String::new(), 0, &mut out);
+    walk(&live, &desired, String::new(), 0, &mut out);
     out.retain(|c| !ignored(&c.path));
     if secret {
         for change in &mut out {
@@ -210,14 +212,24 @@ pub fn changes(live: &Value, desired: &Value) -> Vec<Change> {
     out
 }
 
+fn without_digest(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(annotations) = object
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        annotations.remove(crate::api::DIGEST_ANNOTATION);
+        if annotations.is_empty()
+            && let Some(metadata) = object["metadata"].as_object_mut()
+        {
+            metadata.remove("annotations");
+        }
+    }
+    object
+}
+
 fn ignored(path: &str) -> bool {
-    // Capstan's own record of what it sent changes with every change; it is not one.
-    let digest = format!(
-        ".metadata.annotations{}",
-        segment(crate::api::DIGEST_ANNOTATION)
-    );
-    path == digest
-        || path == ".status"
+    path == ".status"
         || path.starts_with(".status.")
         || path.starts_with(".status[")
         || SERVER_FIELDS.iter().any(|f| {
@@ -325,6 +337,8 @@ mod tests {
         let desired = json!({"metadata": {"generation": 2, "managedFields": [2], "uid": "u",
             "annotations": {"capstan.dev/digest": "2"}}, "status": {"x": 2}});
         assert_eq!(changes(&live, &desired), vec![]);
+        let adopted = json!({"metadata": {"uid": "u"}});
+        assert_eq!(changes(&adopted, &desired), vec![]);
     }
 
     #[test]

@@ -283,6 +283,10 @@ async fn route(mut rx: mpsc::Receiver<Notice>, shared: Arc<Shared>) {
         let notice = Arc::new(notice);
         if let Some(preview) = &notice.preview {
             let (ns, name) = (notice.namespace.clone(), preview.provider.clone());
+            let at = ObjectRef::<Provider>::new(&name).within(&ns);
+            if shared.providers.get(&at).is_some_and(|p| p.spec.suspend) {
+                continue;
+            }
             let delivery = Delivery {
                 alert: None,
                 notice: notice.clone(),
@@ -483,7 +487,7 @@ impl Shared {
                 return;
             };
             let result = self.send(&provider, &delivery.notice).await;
-            let Some(alert) = delivery.alert.as_ref().and_then(|a| self.alerts.get(a)) else {
+            let Some(routed) = &delivery.alert else {
                 match &result {
                     Ok(()) => self.metrics.notified(&ns, &name, "sent"),
                     Err(e) => {
@@ -491,6 +495,9 @@ impl Shared {
                         warn!(namespace = %ns, provider = %name, gitrepository = %delivery.notice.name, error = %e, "sending a preview failed");
                     }
                 }
+                continue;
+            };
+            let Some(alert) = self.alerts.get(routed) else {
                 continue;
             };
             match result {

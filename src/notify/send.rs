@@ -124,6 +124,8 @@ pub fn build(
 /// A repository's API on a forge: its base URL (`…/repos/owner/repo`, `…/projects/<id>`) and
 /// the headers that authenticate to it.
 struct Forge {
+    /// The host's API (`https://api.github.com`, `…/api/v1`, `…/api/v4`).
+    root: String,
     api: String,
     headers: Vec<(&'static str, String)>,
 }
@@ -142,6 +144,7 @@ fn forge(
     if spec.kind == ProviderType::GitLab {
         let project: String = url::form_urlencoded::byte_serialize(path.as_bytes()).collect();
         return Ok(Forge {
+            root: format!("{base}/api/v4"),
             api: format!("{base}/api/v4/projects/{project}"),
             headers: vec![("PRIVATE-TOKEN", token(credentials, "gitlab")?.to_string())],
         });
@@ -151,6 +154,7 @@ fn forge(
     };
     if spec.kind == ProviderType::Gitea {
         return Ok(Forge {
+            root: format!("{base}/api/v1"),
             api: format!("{base}/api/v1/repos/{owner}/{repo}"),
             headers: vec![(
                 "Authorization",
@@ -165,6 +169,7 @@ fn forge(
     };
     Ok(Forge {
         api: format!("{api}/repos/{owner}/{repo}"),
+        root: api,
         headers: vec![
             ("Accept", "application/vnd.github+json".into()),
             ("X-GitHub-Api-Version", "2022-11-28".into()),
@@ -278,13 +283,16 @@ pub async fn deliver(
         .map(drop)
 }
 
-/// One request with `method`; the answer's body when it succeeds.
+/// Most of an answer's body read (the comments of a pull request).
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// One request with `method`; the answer when its status is a success, its body unread.
 async fn call(
     http: &reqwest::Client,
     method: reqwest::Method,
     request: &Request,
     timeout: Duration,
-) -> Result<String, SendError> {
+) -> Result<reqwest::Response, SendError> {
     let mut builder = http.request(method, &request.url).timeout(timeout);
     if !request.body.is_empty() {
         builder = builder.body(request.body.clone());
@@ -292,31 +300,56 @@ async fn call(
     for (k, v) in &request.headers {
         builder = builder.header(*k, v);
     }
-    let transport = |e: reqwest::Error| {
-        let kind = if e.is_timeout() {
-            "no answer in time"
-        } else if e.is_connect() {
-            "connection failed"
-        } else {
-            "request failed"
-        };
-        // The causes say what went wrong (refused, reset, a TLS error); none holds the URL.
-        let mut causes = String::new();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            causes.push_str(&format!(": {c}"));
-            cause = c.source();
-        }
-        SendError::Transport(format!("{kind}: {}{causes}", e.without_url()))
-    };
     let response = builder.send().await.map_err(transport)?;
     let code = response.status();
-    let body = response.text().await.map_err(transport)?;
     if code.is_success() {
-        return Ok(body);
+        return Ok(response);
     }
+    let body = response.text().await.unwrap_or_default();
     let body: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
     Err(SendError::Status(code.as_u16(), body))
+}
+
+fn transport(e: reqwest::Error) -> SendError {
+    let kind = if e.is_timeout() {
+        "no answer in time"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    // The causes say what went wrong (refused, reset, a TLS error); none holds the URL.
+    let mut causes = String::new();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        causes.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    SendError::Transport(format!("{kind}: {}{causes}", e.without_url()))
+}
+
+/// GET `url` and parse the JSON answer, of at most [`MAX_ANSWER_BYTES`].
+async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&'static str, String)],
+    timeout: Duration,
+) -> Result<Value, SendError> {
+    let request = Request {
+        url: url.to_string(),
+        headers: headers.to_vec(),
+        body: Vec::new(),
+    };
+    let mut response = call(http, reqwest::Method::GET, &request, timeout).await?;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ANSWER_BYTES {
+            return Err(SendError::Transport("the answer is too large".into()));
+        }
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| SendError::Transport(format!("the answer did not parse: {e}")))
 }
 
 /// The first line of the comment a preview keeps on a pull request: how the next preview of
@@ -328,9 +361,11 @@ pub fn comment_marker(notice: &Notice) -> String {
     )
 }
 
-/// Where a pull request's comments are listed, created and updated.
+/// Where a pull request's comments are listed, created and updated, and who the token is.
 #[derive(Debug, PartialEq)]
 pub struct Comments {
+    /// The token's own user: only its comments are ours.
+    user: String,
     list: String,
     create: String,
     /// Followed by the comment's id.
@@ -351,10 +386,16 @@ pub fn comments(
         .clone()
         .or_else(|| spec.address.clone())
         .ok_or(BuildError::NoAddress)?;
-    let Forge { api, mut headers } = forge(spec, credentials, address.trim())?;
+    let Forge {
+        root,
+        api,
+        mut headers,
+    } = forge(spec, credentials, address.trim())?;
+    let user = format!("{root}/user");
     headers.push(("Content-Type", "application/json".to_string()));
     Ok(match spec.kind {
         ProviderType::GitLab => Comments {
+            user,
             list: format!("{api}/merge_requests/{number}/notes?per_page=100&sort=asc"),
             create: format!("{api}/merge_requests/{number}/notes"),
             update: format!("{api}/merge_requests/{number}/notes/"),
@@ -362,6 +403,7 @@ pub fn comments(
             headers,
         },
         _ => Comments {
+            user,
             // `per_page` for GitHub, `limit` for Gitea.
             list: format!("{api}/issues/{number}/comments?per_page=100&limit=50"),
             create: format!("{api}/issues/{number}/comments"),
@@ -373,7 +415,9 @@ pub fn comments(
 }
 
 /// Creates the comment that starts with `marker`, or updates it when the pull request has
-/// one already, so that each GitRepository keeps one comment, always the newest.
+/// one of the token's own already, so that each GitRepository keeps one comment, always the
+/// newest. A comment someone else wrote with the marker is not ours (when the token has a user
+/// to tell).
 pub async fn upsert_comment(
     http: &reqwest::Client,
     api: &Comments,
@@ -381,22 +425,19 @@ pub async fn upsert_comment(
     body: &str,
     timeout: Duration,
 ) -> Result<(), SendError> {
-    let request = |url: String, body: Vec<u8>| Request {
-        url,
-        headers: api.headers.clone(),
-        body,
-    };
-    let listed = call(
-        http,
-        reqwest::Method::GET,
-        &request(api.list.clone(), Vec::new()),
-        timeout,
-    )
-    .await?;
-    let listed: Value = serde_json::from_str(&listed)
-        .map_err(|e| SendError::Transport(format!("the comments did not parse: {e}")))?;
+    // A GitHub App's token has no user: then the marker alone finds the comment.
+    let me = get_json(http, &api.user, &api.headers, timeout)
+        .await
+        .ok()
+        .and_then(|user| user["id"].as_u64());
+    let listed = get_json(http, &api.list, &api.headers, timeout).await?;
+    // GitHub and Gitea name a comment's writer `user`, GitLab a note's `author`.
     let ours = listed.as_array().and_then(|all| {
         all.iter()
+            .filter(|c| {
+                let author = c["user"]["id"].as_u64().or(c["author"]["id"].as_u64());
+                me.is_none() || author == me
+            })
             .find(|c| c["body"].as_str().is_some_and(|b| b.starts_with(marker)))
             .and_then(|c| c["id"].as_u64())
     });
@@ -405,9 +446,12 @@ pub async fn upsert_comment(
         Some(id) => (api.update_method.clone(), format!("{}{id}", api.update)),
         None => (reqwest::Method::POST, api.create.clone()),
     };
-    call(http, method, &request(url, body), timeout)
-        .await
-        .map(drop)
+    let request = Request {
+        url,
+        headers: api.headers.clone(),
+        body,
+    };
+    call(http, method, &request, timeout).await.map(drop)
 }
 
 #[cfg(test)]
@@ -658,6 +702,7 @@ mod tests {
             "https://api.github.com/repos/acme/app/issues/comments/"
         );
         assert_eq!(c.update_method, reqwest::Method::PATCH);
+        assert_eq!(c.user, "https://api.github.com/user");
         assert!(c.headers.contains(&("Authorization", "Bearer t".into())));
         let c = comments(
             &spec(ProviderType::GitLab, "https://gitlab.com/acme/team/app"),
@@ -670,6 +715,7 @@ mod tests {
             "https://gitlab.com/api/v4/projects/acme%2Fteam%2Fapp/merge_requests/3/notes"
         );
         assert_eq!(c.update_method, reqwest::Method::PUT);
+        assert_eq!(c.user, "https://gitlab.com/api/v4/user");
         assert!(c.headers.contains(&("PRIVATE-TOKEN", "t".into())));
         assert_eq!(comment_marker(&n), "<!-- capstan-preview apps/web -->");
     }

@@ -324,11 +324,16 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
     } else {
         (verdict, Vec::new(), delay)
     };
-    // A pull request's preview, once the cluster it would be compared with is reachable.
+    // Pull requests' previews, once the cluster they are compared with is reachable; told to
+    // the pull requests once the status records them.
+    let mut previewed = Vec::new();
     if gr.spec.preview.is_none() {
-        status.preview = None;
-    } else if let (true, Some(request)) = (reachable, preview::pending(gr, &status)) {
-        preview::preview(ctx, gr, &mut state, &mut status, &plan, request).await;
+        status.previews.clear();
+    } else if reachable {
+        for request in preview::pending(gr, &mut status) {
+            let told = preview::preview(ctx, gr, &mut state, &mut status, &plan, request).await;
+            previewed.extend(told);
+        }
     }
     if plan.request.is_some() {
         status.last_handled_reconcile_at = plan.request.clone();
@@ -352,6 +357,9 @@ async fn sync(gr: &GitRepository, ctx: &Context) -> Result<Action, Error> {
         report::metrics(ctx, gr, shown, started);
     }
     written?;
+    for notice in previewed {
+        ctx.notifier.notify(notice);
+    }
     ctx.states.commit(&uid, state);
     Ok(Action::requeue(delay))
 }

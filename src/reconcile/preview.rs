@@ -4,22 +4,24 @@
 //! through `spec.preview.providerRef`, onto the pull request: its head commit's status with the
 //! summary, and one comment with the diff, updated on every push.
 //!
-//! A request is the `capstan.dev/preview-requested` annotation, which the Receiver overwrites on
-//! every pull-request event: one preview at a time per GitRepository (a reconcile runs alone),
-//! the newest push wins, and a request answered once (`status.preview.request`) is not answered
-//! again after a restart.
+//! Requests are the `capstan.dev/preview-requested` annotation: the newest head of each of the
+//! last few pull requests, which the Receiver updates on every pull-request event. They are
+//! answered one at a time in the GitRepository's reconcile (which never runs twice at once): a
+//! head pushed over before its turn is skipped for the newer one, and a request answered once
+//! (`status.previews`, by number and commit) is not answered again after a restart. The verdict
+//! is told to the pull request after the status that records it is written.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use serde::Deserialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::failure::Failure;
 use super::plan::Plan;
 use super::state::State;
 use super::{Context, build, fetch, verify};
 use crate::api::{
-    GitRef, GitRepository, GitRepositoryStatus, PREVIEW_REQUESTED_ANNOTATION, PreviewStatus,
+    GitRef, GitRepository, GitRepositoryStatus, PREVIEW_REQUESTED_ANNOTATION, PreviewRequest,
+    PreviewStatus,
 };
 use crate::apply::diff::{self, Action, ObjectDiff};
 use crate::notify::{CommitState, Notice, PreviewNote};
@@ -27,83 +29,99 @@ use crate::notify::{CommitState, Notice, PreviewNote};
 /// Past this the comment's diff is cut (GitHub keeps 65,536 characters).
 const COMMENT_DIFF_CHARS: usize = 60_000;
 
-/// What the annotation asks for.
-#[derive(Debug, Deserialize, PartialEq)]
-pub(super) struct Request {
+/// The requests not answered yet, oldest first, when `gr` previews at all. `status.previews`
+/// keeps the answers of the pull requests still listed.
+pub(super) fn pending(gr: &GitRepository, status: &mut GitRepositoryStatus) -> Vec<PreviewRequest> {
+    let Some(raw) = gr.annotations().get(PREVIEW_REQUESTED_ANNOTATION) else {
+        status.previews.clear();
+        return Vec::new();
+    };
+    let requests: Vec<PreviewRequest> = match serde_json::from_str(raw) {
+        Ok(requests) => requests,
+        Err(e) => {
+            // Said once on the status (number 0), not at every reconcile in the log.
+            let message = format!("annotation {PREVIEW_REQUESTED_ANNOTATION}: {e}");
+            if status.previews.first().map(|p| &p.message) != Some(&message) {
+                warn!(%message, "preview requests do not parse");
+                status.previews = vec![answer(0, String::new(), None, false, message)];
+            }
+            return Vec::new();
+        }
+    };
+    status
+        .previews
+        .retain(|p| requests.iter().any(|r| r.number == p.number));
+    requests
+        .into_iter()
+        .filter(|r| {
+            !status
+                .previews
+                .iter()
+                .any(|p| p.number == r.number && p.sha == r.sha)
+        })
+        .collect()
+}
+
+fn answer(
     number: u64,
-    #[serde(rename = "ref")]
-    git_ref: String,
     sha: String,
+    revision: Option<String>,
+    succeeded: bool,
+    message: String,
+) -> PreviewStatus {
+    PreviewStatus {
+        number,
+        sha,
+        revision,
+        succeeded,
+        message,
+        at: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
 }
 
-/// The request not answered yet, when `gr` previews at all; an annotation that does not parse
-/// is answered with the reason.
-pub(super) fn pending(gr: &GitRepository, status: &GitRepositoryStatus) -> Option<String> {
-    gr.spec.preview.as_ref()?;
-    let raw = gr.annotations().get(PREVIEW_REQUESTED_ANNOTATION)?;
-    let answered = status.preview.as_ref().map(|p| &p.request) == Some(raw);
-    (!answered).then(|| raw.clone())
-}
-
-fn parse(raw: &str) -> Result<Request, String> {
-    let request: Request = serde_json::from_str(raw)
-        .map_err(|e| format!("annotation {PREVIEW_REQUESTED_ANNOTATION}: {e}"))?;
+/// Why a request cannot be acted on: a ref or commit the Receiver would not have written.
+fn check(request: &PreviewRequest) -> Result<(), String> {
     let plain = |s: &str| {
         s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
     };
     if !request.git_ref.starts_with("refs/") || !plain(&request.git_ref) {
-        return Err(format!(
-            "annotation {PREVIEW_REQUESTED_ANNOTATION}: {:?} is not a ref name",
-            request.git_ref
-        ));
+        return Err(format!("{:?} is not a ref name", request.git_ref));
     }
-    if !request.sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "annotation {PREVIEW_REQUESTED_ANNOTATION}: {:?} is not a commit",
-            request.sha
-        ));
+    let sha = &request.sha;
+    if !(sha.len() == 40 || sha.len() == 64) || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{sha:?} is not a commit"));
     }
-    Ok(request)
+    Ok(())
 }
 
-/// Answers the request `raw`: `status.preview` says what the preview found, and the Provider
-/// tells the pull request. Never fails the reconcile.
+/// Answers `request` in `status.previews`; returns what to tell the pull request once that
+/// status is written. Never fails the reconcile.
 pub(super) async fn preview(
     ctx: &Context,
     gr: &GitRepository,
     state: &mut State,
     status: &mut GitRepositoryStatus,
     plan: &Plan,
-    raw: String,
-) {
-    let answer = |number, revision, succeeded, message: String| PreviewStatus {
-        request: raw.clone(),
-        number,
-        revision,
-        succeeded,
-        message,
-        at: Time(k8s_openapi::jiff::Timestamp::now()),
+    request: PreviewRequest,
+) -> Option<Notice> {
+    let number = request.number;
+    let record = |status: &mut GitRepositoryStatus, answer: PreviewStatus| {
+        status.previews.retain(|p| p.number != answer.number);
+        status.previews.push(answer);
+        status.previews.sort_by_key(|p| p.number);
     };
-    let request = match parse(&raw) {
-        Ok(request) => request,
-        Err(message) => {
-            status.preview = Some(answer(0, None, false, message));
-            return;
-        }
-    };
-    let requested = format!("{}@sha1:{}", request.git_ref, request.sha);
-    tell(
-        ctx,
-        gr,
-        &request,
-        &requested,
-        CommitState::Pending,
-        "computing the diff",
-        None,
-    );
+    if let Err(why) = check(&request) {
+        let message = format!("preview request of #{number}: {why}");
+        record(status, answer(number, request.sha, None, false, message));
+        return None;
+    }
     let (revision, result) = compute(ctx, gr, state, status, plan, &request).await;
-    let revision_or_request = revision.clone().unwrap_or(requested);
+    // Told about the commit rendered: the head the ref names now, which may be newer than the
+    // one the event named.
+    let told = revision
+        .clone()
+        .unwrap_or_else(|| format!("{}@sha1:{}", request.git_ref, request.sha));
     let heading = format!(
         "### Capstan preview of `{}/{}`\n\n",
         gr.namespace().unwrap_or_default(),
@@ -114,7 +132,7 @@ pub(super) async fn preview(
             let summary = diff::summary(&report);
             let failed = report.iter().any(|d| d.action == Action::Failed);
             let comment = format!(
-                "{heading}`{revision_or_request}` against the live cluster: **{summary}**. Nothing is applied until it merges.\n\n{}",
+                "{heading}`{told}` against the live cluster: **{summary}**. Nothing is applied until it merges.\n\n{}",
                 fenced(&report_text(&report)),
             );
             (!failed, summary, comment)
@@ -122,28 +140,24 @@ pub(super) async fn preview(
         Err(failure) => {
             let message = failure.to_string();
             let comment = format!(
-                "{heading}`{revision_or_request}` cannot be applied: {}\n\n{}",
+                "{heading}`{told}` cannot be applied: {}\n\n{}",
                 failure.reason().as_str(),
                 fenced(&message)
             );
             (false, message, comment)
         }
     };
-    info!(number = request.number, revision = %revision_or_request, succeeded, %message, "preview");
+    info!(number, revision = %told, succeeded, %message, "preview");
     let verdict = match succeeded {
         true => CommitState::Success,
         false => CommitState::Failure,
     };
-    tell(
-        ctx,
-        gr,
-        &request,
-        &revision_or_request,
-        verdict,
-        &message,
-        Some(comment),
+    let notice = notice(gr, number, &told, verdict, &message, Some(comment));
+    record(
+        status,
+        answer(number, request.sha, revision, succeeded, message),
     );
-    status.preview = Some(answer(request.number, revision, succeeded, message));
+    notice
 }
 
 /// The revision the request's ref resolved to (when it did), and the diff or why there is none.
@@ -153,7 +167,7 @@ async fn compute(
     state: &mut State,
     status: &GitRepositoryStatus,
     plan: &Plan,
-    request: &Request,
+    request: &PreviewRequest,
 ) -> (Option<String>, Result<Vec<ObjectDiff>, Failure>) {
     let mut head = gr.clone();
     head.spec.git_ref = Some(GitRef {
@@ -172,6 +186,16 @@ async fn compute(
         Err(failure) => return (None, Err(failure)),
     };
     let revision = Some(source.resolved.revision.clone());
+    if let Some(pending) = notice(
+        gr,
+        request.number,
+        &source.resolved.revision,
+        CommitState::Pending,
+        "computing the diff",
+        None,
+    ) {
+        ctx.notifier.notify(pending);
+    }
     let result = async {
         let checkout = fetch::checkout(ctx, &head, &source, &plan).await?;
         verify::verify(ctx, &head, state, &checkout).await?;
@@ -198,32 +222,24 @@ async fn compute(
     (revision, result)
 }
 
-/// Hands the preview's state to the Provider, if there is one.
-fn tell(
-    ctx: &Context,
+/// What tells the pull request the preview's state, if there is a Provider to tell.
+fn notice(
     gr: &GitRepository,
-    request: &Request,
+    number: u64,
     revision: &str,
     state: CommitState,
     message: &str,
     comment: Option<String>,
-) {
-    let Some(provider) = gr
-        .spec
-        .preview
-        .as_ref()
-        .and_then(|p| p.provider_ref.as_ref())
-    else {
-        return;
-    };
+) -> Option<Notice> {
+    let provider = gr.spec.preview.as_ref()?.provider_ref.as_ref()?;
     let mut notice = Notice::new(gr, state == CommitState::Failure, "Preview", message)
         .about(Some(revision), Some(state));
     notice.preview = Some(PreviewNote {
         provider: provider.name.clone(),
-        number: request.number,
+        number,
         comment,
     });
-    ctx.notifier.notify(notice);
+    Some(notice)
 }
 
 /// The diff as `capstan diff` prints it, without colours, cut to fit a comment.
@@ -259,26 +275,67 @@ fn fenced(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    fn request(git_ref: &str, sha: &str) -> PreviewRequest {
+        PreviewRequest {
+            number: 7,
+            git_ref: git_ref.into(),
+            sha: sha.into(),
+        }
+    }
 
     #[test]
     fn requests_are_checked() {
-        let ok = r#"{"number": 7, "ref": "refs/pull/7/head", "sha": "0123abcd"}"#;
-        assert_eq!(
-            parse(ok).unwrap(),
-            Request {
-                number: 7,
-                git_ref: "refs/pull/7/head".into(),
-                sha: "0123abcd".into()
-            }
+        let sha = "ab".repeat(20);
+        assert_eq!(check(&request("refs/pull/7/head", &sha)), Ok(()));
+        assert!(
+            check(&request("refs/pull/`x`", &sha))
+                .unwrap_err()
+                .contains("not a ref name")
         );
-        assert!(parse("not json").unwrap_err().contains("preview-requested"));
-        let odd = r#"{"number": 7, "ref": "refs/pull/`x`", "sha": "0123abcd"}"#;
-        assert!(parse(odd).unwrap_err().contains("not a ref name"));
-        let branch = r#"{"number": 7, "ref": "main", "sha": "0123abcd"}"#;
-        assert!(parse(branch).is_err());
-        let sha = r#"{"number": 7, "ref": "refs/pull/7/head", "sha": "HEAD~1"}"#;
-        assert!(parse(sha).unwrap_err().contains("not a commit"));
+        assert!(check(&request("main", &sha)).is_err());
+        assert!(
+            check(&request("refs/pull/7/head", "HEAD~1"))
+                .unwrap_err()
+                .contains("not a commit")
+        );
+        assert!(check(&request("refs/pull/7/head", "abcd")).is_err());
+    }
+
+    #[test]
+    fn each_pull_request_is_answered_for_its_newest_head() {
+        let sha = |c: &str| c.repeat(40);
+        let requests = json!([
+            {"number": 7, "ref": "refs/pull/7/head", "sha": sha("a")},
+            {"number": 8, "ref": "refs/pull/8/head", "sha": sha("b")},
+        ]);
+        let gr = crate::git_repository(json!({
+            "metadata": {"name": "x", "annotations": {PREVIEW_REQUESTED_ANNOTATION: requests.to_string()}},
+            "spec": {"url": "https://example.com/x", "interval": "1m", "preview": {}},
+        }));
+        let mut status = GitRepositoryStatus::default();
+        let numbers = |v: Vec<PreviewRequest>| v.iter().map(|r| r.number).collect::<Vec<_>>();
+        assert_eq!(numbers(pending(&gr, &mut status)), vec![7, 8]);
+        // #7 answered for its head; #8 for an older one; #3 no longer asked about.
+        status.previews = vec![
+            answer(3, sha("c"), None, true, String::new()),
+            answer(7, sha("a"), None, true, String::new()),
+            answer(8, sha("d"), None, true, String::new()),
+        ];
+        assert_eq!(numbers(pending(&gr, &mut status)), vec![8]);
+        let kept: Vec<u64> = status.previews.iter().map(|p| p.number).collect();
+        assert_eq!(kept, vec![7, 8]);
+
+        let mut broken = gr.clone();
+        broken
+            .annotations_mut()
+            .insert(PREVIEW_REQUESTED_ANNOTATION.into(), "{".into());
+        assert!(pending(&broken, &mut status).is_empty());
+        assert_eq!(status.previews.len(), 1);
+        assert!(status.previews[0].message.contains("preview-requested"));
     }
 
     #[test]

@@ -174,8 +174,14 @@ pub(super) async fn write(
     if !status::differs(state.status.as_ref(), &status) {
         return Ok(());
     }
+    // A write for a preview's answer alone is no news of the GitRepository's own.
+    let own = |s: &GitRepositoryStatus| GitRepositoryStatus {
+        previews: Vec::new(),
+        ..s.clone()
+    };
+    let news = status::differs(state.status.as_ref().map(own).as_ref(), &own(&status));
     write_status(ctx, gr, state.status.as_ref(), &mut status).await?;
-    if let Some(verdict) = verdict {
+    if let (true, Some(verdict)) = (news, verdict) {
         // A new revision, or Ready again after a failure: news either way.
         let new_revision = before.and_then(|s| s.last_applied_revision.as_ref())
             != status.last_applied_revision.as_ref()

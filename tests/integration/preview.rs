@@ -13,19 +13,19 @@ use crate::support::controller::{Fixture, configmap, http_request, put_secret, s
 use crate::support::gitea::Gitea;
 use crate::support::hooks::{Answer, Endpoint};
 
-/// The GitRepository's `status.preview` once it answers a request for `sha`.
+/// The GitRepository's answer to the preview request of head `sha`, once there is one.
 async fn preview_of(fx: &Fixture, sha: &str) -> capstan::api::PreviewStatus {
     let api: Api<GitRepository> = fx.api();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
     loop {
         let gr = api.get("app").await.unwrap();
-        let preview = gr.status.and_then(|s| s.preview);
-        if let Some(p) = preview.as_ref().filter(|p| p.request.contains(sha)) {
+        let previews = gr.status.map(|s| s.previews).unwrap_or_default();
+        if let Some(p) = previews.iter().find(|p| p.sha == sha) {
             return p.clone();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no preview of {sha}: {preview:?}"
+            "no preview of {sha}: {previews:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
@@ -91,7 +91,6 @@ async fn a_pull_request_is_previewed_on_its_head_commit_and_nothing_of_it_is_app
     let listed = comments(&gitea, number).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     let body = listed[0]["body"].as_str().unwrap();
-    eprintln!("BODY<<{body}>> {shown}");
     for want in [
         format!("<!-- capstan-preview {ns}/app -->"),
         format!("ConfigMap {ns}/kept: changed"),
@@ -129,7 +128,6 @@ async fn a_pull_request_is_previewed_on_its_head_commit_and_nothing_of_it_is_app
         "the comment is updated, not added: {listed:?}"
     );
     let body = listed[0]["body"].as_str().unwrap();
-    eprintln!("BODY<<{body}>> {shown}");
     assert!(body.contains("broken.yaml"), "{body}");
     assert!(!body.contains("kept: changed"), "{body}");
 
@@ -257,7 +255,7 @@ async fn a_gitlab_merge_request_gets_its_status_and_one_note() {
     fx.wait_applied("app", &base).await;
 
     let hook = |sha: &str, action: &str| {
-        let mut attributes = json!({"iid": 3, "action": action, "target_branch": "main", "last_commit": {"id": sha}});
+        let mut attributes = json!({"iid": 3, "action": action, "target_branch": "main", "last_commit": {"id": sha}, "source_project_id": 12, "target_project_id": 12});
         if action == "update" {
             attributes["oldrev"] = json!(base);
         }
@@ -281,10 +279,12 @@ async fn a_gitlab_merge_request_gets_its_status_and_one_note() {
     // Opened: pending, then the verdict; no note yet, so one is created.
     let head = repo.branch("feature", &[("b.yaml", &configmap("b", "1"))]);
     repo.push_ref("refs/merge-requests/3/head");
+    let me = Answer::Json(200, json!({"id": 9, "username": "capstan-bot"}).to_string());
     gitlab.answer(
         &[
             Answer::Status(201),
             Answer::Status(201),
+            me.clone(),
             Answer::Json(200, "[]".into()),
         ],
         Some(Answer::Status(201)),
@@ -324,13 +324,18 @@ async fn a_gitlab_merge_request_gets_its_status_and_one_note() {
     // Pushed to: the note found by its marker is updated with PUT.
     let next = repo.commit(&[("b.yaml", &configmap("b", "2"))], "again");
     repo.push_ref("refs/merge-requests/3/head");
-    let ours =
-        json!([{"id": 40, "body": "someone else's"}, {"id": 41, "body": format!("{marker}\nold")}]);
+    // Someone else's note that copies the marker is not ours.
+    let listed = json!([
+        {"id": 39, "body": "looks good", "author": {"id": 5}},
+        {"id": 40, "body": format!("{marker}\nforged"), "author": {"id": 5}},
+        {"id": 41, "body": format!("{marker}\nold"), "author": {"id": 9}},
+    ]);
     gitlab.answer(
         &[
             Answer::Status(201),
             Answer::Status(201),
-            Answer::Json(200, ours.to_string()),
+            me.clone(),
+            Answer::Json(200, listed.to_string()),
         ],
         Some(Answer::Status(200)),
     );
@@ -348,18 +353,38 @@ async fn a_gitlab_merge_request_gets_its_status_and_one_note() {
             && r.json()["body"].as_str().is_some_and(|b| b.contains(&next))),
         "no second note"
     );
-    // A title edit is no new head: nothing is previewed again.
-    let (code, answer) = http_request(
-        fx.webhook_addr.unwrap(),
-        "POST",
-        &path,
-        &headers,
-        hook(&next, "update")
-            .replace("\"oldrev\"", "\"x\"")
-            .as_bytes(),
-    )
-    .await;
+    // A title edit is no new head: nothing is asked.
+    let title = hook(&next, "update").replace("\"oldrev\"", "\"x\"");
+    let addr = fx.webhook_addr.unwrap();
+    let (code, answer) = http_request(addr, "POST", &path, &headers, title.as_bytes()).await;
     assert_eq!(code, 200, "{answer}");
-    assert_eq!(fx.value("a").await, "1");
-    assert!(fx.get("v1", "ConfigMap", "b").await.is_none());
+    assert!(answer.contains("ignored"), "{answer}");
+
+    // Two merge requests at once: both are answered, neither request overwrites the other.
+    repo.checkout("main");
+    let mut heads = Vec::new();
+    for iid in [5, 6] {
+        repo.branch(
+            &format!("mr-{iid}"),
+            &[("c.yaml", &configmap("c", &iid.to_string()))],
+        );
+        repo.push_ref(&format!("refs/merge-requests/{iid}/head"));
+        heads.push((iid, repo.head()));
+        repo.checkout("main");
+    }
+    gitlab.answer(&[], Some(Answer::Json(200, "[]".into())));
+    let sent: Vec<_> = heads
+        .iter()
+        .map(|(iid, sha)| hook(sha, "open").replace("\"iid\":3", &format!("\"iid\":{iid}")))
+        .collect();
+    futures::join!(send(sent[0].clone()), send(sent[1].clone()));
+    for (_, sha) in &heads {
+        let status = format!("{project}/statuses/{sha}");
+        gitlab
+            .wait_for("a verdict on each head", |r| {
+                r.path == status && r.json()["state"] == "success"
+            })
+            .await;
+        assert!(preview_of(&fx, sha).await.succeeded);
+    }
 }

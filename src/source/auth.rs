@@ -1,5 +1,6 @@
 //! Credentials for one remote, read from the keys of a Secret (Flux's names), and the git2
-//! callbacks that present them and check the server's SSH host key against `known_hosts`.
+//! callbacks that present them over SSH and check the server's host key against `known_hosts`
+//! (HTTP remotes present them through the `http` transport).
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -95,19 +96,6 @@ impl Auth {
         })
     }
 
-    /// Extra HTTP headers: the bearer token, when there is one.
-    pub fn http_headers(&self) -> Vec<String> {
-        self.bearer_token
-            .iter()
-            .map(|t| format!("Authorization: Bearer {t}"))
-            .collect()
-    }
-
-    /// Whether there is something to present to an HTTP server: basic auth or a token.
-    pub fn has_http_credentials(&self) -> bool {
-        self.basic.is_some() || self.bearer_token.is_some()
-    }
-
     /// Callbacks presenting these credentials once (a rejected credential is not retried: libgit2
     /// would otherwise ask again forever) and refusing SSH hosts that `known_hosts` does not list.
     pub fn callbacks<'a>(&'a self, host: &'a str, port: Option<u16>) -> RemoteCallbacks<'a> {
@@ -132,12 +120,6 @@ impl Auth {
                     passphrase.as_deref(),
                 );
             }
-            if let (true, Some((user, pass))) = (
-                allowed.contains(CredentialType::USER_PASS_PLAINTEXT),
-                &self.basic,
-            ) {
-                return Cred::userpass_plaintext(user, pass);
-            }
             if allowed.contains(CredentialType::USERNAME) {
                 return Cred::username(user_from_url.unwrap_or("git"));
             }
@@ -147,31 +129,20 @@ impl Auth {
                 "the server asks for credentials and the GitRepository has none that fit",
             ))
         });
-        cb.certificate_check(move |cert, tls_host| {
-            match (cert.as_hostkey(), cert.as_x509(), &self.ca) {
-                // With `ca.crt`, the server's certificate must chain to it, whatever the system
-                // trusts; without, libgit2 verifies it against the system's roots.
-                (None, Some(x509), Some(ca)) => match tls::verify(ca, x509.data(), tls_host) {
-                    Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
-                    Err(why) => Err(git2::Error::new(
-                        git2::ErrorCode::Certificate,
-                        git2::ErrorClass::Ssl,
-                        format!("the server's TLS certificate is not valid with ca.crt: {why}"),
-                    )),
-                },
-                (None, _, _) => Ok(CertificateCheckStatus::CertificatePassthrough),
-                (Some(hostkey), _, _) => {
-                    let key = hostkey.hostkey().unwrap_or_default();
-                    if known_host(self.known_hosts.as_deref(), host, port, key) {
-                        Ok(CertificateCheckStatus::CertificateOk)
-                    } else {
-                        Err(git2::Error::new(
-                            git2::ErrorCode::Certificate,
-                            git2::ErrorClass::Ssh,
-                            HOST_KEY_REJECTED,
-                        ))
-                    }
-                }
+        // HTTP remotes never get here: the `http` transport checks their certificates.
+        cb.certificate_check(move |cert, _| {
+            let Some(hostkey) = cert.as_hostkey() else {
+                return Ok(CertificateCheckStatus::CertificatePassthrough);
+            };
+            let key = hostkey.hostkey().unwrap_or_default();
+            if known_host(self.known_hosts.as_deref(), host, port, key) {
+                Ok(CertificateCheckStatus::CertificateOk)
+            } else {
+                Err(git2::Error::new(
+                    git2::ErrorCode::Certificate,
+                    git2::ErrorClass::Ssh,
+                    HOST_KEY_REJECTED,
+                ))
             }
         });
         cb
@@ -250,10 +221,10 @@ mod tests {
     }
 }
 
-/// Verifying a server's TLS certificate against the certificates of `ca.crt` (rustls-webpki).
+/// The certificates of `ca.crt`, which the `http` transport trusts instead of the system's roots.
 mod tls {
+    use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
     /// The certificates of a PEM bundle; an error when there are none or one is malformed.
     pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -264,29 +235,5 @@ mod tls {
             return Err("key \"ca.crt\" holds no certificate".into());
         }
         Ok(certs)
-    }
-
-    /// Whether the certificate `leaf` (DER), as presented by `host`, is signed by one of the
-    /// certificates `ca`, is valid now for server authentication, and names `host`.
-    pub fn verify(ca: &[CertificateDer<'_>], leaf: &[u8], host: &str) -> Result<(), String> {
-        let anchors = ca
-            .iter()
-            .map(|c| webpki::anchor_from_trusted_cert(c).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let leaf = CertificateDer::from(leaf);
-        let cert = webpki::EndEntityCert::try_from(&leaf).map_err(|e| e.to_string())?;
-        cert.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &anchors,
-            &[],
-            UnixTime::now(),
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| e.to_string())?;
-        let name = ServerName::try_from(host).map_err(|e| e.to_string())?;
-        cert.verify_is_valid_for_subject_name(&name)
-            .map_err(|e| e.to_string())
     }
 }

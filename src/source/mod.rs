@@ -3,13 +3,14 @@
 
 mod auth;
 mod cache;
+mod http;
 pub mod resolve;
 pub mod verify;
 
 use std::path::Path;
 use std::time::Instant;
 
-use git2::{AutotagOption, FetchOptions, Oid, RemoteCallbacks, RemoteRedirect, Repository};
+use git2::{AutotagOption, FetchOptions, Oid, RemoteCallbacks, Repository};
 
 use crate::status::Reason;
 
@@ -50,8 +51,6 @@ pub struct RemoteUrl {
     raw: String,
     host: String,
     port: Option<u16>,
-    /// Whether the URL carries a user name or password (over HTTP, often a token).
-    userinfo: bool,
     redacted: String,
 }
 
@@ -78,8 +77,6 @@ impl RemoteUrl {
                 raw: raw.to_string(),
                 host,
                 port: url.port(),
-                userinfo: scheme != "ssh"
-                    && (!url.username().is_empty() || url.password().is_some()),
                 redacted: shown.to_string(),
             })
         } else {
@@ -94,7 +91,6 @@ impl RemoteUrl {
                 raw: raw.to_string(),
                 host: host.to_string(),
                 port: None,
-                userinfo: false,
                 redacted: raw.to_string(),
             })
         }
@@ -243,46 +239,30 @@ pub fn set_network_timeouts() {
     });
 }
 
-/// Options for every connection to `remote`: `callbacks` (credentials, certificates), the
-/// bearer token header, and where redirects may lead. Credentials are meant for `spec.url`'s host
-/// alone, yet libgit2 keeps presenting them (the token header, a basic-auth credential already
-/// accepted) to whatever host a redirect names. So with credentials a redirect to another host
-/// is refused; without, the first request may be redirected, as git does by default. A redirect
-/// from https to http is refused either way.
-fn fetch_options<'a>(
-    remote: &RemoteUrl,
-    auth: &Auth,
-    callbacks: RemoteCallbacks<'a>,
-) -> FetchOptions<'a> {
+/// Options for every connection: `callbacks` (SSH credentials and host keys, progress). HTTP
+/// remotes go through [`http`], which decides their credentials, redirects and TLS.
+fn fetch_options(callbacks: RemoteCallbacks<'_>) -> FetchOptions<'_> {
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks);
-    let headers = auth.http_headers();
-    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    opts.custom_headers(&headers);
-    opts.follow_redirects(if auth.has_http_credentials() || remote.userinfo {
-        RemoteRedirect::None
-    } else {
-        RemoteRedirect::Initial
-    });
     opts
 }
 
 /// The remote's refs and the commits they point at (peeled for annotated tags), without fetching.
 pub fn ls_remote(remote: &RemoteUrl, auth: &Auth) -> Result<Vec<(String, Oid)>, SourceError> {
-    // git2's `connect` takes neither headers nor a redirect policy. A download that wants no ref,
-    // into an empty in-memory repository, connects exactly as a fetch does, reads the ref
-    // advertisement and transfers no objects.
+    // A download that wants no ref, into an empty in-memory repository, connects exactly as a
+    // fetch does, reads the ref advertisement and transfers no objects.
     let repo = git2::Odb::new()
         .and_then(Repository::from_odb)
         .map_err(|e| remote.error(e))?;
     let mut anonymous = repo
         .remote_anonymous(remote.as_str())
         .map_err(|e| remote.error(e))?;
-    let mut opts = fetch_options(remote, auth, auth.callbacks(&remote.host, remote.port));
+    let mut opts = fetch_options(auth.callbacks(&remote.host, remote.port));
     opts.download_tags(AutotagOption::None);
-    anonymous
-        .download(&["refs/capstan/none:refs/capstan/none"], Some(&mut opts))
-        .map_err(|e| remote.error(e))?;
+    http::with(auth, || {
+        anonymous.download(&["refs/capstan/none:refs/capstan/none"], Some(&mut opts))
+    })
+    .map_err(|e| remote.error(e))?;
     let heads = anonymous.list().map_err(|e| remote.error(e))?;
     Ok(heads
         .iter()
@@ -325,9 +305,9 @@ pub fn fetch(
             Instant::now() < limits.deadline && seen.get() <= limits.max_bytes
         });
         callbacks.sideband_progress(move |_| Instant::now() < limits.deadline);
-        let mut opts = fetch_options(remote, auth, callbacks);
+        let mut opts = fetch_options(callbacks);
         opts.depth(depth);
-        let fetched = detached.fetch(refspecs, Some(&mut opts), None);
+        let fetched = http::with(auth, || detached.fetch(refspecs, Some(&mut opts), None));
         if received.get() > limits.max_bytes {
             return Err(SourceError::Fetch {
                 url: remote.redacted().to_string(),

@@ -54,9 +54,10 @@ tools:
 image:
 	@$(ENV)/image.sh build
 
-## bench: the benchmark scenarios (all, or SCENARIOS="cold steady latency drift scale fetch monorepo inventory notify remote");
-## each run rewrites its sections of docs/benchmarks.md
+## bench: the benchmark scenarios (all, or SCENARIOS="cold steady latency drift scale fetch monorepo inventory notify remote flux");
+## each run rewrites its sections of docs/benchmarks.md; builds (once) Flux's controllers for 'flux'
 bench: tools
+	@$(ENV)/flux.sh build >/dev/null
 	cargo bench --bench capstan -- $(SCENARIOS)
 
 ## crds: regenerate crds/ and the Helm chart's copy from the Rust types

@@ -12,6 +12,7 @@ use capstan_testkit as support;
 mod cold;
 mod drift;
 mod fetch;
+mod flux;
 mod inventory;
 mod latency;
 mod measure;
@@ -44,6 +45,7 @@ use support::{client, namespace};
 use cold::cold;
 use drift::drift;
 use fetch::fetch;
+use flux::flux;
 use inventory::inventory;
 use latency::latency;
 use measure::*;
@@ -64,7 +66,12 @@ const SCENARIOS: &[&str] = &[
     "inventory",
     "notify",
     "remote",
+    "flux",
+    "scale10k",
 ];
+
+/// Scenarios a plain `make bench` leaves out: they take long and are asked for by name.
+const BY_NAME: &[&str] = &["scale10k"];
 
 #[tokio::main]
 async fn main() {
@@ -72,7 +79,8 @@ async fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let run = |s: &str| wanted.is_empty() || wanted.iter().any(|w| w == s);
+    let run =
+        |s: &str| (wanted.is_empty() && !BY_NAME.contains(&s)) || wanted.iter().any(|w| w == s);
     for w in &wanted {
         assert!(
             SCENARIOS.contains(&w.as_str()),
@@ -138,7 +146,7 @@ async fn main() {
     drop(controller);
     if run("scale") {
         let mut f = Figures::default();
-        scale(&b, &mut f).await;
+        scale(&b, &mut f, scale::THOUSAND).await;
         results.push((
             "scale",
             "5. Scale: 1000 GitRepositories over 100 repositories",
@@ -167,6 +175,25 @@ async fn main() {
         results.push((
             "inventory",
             "8. A large inventory: one GitRepository of 50,000 objects",
+            f,
+        ));
+    }
+
+    if run("scale10k") {
+        let mut f = Figures::default();
+        scale(&b, &mut f, scale::TEN_THOUSAND).await;
+        results.push((
+            "scale10k",
+            "12. Scale: 10,000 GitRepositories over 100 repositories",
+            f,
+        ));
+    }
+    if run("flux") {
+        let mut f = Figures::default();
+        flux(&b, &mut f).await;
+        results.push((
+            "flux",
+            "11. Flux side by side: the same scenarios with Flux's source-controller and kustomize-controller",
             f,
         ));
     }

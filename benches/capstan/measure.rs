@@ -3,17 +3,25 @@
 
 use super::*;
 
-/// Figures of one scenario, in print order: (name, value, unit or note).
+/// Figures of one scenario, in print order: a name and its cells (one value, or the columns).
 #[derive(Default)]
 pub(crate) struct Figures {
-    pub(crate) rows: Vec<(String, String)>,
+    /// The cells' headings past the name, when there is more than "value".
+    pub(crate) columns: Option<Vec<&'static str>>,
+    pub(crate) rows: Vec<(String, Vec<String>)>,
     pub(crate) json: serde_json::Map<String, Value>,
 }
 
 impl Figures {
     pub(crate) fn add(&mut self, name: &str, value: impl Into<Value>, shown: impl Into<String>) {
         self.json.insert(name.to_string(), value.into());
-        self.rows.push((name.to_string(), shown.into()));
+        self.rows.push((name.to_string(), vec![shown.into()]));
+    }
+
+    /// A row of several cells, under [`Figures::columns`].
+    pub(crate) fn add_row(&mut self, name: &str, value: impl Into<Value>, cells: Vec<String>) {
+        self.json.insert(name.to_string(), value.into());
+        self.rows.push((name.to_string(), cells));
     }
 }
 
@@ -57,16 +65,10 @@ impl Controller {
         let kubeconfig = cluster_admin_kubeconfig(ns, sa, dir);
         let shard = format!("--shard={shard}");
         let process = Self::process(&kubeconfig, &shard);
-        let clk_tck = std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0);
         Controller {
             process,
             user: sa_user(ns, sa),
-            clk_tck,
+            clk_tck: clk_tck(),
             kubeconfig,
             shard,
         }
@@ -101,32 +103,50 @@ impl Controller {
 
     /// User plus system CPU seconds so far.
     pub(crate) fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.pid()))
-            .unwrap_or_default();
-        let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        // Fields 14 and 15 of stat(5); `after` starts at field 3.
-        let ticks: f64 = fields
-            .get(11..13)
-            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-            .unwrap_or(0.0);
-        ticks / self.clk_tck
+        cpu_seconds(self.process.pid(), self.clk_tck)
     }
 
     /// (current RSS, peak RSS) in MiB.
     pub(crate) fn rss_mib(&self) -> (f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
-            .unwrap_or_default();
-        let kb = |key: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+        rss_mib(self.process.pid())
     }
+}
+
+/// Clock ticks per second, for /proc/PID/stat.
+pub(crate) fn clk_tck() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User plus system CPU seconds of process `pid` so far.
+pub(crate) fn cpu_seconds(pid: u32, clk_tck: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `after` starts at field 3.
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / clk_tck
+}
+
+/// (current RSS, peak RSS) of process `pid` in MiB.
+pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
 }
 
 // ---------------------------------------------------------------- the API server's audit log
@@ -135,7 +155,8 @@ pub(crate) fn audit_mark() -> usize {
     support::audit::mark()
 }
 
-/// Requests by `user` since `mark`, watches left out, counted by "verb resource[/subresource]".
+/// Requests by `user` since `mark`, watches left out, counted by "verb resource[/subresource]"
+/// (verb `dry-run patch` and the like for dry runs).
 pub(crate) fn requests_by(user: &str, mark: usize) -> BTreeMap<String, u64> {
     let text = std::fs::read_to_string(&control_plane().audit_log).unwrap_or_default();
     let mut counts = BTreeMap::new();
@@ -150,6 +171,15 @@ pub(crate) fn requests_by(user: &str, mark: usize) -> BTreeMap<String, u64> {
         if verb == "watch" {
             continue;
         }
+        // A dry run changes nothing: counted apart, neither a mutation nor a read.
+        let dry_run = e["requestURI"]
+            .as_str()
+            .is_some_and(|u| u.contains("dryRun=All"));
+        let verb = if dry_run {
+            format!("dry-run {verb}")
+        } else {
+            verb.to_string()
+        };
         let mut resource = e["objectRef"]["resource"]
             .as_str()
             .unwrap_or("")

@@ -48,11 +48,21 @@ pub(crate) fn write(
                 "The first controller (scenarios 1-4) at the end of the run: RSS {rss:.1} MiB, peak {peak:.1} MiB.\n"
             );
         }
-        let _ = writeln!(md, "| figure | value |\n|---|---|");
+        let columns = f.columns.clone().unwrap_or_else(|| vec!["value"]);
+        let _ = writeln!(
+            md,
+            "| figure | {} |\n|---|{}",
+            columns.join(" | "),
+            "---|".repeat(columns.len())
+        );
         println!("\n{title}");
-        for (name, shown) in &f.rows {
-            let _ = writeln!(md, "| {name} | {} |", shown.replace('|', "\\|"));
-            println!("  {name:<32} {shown}");
+        if f.columns.is_some() {
+            println!("  {:<32} {}", "", columns.join(" · "));
+        }
+        for (name, cells) in &f.rows {
+            let escaped: Vec<String> = cells.iter().map(|c| c.replace('|', "\\|")).collect();
+            let _ = writeln!(md, "| {name} | {} |", escaped.join(" | "));
+            println!("  {name:<32} {}", cells.join(" · "));
         }
         sections.push(((*title).to_string(), md));
         json_out.insert(key.to_string(), Value::Object(f.json.clone()));

@@ -1,22 +1,53 @@
 //! Scenario 5: scale: 1000 GitRepositories over 100 repositories, 10,000 objects; then a restart
-//! of the controller.
+//! of the controller. Scenario 12: 10,000 GitRepositories over 100 repositories of 100 paths, one
+//! object each, without the restart.
 
 use super::*;
 
-pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
-    // A controller of its own, for a namespace of its own: its figures are the 1000 alone.
-    let ns = namespace(&b.client, "bench-scale").await;
-    let target = namespace(&b.client, "bench-scale-objects").await;
+/// How many GitRepositories, and how many paths of a repository and objects of a path.
+#[derive(Clone, Copy)]
+pub(crate) struct Size {
+    pub(crate) grs: usize,
+    pub(crate) paths: usize,
+    pub(crate) objects: usize,
+    pub(crate) restart: bool,
+}
+
+/// Scenario 5: 10 paths of 10 ConfigMaps in each of 100 repositories.
+pub(crate) const THOUSAND: Size = Size {
+    grs: 1000,
+    paths: 10,
+    objects: 10,
+    restart: true,
+};
+
+/// Scenario 12: 100 paths of one ConfigMap in each of 100 repositories.
+pub(crate) const TEN_THOUSAND: Size = Size {
+    grs: 10_000,
+    paths: 100,
+    objects: 1,
+    restart: false,
+};
+
+pub(crate) async fn scale(b: &Bench, figures: &mut Figures, size: Size) {
+    let Size {
+        grs: count,
+        paths,
+        objects,
+        ..
+    } = size;
+    // A controller of its own, for a namespace of its own: its figures are these alone.
+    let ns = namespace(&b.client, &format!("bench-scale-{count}")).await;
+    let target = namespace(&b.client, &format!("bench-scale-{count}-objects")).await;
     let mut controller = Controller::start(&ns, shard_of(&ns), b.dir.path());
     // The process with no GitRepository yet: what the count adds is the difference.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (idle_rss, _) = controller.rss_mib();
     let repos: Vec<Repo> = (0..100)
         .map(|r| {
-            // 10 paths of 10 ConfigMaps: 10,000 objects in all.
-            let files: Vec<(String, String)> = (0..100)
+            let files: Vec<(String, String)> = (0..paths * objects)
                 .map(|n| {
-                    let d = n / 10;
+                    let d = n / objects;
                     (
                         format!("d{d}/cm{n}.yaml"),
                         configmap(&format!("cm-{r}-{n}"), "1"),
@@ -27,13 +58,13 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
                 .iter()
                 .map(|(p, c)| (p.as_str(), c.as_str()))
                 .collect();
-            Repo::create(&format!("scale{r}"), &borrowed)
+            Repo::create(&format!("scale{count}-{r}"), &borrowed)
         })
         .collect();
     let started = Instant::now();
-    let specs: Vec<(String, Value)> = (0..1000)
+    let specs: Vec<(String, Value)> = (0..count)
         .map(|i| {
-            let (r, d) = (i / 10, i % 10);
+            let (r, d) = (i / paths, i % paths);
             (
                 format!("app-{i}"),
                 json!({"url": repos[r].http_url(), "path": format!("d{d}"), "interval": "1m", "targetNamespace": target, "prune": true}),
@@ -50,7 +81,7 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
     .await;
     let created = started.elapsed();
     let api: Api<GitRepository> = Api::namespaced(b.client.clone(), &ns);
-    let deadline = Instant::now() + Duration::from_secs(900);
+    let deadline = Instant::now() + Duration::from_secs(1800);
     let all_ready = loop {
         let list = api.list(&Default::default()).await.unwrap();
         let ready = list
@@ -58,12 +89,12 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
             .iter()
             .filter(|gr| applied_revision(gr).is_some())
             .count();
-        if ready == 1000 {
+        if ready == count {
             break started.elapsed();
         }
         assert!(
             Instant::now() < deadline,
-            "only {ready} of 1000 Ready after 15 minutes"
+            "only {ready} of {count} Ready after 30 minutes"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -92,7 +123,7 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
     let in_minute = |what: &str| {
         log.lines()
             .skip(git_mark)
-            .filter(|l| l.contains("/scale") && l.contains(what))
+            .filter(|l| l.contains(&format!("/scale{count}-")) && l.contains(what))
             .count()
     };
     let (polls, fetches) = (in_minute("info/refs"), in_minute("\"POST "));
@@ -101,7 +132,7 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
         "created_s",
         created.as_secs_f64(),
         format!(
-            "{:.1} s to create 1000 GitRepositories",
+            "{:.1} s to create {count} GitRepositories",
             created.as_secs_f64()
         ),
     );
@@ -109,7 +140,7 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
         "all_ready_s",
         all_ready.as_secs_f64(),
         format!(
-            "{:.1} s from the first create to all 1000 Ready",
+            "{:.1} s from the first create to all {count} Ready",
             all_ready.as_secs_f64()
         ),
     );
@@ -123,7 +154,7 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
         rss,
         format!(
             "{rss:.1} MiB ({:.1} KiB per GitRepository over idle)",
-            (rss - idle_rss) * 1024.0 / 1000.0
+            (rss - idle_rss) * 1024.0 / count as f64
         ),
     );
     figures.add(
@@ -151,12 +182,25 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
         reads(&counts),
         reads(&counts).to_string(),
     );
-    // A restart: a new process, with nothing in memory, until it has reconciled all 1000.
+    let (p50, p90, max) = (
+        percentile(&mut delays, 0.5),
+        percentile(&mut delays, 0.9),
+        percentile(&mut delays, 1.0),
+    );
+    figures.add(
+        "create_to_ready_spread_s",
+        json!({"p50": p50, "p90": p90, "max": max}),
+        format!("creation to Ready per GitRepository: p50 {p50:.1} s, p90 {p90:.1} s, max {max:.1} s (1 s resolution)"),
+    );
+    if !size.restart {
+        return;
+    }
+    // A restart: a new process, with nothing in memory, until it has reconciled all of them.
     let mark = audit_mark();
     let started = Instant::now();
     controller.restart();
     let deadline = Instant::now() + Duration::from_secs(900);
-    while controller.reconciled(&ns).await < 1000 {
+    while controller.reconciled(&ns).await < count {
         assert!(
             Instant::now() < deadline,
             "not all reconciled after a restart"
@@ -174,7 +218,7 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
         "restart_all_reconciled_s",
         restarted.as_secs_f64(),
         format!(
-            "{:.1} s from the restart to all 1000 reconciled by the new process (each fetched and rendered again, into an empty cache)",
+            "{:.1} s from the restart to all {count} reconciled by the new process (each fetched and rendered again, into an empty cache)",
             restarted.as_secs_f64()
         ),
     );
@@ -182,23 +226,14 @@ pub(crate) async fn scale(b: &Bench, figures: &mut Figures) {
         "restart_mutating_requests",
         mutating(&counts),
         format!(
-            "{} ({status_writes} status writes), for 10,000 unchanged objects",
-            mutating(&counts)
+            "{} ({status_writes} status writes), for {} unchanged objects",
+            mutating(&counts),
+            count * objects
         ),
     );
     figures.add(
         "restart_get_list_requests",
         reads(&counts),
         reads(&counts).to_string(),
-    );
-    let (p50, p90, max) = (
-        percentile(&mut delays, 0.5),
-        percentile(&mut delays, 0.9),
-        percentile(&mut delays, 1.0),
-    );
-    figures.add(
-        "create_to_ready_spread_s",
-        json!({"p50": p50, "p90": p90, "max": max}),
-        format!("creation to Ready per GitRepository: p50 {p50:.1} s, p90 {p90:.1} s, max {max:.1} s (1 s resolution)"),
     );
 }

@@ -167,11 +167,7 @@ pub(crate) async fn cold(
         plain_s.push(plain_apply(&b.client, &objects).await.as_secs_f64());
 
         let files = thousand_manifests(&format!("cold{run}"));
-        let borrowed: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_str()))
-            .collect();
-        let repo = Repo::create(&format!("cold{run}"), &borrowed);
+        let repo = repo_of(&format!("cold{run}"), &files);
         let name = format!("cold{run}");
         let mark = audit_mark();
         let started = Instant::now();

@@ -16,11 +16,7 @@ pub(crate) async fn drift(b: &Bench, controller: &Controller, figures: &mut Figu
             )
         })
         .collect();
-    let borrowed: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_str()))
-        .collect();
-    let repo = Repo::create("drift", &borrowed);
+    let repo = repo_of("drift", &files);
     create_gr(
         &b.client,
         &b.ns,
@@ -43,7 +39,7 @@ pub(crate) async fn drift(b: &Bench, controller: &Controller, figures: &mut Figu
         .await
         .unwrap();
         let edited = Instant::now();
-        let seen = wait_value(&cms, &name, "git", Duration::from_secs(30)).await;
+        let seen = wait_data(&cms, &name, "value", "git", Duration::from_secs(30)).await;
         samples.push((seen - edited).as_secs_f64());
         // Late requests of the correction count too.
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -177,6 +177,16 @@ pub(crate) async fn fetch(b: &Bench, figures: &mut Figures) {
         gi,
         format!("{:.0} ms (median of 3)", gi * 1000.0),
     );
+    figures.add(
+        "incremental_ratio",
+        ci / gi,
+        format!("{:.2}x of git fetch", ci / gi),
+    );
+    figures.add(
+        "target",
+        "1.1x",
+        "within 1.1x of git on both, cold and incremental",
+    );
 
     // A poll with nothing new: the ref advertisement only.
     let mark = git_log_mark().await;

@@ -290,11 +290,7 @@ pub(crate) async fn flux(b: &Bench, figures: &mut Figures) {
         for side in 0..2 {
             let prefix = format!("{}{run}", ["capstan", "flux"][side]);
             let files = thousand_manifests(&prefix);
-            let borrowed: Vec<(&str, &str)> = files
-                .iter()
-                .map(|(p, c)| (p.as_str(), c.as_str()))
-                .collect();
-            let repo = Repo::create(&prefix, &borrowed);
+            let repo = repo_of(&prefix, &files);
             let name = format!("cold{run}");
             let mark = audit_mark();
             let started = Instant::now();
@@ -409,7 +405,14 @@ pub(crate) async fn flux(b: &Bench, figures: &mut Figures) {
             .await
             .unwrap();
             let edited = Instant::now();
-            let back = wait_index(&cms, &name, &i.to_string(), Duration::from_secs(60)).await;
+            let back = wait_data(
+                &cms,
+                &name,
+                "index",
+                &i.to_string(),
+                Duration::from_secs(60),
+            )
+            .await;
             reverted[side].push((back - edited).as_secs_f64());
         }
     }
@@ -446,24 +449,6 @@ pub(crate) async fn flux(b: &Bench, figures: &mut Figures) {
     sources(b, figures).await;
 }
 
-async fn wait_index(cms: &Api<ConfigMap>, name: &str, value: &str, limit: Duration) -> Instant {
-    let deadline = Instant::now() + limit;
-    loop {
-        let cm = cms.get(name).await.unwrap();
-        if cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get("index"))
-            .map(String::as_str)
-            == Some(value)
-        {
-            return Instant::now();
-        }
-        assert!(Instant::now() < deadline, "{name} never reverted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn sources(b: &Bench, figures: &mut Figures) {
     let ns = namespace(&b.client, "bench-flux-sources").await;
     let target = namespace(&b.client, "bench-flux-sources-objects").await;
@@ -477,11 +462,7 @@ async fn sources(b: &Bench, figures: &mut Figures) {
                     )
                 })
                 .collect();
-            let borrowed: Vec<(&str, &str)> = files
-                .iter()
-                .map(|(p, c)| (p.as_str(), c.as_str()))
-                .collect();
-            Repo::create(&format!("sources{r}"), &borrowed)
+            repo_of(&format!("sources{r}"), &files)
         })
         .collect();
     let mut ready_s = [0.0; 2];

@@ -21,11 +21,7 @@ pub(crate) async fn inventory(b: &Bench, figures: &mut Figures) {
     let ns = namespace(&b.client, "bench-inventory").await;
     let mut controller = Controller::start(&ns, shard_of(&ns), b.dir.path());
     let files: Vec<(String, String)> = (0..FILES).map(|f| file(f, "1")).collect();
-    let borrowed: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_str()))
-        .collect();
-    let repo = Repo::create("bench-inventory", &borrowed);
+    let repo = repo_of("bench-inventory", &files);
     let api: Api<GitRepository> = Api::namespaced(b.client.clone(), &ns);
     let objects = FILES * PER_FILE;
 

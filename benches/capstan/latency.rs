@@ -60,7 +60,14 @@ pub(crate) async fn latency(b: &Bench, controller: &Controller, figures: &mut Fi
                 }
                 _ => {}
             }
-            let seen = wait_value(&cms, "latency", &v, Duration::from_secs(interval * 3)).await;
+            let seen = wait_data(
+                &cms,
+                "latency",
+                "value",
+                &v,
+                Duration::from_secs(interval * 3),
+            )
+            .await;
             samples.push((seen - pushed).as_secs_f64());
             // Apart, so that one sample's reconcile is over before the next commit.
             tokio::time::sleep(Duration::from_millis(500)).await;

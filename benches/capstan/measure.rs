@@ -307,9 +307,11 @@ pub(crate) async fn wait_ready(
     }
 }
 
-pub(crate) async fn wait_value(
+/// Polls until ConfigMap `name` has `value` under `key`; returns when that was seen.
+pub(crate) async fn wait_data(
     cms: &Api<ConfigMap>,
     name: &str,
+    key: &str,
     value: &str,
     limit: Duration,
 ) -> Instant {
@@ -319,15 +321,24 @@ pub(crate) async fn wait_value(
             && cm
                 .data
                 .as_ref()
-                .and_then(|d| d.get("value"))
+                .and_then(|d| d.get(key))
                 .map(String::as_str)
                 == Some(value)
         {
             return Instant::now();
         }
-        assert!(Instant::now() < deadline, "{name} never became {value}");
+        assert!(Instant::now() < deadline, "{name} never had {key}: {value}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A repository of `files` (path, content).
+pub(crate) fn repo_of(name: &str, files: &[(String, String)]) -> Repo {
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    Repo::create(name, &borrowed)
 }
 
 pub(crate) struct Bench {

@@ -19,11 +19,7 @@ pub(crate) async fn monorepo(b: &Bench, figures: &mut Figures) {
             std::iter::once(cm).chain(other)
         })
         .collect();
-    let borrowed: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_str()))
-        .collect();
-    let repo = Repo::create("bench-monorepo", &borrowed);
+    let repo = repo_of("bench-monorepo", &files);
     let api: Api<GitRepository> = Api::namespaced(b.client.clone(), &ns);
     let cpu = controller.cpu_seconds();
     let started = Instant::now();

@@ -31,7 +31,7 @@ pub(crate) async fn notify(b: &Bench, controller: &Controller, figures: &mut Fig
             api.patch("notify", &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .unwrap();
-            let seen = wait_value(&cms, "notify", &v, Duration::from_secs(60)).await;
+            let seen = wait_data(&cms, "notify", "value", &v, Duration::from_secs(60)).await;
             samples.push((seen - asked).as_secs_f64());
             // The reconcile ends (its status written) before the next request.
             tokio::time::sleep(Duration::from_millis(500)).await;

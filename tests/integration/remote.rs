@@ -208,10 +208,12 @@ async fn gitrepositories_share_the_watches_of_a_remote_and_delete_or_orphan_ther
     );
     let applied_by: Vec<&Value> = events
         .iter()
+        // This test's namespace: other tests patch ConfigMaps on the remote as themselves.
         .filter(|e| {
             e["verb"] == "patch"
                 && e["stage"] == "ResponseComplete"
                 && e["objectRef"]["resource"] == "configmaps"
+                && e["objectRef"]["namespace"] == fx.ns.as_str()
         })
         .map(|e| &e["impersonatedUser"]["username"])
         .collect();

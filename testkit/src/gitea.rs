@@ -18,20 +18,20 @@ pub struct Gitea {
     dir: tempfile::TempDir,
 }
 
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/env/gitea.sh");
+
 impl Gitea {
-    /// Starts a Gitea of its own, stopped when this test process ends.
+    /// Starts a Gitea of its own, stopped when dropped (or, should the test process die first,
+    /// when it ends).
     pub fn start() -> Gitea {
         let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/env/gitea.sh"
-        ))
-        .arg("up")
-        .arg(dir.path().join("gitea"))
-        .arg("--watch-pid")
-        .arg(std::process::id().to_string())
-        .output()
-        .unwrap();
+        let out = std::process::Command::new(SCRIPT)
+            .arg("up")
+            .arg(dir.path().join("gitea"))
+            .arg("--watch-pid")
+            .arg(std::process::id().to_string())
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -145,5 +145,16 @@ impl Work {
         self.git(&["commit", "-q", "-m", "change"]);
         self.git(&["push", "-q", &self.remote, &format!("HEAD:{branch}")]);
         self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+impl Drop for Gitea {
+    /// Stops Gitea before its directory goes: the reaper's `down` would find nothing to stop in
+    /// a removed directory, and a Gitea whose work path is gone keeps running and spins.
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(SCRIPT)
+            .arg("down")
+            .arg(self.dir.path().join("gitea"))
+            .output();
     }
 }

@@ -31,10 +31,26 @@ async fn preview_of(fx: &Fixture, sha: &str) -> capstan::api::PreviewStatus {
     }
 }
 
-async fn comments(gitea: &Gitea, number: u64) -> Vec<Value> {
+/// The pull request's comments, once one of them has a body that `shows`: the comment is sent
+/// after the head's status, so seeing the status does not mean the comment is there yet.
+async fn comments(gitea: &Gitea, number: u64, shows: impl Fn(&str) -> bool) -> Vec<Value> {
     let path = format!("/repos/{}/app/issues/{number}/comments", gitea.user);
-    let listed = gitea.expect(200, "GET", &path, None).await;
-    listed.as_array().unwrap().clone()
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let listed = gitea.expect(200, "GET", &path, None).await;
+        let listed = listed.as_array().unwrap().clone();
+        if listed
+            .iter()
+            .any(|c| c["body"].as_str().is_some_and(&shows))
+        {
+            return listed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no such comment: {listed:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test]
@@ -88,7 +104,7 @@ async fn a_pull_request_is_previewed_on_its_head_commit_and_nothing_of_it_is_app
     );
 
     // One comment with the readable diff.
-    let listed = comments(&gitea, number).await;
+    let listed = comments(&gitea, number, |b| b.contains(&format!("**{summary}**"))).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     let body = listed[0]["body"].as_str().unwrap();
     for want in [
@@ -121,7 +137,7 @@ async fn a_pull_request_is_previewed_on_its_head_commit_and_nothing_of_it_is_app
     assert!(description.contains("broken.yaml"), "{shown}");
     let preview = preview_of(&fx, &broken).await;
     assert!(!preview.succeeded);
-    let listed = comments(&gitea, number).await;
+    let listed = comments(&gitea, number, |b| b.contains("broken.yaml")).await;
     assert_eq!(
         listed.len(),
         1,
@@ -180,7 +196,7 @@ async fn a_preview_runs_as_the_service_account_and_shows_no_secret_value() {
     assert_eq!(shown["description"], "1 changed, 1 failed the dry run");
     let preview = preview_of(&fx, &head).await;
     assert!(!preview.succeeded, "{preview:?}");
-    let listed = comments(&gitea, number).await;
+    let listed = comments(&gitea, number, |b| b.contains("failed the dry run")).await;
     let body = listed[0]["body"].as_str().unwrap();
     for want in [
         format!("Secret {ns}/creds: changed"),

@@ -30,15 +30,7 @@ pub(crate) async fn drift(b: &Bench, controller: &Controller, figures: &mut Figu
     for i in 0..5 {
         let name = format!("drift-{i}");
         let mark = audit_mark();
-        let edit = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"value": "edited"}});
-        cms.patch(
-            &name,
-            &PatchParams::apply("someone-else").force(),
-            &Patch::Apply(&edit),
-        )
-        .await
-        .unwrap();
-        let edited = Instant::now();
+        let edited = take_over(&cms, &name, "value", "edited").await;
         let seen = wait_data(&cms, &name, "value", "git", Duration::from_secs(30)).await;
         samples.push((seen - edited).as_secs_f64());
         // Late requests of the correction count too.

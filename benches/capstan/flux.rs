@@ -395,16 +395,7 @@ pub(crate) async fn flux(b: &Bench, figures: &mut Figures) {
         let cms: Api<ConfigMap> = Api::namespaced(b.client.clone(), &format!("{prefix}-0"));
         for i in 0..3 {
             let name = format!("config-{i}");
-            let edit =
-                json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"index": "edited"}});
-            cms.patch(
-                &name,
-                &PatchParams::apply("someone-else").force(),
-                &Patch::Apply(&edit),
-            )
-            .await
-            .unwrap();
-            let edited = Instant::now();
+            let edited = take_over(&cms, &name, "index", "edited").await;
             let back = wait_data(
                 &cms,
                 &name,

@@ -307,6 +307,19 @@ pub(crate) async fn wait_ready(
     }
 }
 
+/// Another field manager takes `key` of ConfigMap `name` with `value` (drift); returns when.
+pub(crate) async fn take_over(cms: &Api<ConfigMap>, name: &str, key: &str, value: &str) -> Instant {
+    let edit = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {key: value}});
+    cms.patch(
+        name,
+        &PatchParams::apply("someone-else").force(),
+        &Patch::Apply(&edit),
+    )
+    .await
+    .unwrap();
+    Instant::now()
+}
+
 /// Polls until ConfigMap `name` has `value` under `key`; returns when that was seen.
 pub(crate) async fn wait_data(
     cms: &Api<ConfigMap>,

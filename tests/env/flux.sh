@@ -68,20 +68,23 @@ mod_dir() {
     echo "$dir"
 }
 
+# crds_of MODULE GROUP NAMES...: the paths of the CRDs NAMES of GROUP in MODULE's source.
+crds_of() {
+    local dir group=$2 name f
+    dir=$(mod_dir "$1")
+    shift 2
+    for name in "$@"; do
+        f=$dir/config/crd/bases/${group}_$name.yaml
+        [[ -f $f ]] || die "$f not found"
+        echo "$f"
+    done
+}
+
 cmd_crds() {
-    local dir name f
-    dir=$(mod_dir "$SOURCE_MOD")
-    for name in $SOURCE_CRDS; do
-        f=$dir/config/crd/bases/source.toolkit.fluxcd.io_$name.yaml
-        [[ -f $f ]] || die "$f not found"
-        echo "$f"
-    done
-    dir=$(mod_dir "$KUSTOMIZE_MOD")
-    for name in $KUSTOMIZE_CRDS; do
-        f=$dir/config/crd/bases/kustomize.toolkit.fluxcd.io_$name.yaml
-        [[ -f $f ]] || die "$f not found"
-        echo "$f"
-    done
+    # shellcheck disable=SC2086 # word lists
+    crds_of "$SOURCE_MOD" source.toolkit.fluxcd.io $SOURCE_CRDS
+    # shellcheck disable=SC2086
+    crds_of "$KUSTOMIZE_MOD" kustomize.toolkit.fluxcd.io $KUSTOMIZE_CRDS
 }
 
 case ${1:-help} in

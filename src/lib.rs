@@ -18,6 +18,7 @@ pub mod server;
 pub mod source;
 pub mod status;
 pub mod telemetry;
+pub mod ui;
 pub mod webhook;
 
 /// A GitRepository for a unit test, from its `metadata`, `spec` and `status`.

@@ -34,6 +34,9 @@ enum Command {
     /// Show what applying a GitRepository's manifests would change now (server-side dry run;
     /// Secret values redacted). Exits 1 when something would change.
     Diff(capstan::cli::DiffArgs),
+    /// Serve the web UI on a local address, acting as the kubeconfig's user (or, with
+    /// `--auth bearer`, as each caller's token).
+    Ui(capstan::ui::UiArgs),
     /// Print Capstan's CustomResourceDefinitions as YAML.
     Crd {
         /// Write each to its own file in this directory instead of stdout.
@@ -87,6 +90,12 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(2);
             }
         },
+        Command::Ui(args) => {
+            if let Err(e) = capstan::ui::run(args).await {
+                eprintln!("capstan ui: {e}");
+                std::process::exit(1);
+            }
+        }
         Command::Crd { output_dir } => {
             for (file, crd) in capstan::api::crds() {
                 let yaml = capstan::api::crd_yaml(&crd)?;

@@ -158,7 +158,7 @@ fn write_table(
 }
 
 /// `main@sha1:4f2c9e1d0a7b` from `main@sha1:4f2c9e1d0a7b…` (40 hex digits are too many to read).
-fn short_revision(revision: &str) -> String {
+pub fn short_revision(revision: &str) -> String {
     match revision.split_once("sha1:") {
         Some((name, sha)) => format!("{name}sha1:{}", sha.chars().take(12).collect::<String>()),
         None => revision.to_string(),
@@ -224,11 +224,7 @@ async fn request_and_wait(
     let name = &args.target.name;
     let timeout = reconcile::parse_duration(&args.timeout)
         .ok_or_else(|| CliError::Usage(format!("invalid --timeout {:?}", args.timeout)))?;
-    let token = k8s_openapi::jiff::Timestamp::now().to_string();
-    let patch = json!({
-        "metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: token}},
-        "spec": spec,
-    });
+    let (token, patch) = reconcile_request(spec);
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     let gr = wait_handled(api, name, &token, timeout).await?;
@@ -249,6 +245,17 @@ async fn request_and_wait(
             "{ns}/{name} is not Ready ({reason})"
         )))
     }
+}
+
+/// The merge patch that asks the controller for a reconcile now, with `spec` changed too, and
+/// the token its status will name once it handled it.
+pub fn reconcile_request(spec: Value) -> (String, Value) {
+    let token = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = json!({
+        "metadata": {"annotations": {RECONCILE_REQUESTED_ANNOTATION: token}},
+        "spec": spec,
+    });
+    (token, patch)
 }
 
 /// Polls until the controller has handled the request `token` for the current generation,
@@ -355,38 +362,57 @@ pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliErro
     if let Some(r) = &args.git_ref {
         gr.spec.git_ref = Some(ref_named(r));
     }
+    let report = diff_report(
+        &client,
+        gr,
+        args.path.as_deref(),
+        &args.render,
+        args.max_fetch_bytes,
+    )
+    .await?;
+    let changed = report.iter().any(|d| d.action != Action::Unchanged);
+    match args.output {
+        Format::Json | Format::Yaml => write_diff_structured(&report, args.output, out)?,
+        Format::Table => write_diff_table(&report, out)?,
+    }
+    Ok(changed)
+}
+
+/// The server-side dry run of `gr`'s manifests, as `client` may run it: from the local
+/// directory `path`, or else from its revision in git. Shared with the web UI's diff page.
+pub async fn diff_report(
+    client: &Client,
+    mut gr: GitRepository,
+    path: Option<&std::path::Path>,
+    render: &RenderConfig,
+    max_fetch_bytes: u64,
+) -> Result<Vec<ObjectDiff>, CliError> {
+    let ns = gr.namespace().unwrap_or_default();
     // What would be pruned is read from the whole inventory, not the status's first entries.
-    gr.status = crate::apply::record::load(&client, &gr)
+    gr.status = crate::apply::record::load(client, &gr)
         .await
         .map_err(|e| CliError::Failed(format!("reading the inventory record: {e}")))?;
     let timeout = reconcile::parse_duration(gr.spec.timeout.as_deref().unwrap_or("60s"))
         .unwrap_or(Duration::from_secs(60));
-    let variables = reconcile::read_variables(&client, &gr, &ns)
+    let variables = reconcile::read_variables(client, &gr, &ns)
         .await
         .map_err(|e| CliError::Failed(e.message))?;
-    let manifests = match &args.path {
-        Some(dir) => super::render_tree(
-            dir,
-            None,
-            Some(&gr),
-            variables.as_ref(),
-            &args.render,
-            timeout,
-        )?,
-        None => fetch_and_render(&client, &gr, variables, args, timeout).await?,
+    let manifests = match path {
+        Some(dir) => super::render_tree(dir, None, Some(&gr), variables.as_ref(), render, timeout)?,
+        None => fetch_and_render(client, &gr, variables, render, max_fetch_bytes, timeout).await?,
     };
     // Against the cluster the GitRepository applies to: a remote one from its kubeconfig Secret.
-    let target = reconcile::remote_client(&client, &gr)
+    let target = reconcile::remote_client(client, &gr)
         .await
         .map_err(CliError::Failed)?
-        .unwrap_or(client);
+        .unwrap_or_else(|| client.clone());
     let managed: Vec<String> = gr
         .status
         .as_ref()
         .and_then(|s| s.inventory.as_ref())
         .map(|i| i.entries.iter().map(|e| e.id.clone()).collect())
         .unwrap_or_default();
-    let report = diff::dry_run(
+    Ok(diff::dry_run(
         &Applier::new(1),
         &target,
         &gr,
@@ -394,13 +420,7 @@ pub async fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<bool, CliErro
         &manifests,
         timeout,
     )
-    .await;
-    let changed = report.iter().any(|d| d.action != Action::Unchanged);
-    match args.output {
-        Format::Json | Format::Yaml => write_diff_structured(&report, args.output, out)?,
-        Format::Table => write_diff_table(&report, out)?,
-    }
-    Ok(changed)
+    .await)
 }
 
 /// `--ref`: a full ref name, a commit SHA, or else a branch.
@@ -462,18 +482,19 @@ async fn fetch_and_render(
     client: &Client,
     gr: &GitRepository,
     variables: Option<crate::render::Variables>,
-    args: &DiffArgs,
+    render: &RenderConfig,
+    max_fetch_bytes: u64,
     timeout: Duration,
 ) -> Result<Vec<Manifest>, CliError> {
     let work = tempfile::tempdir()?;
     std::fs::create_dir_all(work.path().join("repos"))?;
-    let cache = Cache::new(work.path().join("repos"), 1, args.max_fetch_bytes);
+    let cache = Cache::new(work.path().join("repos"), 1, max_fetch_bytes);
     let tree = work.path().join("tree");
     let revision = reconcile::check_out(client, &cache, gr, &tree, timeout)
         .await
         .map_err(CliError::Failed)?;
     eprintln!("comparing {revision} with the cluster");
-    let (limits, tools) = (args.render.limits(), args.render.tools());
+    let (limits, tools) = (render.limits(), render.tools());
     reconcile::Build::of(gr, variables, limits, tools, timeout)
         .render(&tree)
         .map_err(|e| CliError::Failed(format!("revision {revision}: {e}")))

@@ -4,7 +4,10 @@
 mod cluster;
 mod render;
 
-pub use cluster::{DiffArgs, GetArgs, TargetArgs, WaitArgs, diff, get, reconcile, resume, suspend};
+pub use cluster::{
+    DiffArgs, GetArgs, TargetArgs, WaitArgs, diff, diff_report, get, reconcile, reconcile_request,
+    resume, short_revision, suspend,
+};
 pub use render::{RenderArgs, render, render_tree};
 
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,7 @@ tools:
 	@$(ENV)/prometheus.sh install
 	@$(ENV)/prometheus.sh build >/dev/null
 	@$(ENV)/gitea.sh build >/dev/null
+	@$(ENV)/browser.sh install
 
 ## image: the controller image from the Dockerfile, built here without network (buildah); prints
 ## its name and size

@@ -373,7 +373,7 @@ pub fn detail(frame: &Frame, page: &Detail, now: Timestamp) -> Markup {
         html! {
             form.action method="post" action=(format!("{base}/{verb}")) {
                 input type="hidden" name="csrf" value=(page.csrf);
-                button type="submit" name="action" value=(verb) disabled[reason.is_some()] title=[reason.as_deref()] { (label) }
+                button type="submit" data-action=(verb) disabled[reason.is_some()] title=[reason.as_deref()] { (label) }
                 @if let Some(r) = &reason { span.why { (r) } }
             }
         }
@@ -408,7 +408,7 @@ pub fn detail(frame: &Frame, page: &Detail, now: Timestamp) -> Markup {
                     dt { "Path" } dd { code { (gr.spec.path.as_deref().unwrap_or("./")) } }
                     dt { "Interval" } dd { (gr.spec.interval) }
                     dt { "Applied revision" }
-                    dd {
+                    dd.applied {
                         @match applied {
                             Some(rev) => {
                                 @match view::commit_link(&gr.spec.url, rev) {

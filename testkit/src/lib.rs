@@ -4,6 +4,7 @@
 //! the API server's audit log.
 
 pub mod audit;
+pub mod browser;
 pub mod controller;
 pub mod env;
 pub mod gitea;

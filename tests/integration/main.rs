@@ -27,5 +27,6 @@ mod render;
 mod restart;
 mod sync;
 mod tenancy;
+mod ui;
 mod verify;
 mod webhook;

@@ -8,7 +8,33 @@
     select.addEventListener("change", () => select.form.requestSubmit());
   }
 
-  if (!document.querySelector("[data-live]") || !window.EventSource) return;
+  // Actions are posted without leaving the page; its live updates then show the progress.
+  // Without this script the forms still post, and the server redirects back.
+  document.addEventListener("submit", async (event) => {
+    const form = event.target;
+    if (!form.matches("form.action")) return;
+    event.preventDefault();
+    const outcome = form.querySelector(".outcome") || form.appendChild(document.createElement("span"));
+    outcome.className = "outcome";
+    outcome.setAttribute("role", "status");
+    outcome.textContent = "Sending…";
+    try {
+      const response = await fetch(form.getAttribute("action"), { method: "POST", body: new URLSearchParams(new FormData(form)) });
+      if (response.ok) {
+        outcome.textContent = "Sent";
+        refresh();
+      } else {
+        const page = new DOMParser().parseFromString(await response.text(), "text/html");
+        const why = page.querySelector(".banner");
+        outcome.textContent = why ? why.textContent : "Refused (" + response.status + ")";
+        outcome.classList.add("refused");
+      }
+    } catch (_) {
+      outcome.textContent = "The UI could not be reached";
+      outcome.classList.add("refused");
+    }
+  });
+
   let timer = null;
   let updates = 0;
 
@@ -32,6 +58,7 @@
     document.documentElement.dataset.liveUpdates = String(updates);
   }
 
+  if (!document.querySelector("[data-live]") || !window.EventSource) return;
   const source = new EventSource("/live");
   source.addEventListener("changed", () => {
     if (timer === null) timer = setTimeout(refresh, 100);

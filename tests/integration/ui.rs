@@ -1,0 +1,219 @@
+//! The web UI in a real browser (Debian's Chromium, over ChromeDriver), `capstan ui` as a
+//! process against the real control plane with GitRepositories a real controller reconciles.
+
+use std::time::Duration;
+
+use capstan::api::GitRepository;
+use kube::api::ListParams;
+use serde_json::json;
+
+use crate::support::Repo;
+use crate::support::browser::{Browser, UiProcess};
+use crate::support::controller::{Fixture, configmap, ready, spec};
+use crate::support::env::control_plane;
+use crate::support::process::service_account_kubeconfig;
+
+const LIVE: Duration = Duration::from_secs(60);
+
+/// Cards of the overview by their `data-count`.
+async fn card(browser: &Browser, name: &str) -> u64 {
+    browser
+        .text(&format!("[data-count={name}] .n"))
+        .await
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_pages_show_the_cluster_and_follow_it_live() {
+    let fx = Fixture::new("ui").await;
+    let repo = Repo::create("ui", &[("cm.yaml", &configmap("cm", "one"))]);
+    let url = repo.http_url();
+    fx.create(
+        "app",
+        spec(&url, json!({"interval": "1h", "drift": {"mode": "Warn"}})),
+    )
+    .await;
+    // A name from git a page shows: the branch, in the failure's message.
+    let branch = "x<script>window.__xss=1</script><img/src=x/onerror=window.__xss=2>";
+    fx.create("broken", spec(&url, json!({"ref": {"branch": branch}})))
+        .await;
+    fx.wait_applied("app", &repo.head()).await;
+    let broken = fx
+        .wait("broken", "Ready False", |gr| {
+            ready(gr).is_some_and(|(status, _)| status == "False")
+        })
+        .await;
+    let (reason, message) = {
+        let c = capstan::status::ready(broken.status.as_ref()).unwrap();
+        (c.reason.clone(), c.message.clone())
+    };
+    assert!(message.contains("<script>"), "{message}");
+
+    let ui = UiProcess::start(&control_plane().kubeconfig, &["--namespace", &fx.ns]).await;
+    let browser = Browser::start().await;
+    let b = &browser.client;
+
+    // The overview's counts are the cluster's.
+    b.goto(&format!("{}/", ui.url)).await.unwrap();
+    let items: Vec<GitRepository> = fx.api().list(&ListParams::default()).await.unwrap().items;
+    let count = |status: &str| {
+        items
+            .iter()
+            .filter(|gr| ready(gr).is_some_and(|(s, _)| s == status))
+            .count() as u64
+    };
+    assert_eq!(card(&browser, "total").await, items.len() as u64);
+    assert_eq!(card(&browser, "ready").await, count("True"));
+    assert_eq!(card(&browser, "failing").await, count("False"));
+    assert_eq!((count("True"), count("False")), (1, 1));
+
+    // The failing one's page: its reason and message, the branch shown as text, run nowhere.
+    b.goto(&format!("{}/repos/{}/broken", ui.url, fx.ns))
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.text("tr[data-condition=Ready] td.reason").await,
+        reason
+    );
+    let shown = browser.text("tr[data-condition=Ready] td.message").await;
+    assert_eq!(shown, message);
+    let xss = b
+        .execute("return window.__xss || null", vec![])
+        .await
+        .unwrap();
+    assert_eq!(xss, serde_json::Value::Null);
+    b.goto(&format!("{}/repos?q=script", ui.url)).await.unwrap();
+    browser.element("tr[data-name=broken]").await;
+    let row = b
+        .execute(
+            "return document.querySelector('tr[data-name=broken] .col-message').textContent",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let row = row.as_str().unwrap_or_default();
+    assert!(row.contains("<script>window.__xss=1</script>"), "{row}");
+
+    // A drifted object shows its field path, and the page follows without a reload.
+    b.goto(&format!("{}/repos/{}/app", ui.url, fx.ns))
+        .await
+        .unwrap();
+    browser.element("[data-object='ConfigMap/cm']").await;
+    b.execute("window.__marker = 42", vec![]).await.unwrap();
+    control_plane().kubectl(&[
+        "-n",
+        &fx.ns,
+        "patch",
+        "configmap/cm",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"value":"by hand"}}"#,
+    ]);
+    let drift = browser
+        .wait_text("[data-object='ConfigMap/cm'] .drift", LIVE, |t| {
+            t.contains(".data.value")
+        })
+        .await;
+    assert!(drift.contains("drifted"), "{drift}");
+    let health = browser.text("[data-object='ConfigMap/cm'] .badge").await;
+    assert_eq!(health, "Healthy");
+
+    // Reconcile from the UI applies a new commit; the page shows it without a reload.
+    let sha = repo.commit(&[("cm.yaml", &configmap("cm", "two"))], "two");
+    browser
+        .element("form.action button[data-action=reconcile]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let facts = browser
+        .wait_text("#facts dd.applied", LIVE, |t| t.contains(&sha[..12]))
+        .await;
+    assert!(facts.starts_with("main@sha1:"), "{facts}");
+    let marker = b.execute("return window.__marker", vec![]).await.unwrap();
+    assert_eq!(marker, json!(42), "the page was reloaded");
+    assert_eq!(fx.value("cm").await, "two");
+    browser.client.clone().close().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_patch_rights_actions_are_disabled_and_posts_refused() {
+    let fx = Fixture::new("ui-rbac").await;
+    let repo = Repo::create("ui-rbac", &[("cm.yaml", &configmap("cm", "one"))]);
+    fx.create("app", spec(repo.http_url(), json!({"interval": "1h"})))
+        .await;
+    fx.wait_applied("app", &repo.head()).await;
+    let cp = control_plane();
+    let role = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: viewer, namespace: {ns}}}\nrules:\n- apiGroups: [capstan.dev]\n  resources: [gitrepositories, inventoryparts]\n  verbs: [get, list, watch]\n- apiGroups: ['']\n  resources: [events, configmaps]\n  verbs: [get, list, watch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: viewer, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: viewer}}\nsubjects:\n- {{kind: ServiceAccount, name: viewer, namespace: {ns}}}\n",
+        ns = fx.ns
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("role.yaml");
+    std::fs::write(&file, role).unwrap();
+    cp.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    let kubeconfig = service_account_kubeconfig(&fx.ns, "viewer", dir.path());
+    // No namespace given: the viewer may not list all namespaces, so the UI keeps to the
+    // kubeconfig's (set to the test's namespace).
+    cp.kubectl(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "config",
+        "set-context",
+        "--current",
+        &format!("--namespace={}", fx.ns),
+    ]);
+    let ui = UiProcess::start(&kubeconfig, &[]).await;
+    let browser = Browser::start().await;
+    let page = format!("{}/repos/{}/app", ui.url, fx.ns);
+    browser.client.goto(&page).await.unwrap();
+    assert!(browser.text("header .scope").await.contains(&fx.ns));
+    for action in ["reconcile", "suspend"] {
+        let button = browser
+            .element(&format!("form.action button[data-action={action}]"))
+            .await;
+        assert_eq!(
+            button.attr("disabled").await.unwrap().as_deref(),
+            Some("true")
+        );
+        let why = button.attr("title").await.unwrap().unwrap_or_default();
+        assert!(why.contains("may not patch"), "{why}");
+    }
+    // The viewer reads the objects' health.
+    let health = browser.text("[data-object='ConfigMap/cm'] .badge").await;
+    assert_eq!(health, "Healthy");
+    browser.client.clone().close().await.unwrap();
+
+    // A forged POST: no token, then the page's own token for this viewer.
+    let http = reqwest::Client::new();
+    let action = format!("{page}/suspend");
+    let forged = http
+        .post(&action)
+        .form(&[("csrf", "0".repeat(64))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(forged.text().await.unwrap().contains("CSRF"));
+    let got = http.get(&page).send().await.unwrap();
+    let cookie = got
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_string();
+    let token = cookie.split_once('=').unwrap().1.to_string();
+    let as_viewer = http
+        .post(&action)
+        .header("cookie", &cookie)
+        .form(&[("csrf", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_viewer.status(), 403);
+    assert!(as_viewer.text().await.unwrap().contains("forbidden"));
+    let gr = fx.api().get("app").await.unwrap();
+    assert!(!gr.spec.suspend);
+}

@@ -141,6 +141,8 @@ enum Refusal {
     Forbidden(String),
     NotFound(String),
     Unavailable(String),
+    /// A watch failed: the API server's status, or 502.
+    Watch(StatusCode, String),
     Kube(kube::Error),
 }
 
@@ -160,6 +162,7 @@ impl IntoResponse for Refusal {
             Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             Refusal::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Refusal::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            Refusal::Watch(status, m) => (status, format!("watching the cluster: {m}")),
             // The API server's own refusal (401, 403, 404, 409) is the caller's answer.
             Refusal::Kube(kube::Error::Api(s)) => (
                 StatusCode::from_u16(s.code).unwrap_or(StatusCode::BAD_GATEWAY),
@@ -228,16 +231,32 @@ impl Caller {
             .of(authorization)
             .await?
             .ok_or(Refusal::NoToken)?;
-        let synced = tokio::time::timeout(Duration::from_secs(15), async {
-            let _ = session.repos.wait_until_ready().await;
-            let _ = session.events.wait_until_ready().await;
-        })
-        .await;
-        if synced.is_err() {
-            let why = session.watch_error.lock().clone().unwrap_or_default();
-            return Err(Refusal::Unavailable(format!(
-                "the watches of GitRepositories and Events have not synced yet {why}"
-            )));
+        // Until both watches have listed, or one fails (the API server's refusal is the
+        // caller's answer at once), or 15 s.
+        let (repos, events) = (session.repos.clone(), session.events.clone());
+        let synced = async move {
+            let _ = repos.wait_until_ready().await;
+            let _ = events.wait_until_ready().await;
+        };
+        tokio::pin!(synced);
+        let mut done = false;
+        for _ in 0..60 {
+            if tokio::time::timeout(Duration::from_millis(250), &mut synced)
+                .await
+                .is_ok()
+            {
+                done = true;
+                break;
+            }
+            if let Some((code, why)) = session.watch_error.lock().clone() {
+                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+                return Err(Refusal::Watch(status, why));
+            }
+        }
+        if !done {
+            return Err(Refusal::Unavailable(
+                "the watches of GitRepositories and Events have not synced within 15 s".into(),
+            ));
         }
         let (csrf, new_csrf) = match cookie(headers, CSRF_COOKIE) {
             Some(token) if token.len() == 64 => (token, false),
@@ -254,7 +273,7 @@ impl Caller {
         pages::Frame {
             title,
             scope: self.session.scope.as_deref(),
-            watch_error: self.session.watch_error.lock().clone(),
+            watch_error: self.session.watch_error.lock().clone().map(|(_, e)| e),
         }
     }
 

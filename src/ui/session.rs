@@ -41,8 +41,9 @@ pub struct Session {
     pub events: Store<Event>,
     /// Counts the watches' changes: pages wait on it for their live updates.
     pub changes: watch::Receiver<u64>,
-    /// The last error of a watch, until it recovers.
-    pub watch_error: Arc<Mutex<Option<String>>>,
+    /// The last error of a watch, until it recovers: the API server's status code (502 when
+    /// it did not answer) and the error.
+    pub watch_error: Arc<Mutex<Option<(u16, String)>>>,
     rights: Mutex<HashMap<(String, &'static str), Answer>>,
     kinds: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
     last_used: Mutex<Instant>,
@@ -61,8 +62,10 @@ impl Session {
     /// Starts the session's watches: over all namespaces when the identity may list
     /// GitRepositories in all of them, else over `namespace` (the kubeconfig's by default).
     pub async fn start(client: Client, namespace: Option<String>) -> Result<Session, kube::Error> {
+        // The review also proves the credentials: a token the API server does not know is
+        // refused here, with its 401.
         let scope = match namespace {
-            Some(ns) => Some(ns),
+            Some(ns) => allowed(&client, "list", &ns).await.map(|_| Some(ns))?,
             None if allowed(&client, "list", "").await?.is_ok() => None,
             None => Some(client.default_namespace().to_string()),
         };
@@ -137,7 +140,7 @@ fn mirror<K>(
     api: Api<K>,
     config: watcher::Config,
     changes: &watch::Sender<u64>,
-    error: &Arc<Mutex<Option<String>>>,
+    error: &Arc<Mutex<Option<(u16, String)>>>,
 ) -> (Store<K>, AbortHandle)
 where
     K: kube::Resource<DynamicType = ()>
@@ -162,7 +165,13 @@ where
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "watch failed; retrying");
-                    *error.lock() = Some(e.to_string());
+                    let code = match &e {
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code,
+                        watcher::Error::WatchError(s) => s.code,
+                        _ => 502,
+                    };
+                    *error.lock() = Some((code, e.to_string()));
                     changes.send_modify(|n| *n += 1);
                 }
             }

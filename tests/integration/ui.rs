@@ -217,3 +217,49 @@ async fn without_patch_rights_actions_are_disabled_and_posts_refused() {
     let gr = fx.api().get("app").await.unwrap();
     assert!(!gr.spec.suspend);
 }
+
+#[tokio::test]
+async fn in_bearer_mode_each_request_acts_as_its_own_token() {
+    let fx = Fixture::new_stopped("ui-bearer").await;
+    fx.create("app", spec("https://git.example/app.git", json!({})))
+        .await;
+    let cp = control_plane();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = &fx.ns;
+    let role = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: reader, namespace: {ns}}}\nrules:\n- apiGroups: [capstan.dev]\n  resources: [gitrepositories]\n  verbs: [get, list, watch]\n- apiGroups: ['']\n  resources: [events]\n  verbs: [list, watch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: reader, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}}\nsubjects:\n- {{kind: ServiceAccount, name: reader, namespace: {ns}}}\n"
+    );
+    let file = dir.path().join("role.yaml");
+    std::fs::write(&file, role).unwrap();
+    cp.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    cp.kubectl(&["create", "serviceaccount", "reader", "-n", ns]);
+    cp.kubectl(&["create", "serviceaccount", "nobody", "-n", ns]);
+    let token = |sa: &str| {
+        cp.kubectl(&["create", "token", sa, "-n", ns])
+            .trim()
+            .to_string()
+    };
+    // The UI's own kubeconfig is the admin's: in bearer mode it must never act with it.
+    let ui = UiProcess::start(&cp.kubeconfig, &["--auth", "bearer", "--namespace", ns]).await;
+    let http = reqwest::Client::new();
+    let get = |token: Option<String>| {
+        let mut request = http.get(format!("{}/repos", ui.url));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        request.send()
+    };
+    let none = get(None).await.unwrap();
+    assert_eq!(none.status(), 401);
+    assert_eq!(none.headers()["www-authenticate"], "Bearer");
+    let bad = get(Some("not-a-token".into())).await.unwrap();
+    assert_eq!(bad.status(), 401, "{}", bad.text().await.unwrap());
+    let reader = get(Some(token("reader"))).await.unwrap();
+    assert_eq!(reader.status(), 200);
+    assert!(reader.text().await.unwrap().contains("data-name=\"app\""));
+    // A token without read rights sees what the API server lets it: an error, not the admin's
+    // view.
+    let nobody = get(Some(token("nobody"))).await.unwrap();
+    assert_ne!(nobody.status(), 200);
+    assert!(!nobody.text().await.unwrap().contains("data-name=\"app\""));
+}

@@ -6,7 +6,7 @@ ENV := tests/env
 # The control plane that `make up` / `make demo` keep running for people (tests start their own).
 DEV_DIR ?= $(HOME)/.cache/capstan/dev
 
-.PHONY: test lint unit crds demo up down env tools image bench fuzz fuzz-tools
+.PHONY: test lint unit crds demo up down env tools image bench fuzz fuzz-tools screenshots
 
 ## test: formatting, lints, unit tests, integration tests against a real control plane, and the
 ## node tests (tests/node: the image, the chart installed with helm, the operator as a Pod; root)
@@ -60,6 +60,11 @@ image:
 bench: tools
 	@$(ENV)/flux.sh build >/dev/null
 	cargo bench --bench capstan -- $(SCENARIOS)
+
+## screenshots: the web UI's main pages in headless Chromium at 1280x800 (and a phone's width),
+## against the local control plane, into docs/ui/
+screenshots: tools
+	CAPSTAN_SCREENSHOTS=$(CURDIR)/docs/ui cargo test --test integration -- --ignored --exact ui::screenshots
 
 ## crds: regenerate crds/ and the Helm chart's copy from the Rust types
 crds:

@@ -91,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         Command::Ui(args) => {
+            capstan::telemetry::init(capstan::telemetry::LogFormat::Text, &args.log_level)?;
             if let Err(e) = capstan::ui::run(args).await {
                 eprintln!("capstan ui: {e}");
                 std::process::exit(1);

@@ -57,6 +57,9 @@ pub struct UiArgs {
     /// in, else the kubeconfig's namespace).
     #[arg(short, long)]
     pub namespace: Option<String>,
+    /// A tracing filter for the UI's log on stderr, e.g. `info` or `capstan=debug`.
+    #[arg(long, env = "CAPSTAN_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
     /// Most bytes the diff page's fetch may transfer.
     #[arg(long, default_value_t = 512 << 20)]
     pub max_fetch_bytes: u64,
@@ -443,8 +446,15 @@ async fn objects(
         let Some(id) = ObjectId::parse(&entry.id) else {
             continue;
         };
+        // `v` is the version alone; the group is the id's.
+        let version = entry.v.rsplit('/').next().unwrap_or_default();
+        let api_version = if id.group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{}/{version}", id.group)
+        };
         groups
-            .entry((entry.v.clone(), id.kind.clone(), id.namespace.clone()))
+            .entry((api_version, id.kind.clone(), id.namespace.clone()))
             .or_default()
             .push((entry.id.clone(), id.clone()));
         let d = drift.get(entry.id.as_str());

@@ -438,7 +438,7 @@ pub fn detail(frame: &Frame, page: &Detail, now: Timestamp) -> Markup {
                             @for c in st.into_iter().flat_map(|s| &s.conditions) {
                                 tr data-condition=(c.type_) {
                                     td { (c.type_) }
-                                    td { span class=(format!("badge {}", match c.status.as_str() { "True" => "true", "False" => "false", _ => "unknown" })) { (c.status) } }
+                                    td { span class=(format!("badge {}", condition_class(&c.type_, &c.status))) { (c.status) } }
                                     td.reason { (c.reason) }
                                     td.message { (c.message) }
                                     td { (age(Some(&c.last_transition_time), now)) }
@@ -504,6 +504,20 @@ pub fn detail(frame: &Frame, page: &Detail, now: Timestamp) -> Markup {
             }
         },
     )
+}
+
+/// A condition's colour by what its status means: True is good for Ready and Healthy, but
+/// notable for Reconciling, Stalled and Drifted, whose False is merely quiet.
+fn condition_class(type_: &str, status: &str) -> &'static str {
+    use crate::status::{DRIFTED, HEALTHY, READY, RECONCILING, STALLED};
+    match (type_, status) {
+        (READY | HEALTHY, "True") => "ready",
+        (READY | HEALTHY, "False") | (STALLED, "True") => "failing",
+        (RECONCILING, "True") => "progressing",
+        (DRIFTED, "True") => "drifted",
+        (_, "Unknown") => "progressing",
+        _ => "quiet",
+    }
 }
 
 /// Objects by namespace, then kind.

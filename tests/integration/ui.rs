@@ -27,7 +27,15 @@ async fn card(browser: &Browser, name: &str) -> u64 {
 #[tokio::test]
 async fn the_pages_show_the_cluster_and_follow_it_live() {
     let fx = Fixture::new("ui").await;
-    let repo = Repo::create("ui", &[("cm.yaml", &configmap("cm", "one"))]);
+    // No kubelet or controller-manager here: the Deployment stays in progress.
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: registry.example/web:1}]}\n";
+    let repo = Repo::create(
+        "ui",
+        &[
+            ("cm.yaml", &configmap("cm", "one")),
+            ("deploy.yaml", deployment),
+        ],
+    );
     let url = repo.http_url();
     fx.create(
         "app",
@@ -118,6 +126,8 @@ async fn the_pages_show_the_cluster_and_follow_it_live() {
     assert!(drift.contains("drifted"), "{drift}");
     let health = browser.text("[data-object='ConfigMap/cm'] .badge").await;
     assert_eq!(health, "Healthy");
+    let health = browser.text("[data-object='Deployment/web']").await;
+    assert!(health.contains("Progressing"), "{health}");
 
     // Reconcile from the UI applies a new commit; the page shows it without a reload.
     let sha = repo.commit(&[("cm.yaml", &configmap("cm", "two"))], "two");
@@ -262,4 +272,140 @@ async fn in_bearer_mode_each_request_acts_as_its_own_token() {
     let nobody = get(Some(token("nobody"))).await.unwrap();
     assert_ne!(nobody.status(), 200);
     assert!(!nobody.text().await.unwrap().contains("data-name=\"app\""));
+}
+
+/// `make screenshots`: the main pages at 1280x800 (and the list at a phone's width), written to
+/// `$CAPSTAN_SCREENSHOTS` (docs/ui), with GitRepositories in each state.
+#[tokio::test]
+#[ignore = "writes docs/ui; run by make screenshots"]
+async fn screenshots() {
+    let dir = std::path::PathBuf::from(
+        std::env::var("CAPSTAN_SCREENSHOTS").unwrap_or_else(|_| "docs/ui".into()),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx = Fixture::new("shop").await;
+    let deployment = |name: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: {name}, image: 'registry.example/{name}:1.4.2'}}]}}\n"
+        )
+    };
+    let service = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{selector: {{app: {name}}}, ports: [{{port: 80}}]}}\n"
+        )
+    };
+    let repo = Repo::create(
+        "shop",
+        &[
+            ("frontend/deploy.yaml", &deployment("frontend")),
+            ("frontend/service.yaml", &service("frontend")),
+            (
+                "frontend/config.yaml",
+                &configmap("frontend-config", "blue"),
+            ),
+            ("catalog/config.yaml", &configmap("catalog-config", "v2")),
+            ("checkout/config.yaml", &configmap("checkout-config", "eu")),
+            (
+                "payments/config.yaml",
+                &configmap("payments-config", "live"),
+            ),
+            (
+                "search/config.yaml",
+                "kind: ConfigMap\nmetadata: {name: search\n",
+            ),
+        ],
+    );
+    let url = repo.http_url();
+    for (name, path, extra) in [
+        ("frontend", "frontend", json!({"drift": {"mode": "Warn"}})),
+        ("catalog", "catalog", json!({})),
+        ("checkout", "checkout", json!({})),
+        ("payments", "payments", json!({"suspend": false})),
+        ("search", "search", json!({})),
+    ] {
+        let mut s = spec(&url, extra);
+        s["path"] = json!(path);
+        s["interval"] = json!("1h");
+        fx.create(name, s).await;
+    }
+    for name in ["frontend", "catalog", "checkout", "payments"] {
+        fx.wait_applied(name, &repo.head()).await;
+    }
+    fx.wait("search", "Ready False", |gr| {
+        ready(gr).is_some_and(|(s, _)| s == "False")
+    })
+    .await;
+    fx.patch("payments", json!({"spec": {"suspend": true}}))
+        .await;
+    control_plane().kubectl(&[
+        "-n",
+        &fx.ns,
+        "patch",
+        "configmap/frontend-config",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"value":"green"}}"#,
+    ]);
+    fx.wait("frontend", "drift", |gr| {
+        gr.status.as_ref().is_some_and(|s| !s.drift.is_empty())
+    })
+    .await;
+
+    let ui = UiProcess::start(&control_plane().kubeconfig, &["--namespace", &fx.ns]).await;
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    let shoot = |name: &'static str| {
+        let path = dir.join(name);
+        async move {
+            // Fonts and styles settle before the picture.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            std::fs::write(&path, b.screenshot().await.unwrap()).unwrap();
+            eprintln!("wrote {}", path.display());
+        }
+    };
+    // The window's size, less what the window's frame takes, is the page's: make that 1280x800.
+    let viewport = async |width: i64, height: i64| {
+        b.set_window_size(width as u32, height as u32)
+            .await
+            .unwrap();
+        let inner = b
+            .execute("return [window.innerWidth, window.innerHeight]", vec![])
+            .await
+            .unwrap();
+        let (w, h) = (inner[0].as_i64().unwrap(), inner[1].as_i64().unwrap());
+        b.set_window_size((2 * width - w) as u32, (2 * height - h) as u32)
+            .await
+            .unwrap();
+    };
+    viewport(1280, 800).await;
+    b.goto(&format!("{}/", ui.url)).await.unwrap();
+    browser.element("#attention").await;
+    shoot("overview.png").await;
+    b.goto(&format!("{}/repos", ui.url)).await.unwrap();
+    browser.element("tr[data-name=search]").await;
+    shoot("gitrepositories.png").await;
+    b.goto(&format!("{}/repos/{}/frontend", ui.url, fx.ns))
+        .await
+        .unwrap();
+    browser
+        .element("[data-object='ConfigMap/frontend-config'] .drift")
+        .await;
+    shoot("gitrepository.png").await;
+    b.execute(
+        "document.getElementById('objects').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    shoot("objects.png").await;
+    b.goto(&format!("{}/repos/{}/search", ui.url, fx.ns))
+        .await
+        .unwrap();
+    browser.element("tr[data-condition=Ready]").await;
+    shoot("failing.png").await;
+    viewport(390, 844).await;
+    b.goto(&format!("{}/repos", ui.url)).await.unwrap();
+    browser.element("tr[data-name=search]").await;
+    shoot("phone.png").await;
+    browser.client.clone().close().await.unwrap();
 }

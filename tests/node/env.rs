@@ -474,7 +474,11 @@ pub fn diagnose(ns: &str, release: &str) -> String {
 
 /// The operator's Pods of `release`, Ready ones first.
 pub fn operator_pods(ns: &str, release: &str) -> Vec<Value> {
-    list_json(ns, "pods", &format!("app.kubernetes.io/instance={release}"))
+    list_json(
+        ns,
+        "pods",
+        &format!("app.kubernetes.io/name=capstan,app.kubernetes.io/instance={release}"),
+    )
 }
 
 pub fn pod_ready(pod: &Value) -> bool {

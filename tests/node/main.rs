@@ -772,3 +772,75 @@ fn a_kubelet_that_cannot_become_ready_fails_up_naming_its_log_and_restores_the_h
         failed.check_clean
     );
 }
+
+/// One HTTP/1.0 GET of `path` from `addr`, with a bearer token or none: the status line's code
+/// and the body.
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The chart's UI (`ui.enabled=true`) runs as a Pod with no credentials of its own and shows each
+/// caller what their own token may read.
+#[test]
+fn the_charts_ui_runs_without_credentials_and_acts_as_each_callers_token() {
+    let ns = namespace("node-ui");
+    let release = "capstan-ui";
+    helm_install(
+        release,
+        &ns,
+        &["ui.enabled=true", &format!("ui.namespace={ns}")],
+    );
+    let selector =
+        format!("app.kubernetes.io/name=capstan-ui,app.kubernetes.io/instance={release}");
+    let pod = wait_for(
+        "the UI's Pod Ready",
+        Duration::from_secs(180),
+        || {
+            let pods = list_json(&ns, "pods", &selector);
+            (pods.len() == 1 && pod_ready(&pods[0])).then(|| pods[0].clone())
+        },
+        || diagnose(&ns, release),
+    );
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    let mounts = pod["spec"]["containers"][0]["volumeMounts"].to_string();
+    assert!(!mounts.contains("kube-api-access"), "{mounts}");
+    // The controller's Pods are still found by their own selector.
+    wait_ready_pods(&ns, release, 1);
+
+    let repo = Repo::new("node-ui", &[("config.yaml", &plain("shown", "one"))]);
+    kubectl_apply(&gitrepository(&ns, "shown", &repo.pod_url(), "./"));
+    let sha = repo.commit("sync", &[]);
+    wait_synced(&ns, "shown", &sha, release);
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: reader, namespace: {ns}}}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: reader, namespace: {ns}}}\nrules:\n- apiGroups: [capstan.dev]\n  resources: [gitrepositories]\n  verbs: [get, list, watch]\n- apiGroups: ['']\n  resources: [events]\n  verbs: [list, watch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: reader, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}}\nsubjects:\n- {{kind: ServiceAccount, name: reader, namespace: {ns}}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: nobody, namespace: {ns}}}\n"
+    ));
+    let addr = format!("{}:9080", pod["status"]["podIP"].as_str().unwrap());
+    let (code, _) = http_get(&addr, "/repos", None);
+    assert_eq!(code, 401);
+    let reader = kubectl(&["create", "token", "reader", "-n", &ns]);
+    let (code, body) = http_get(&addr, "/repos", Some(reader.trim()));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("data-name=\"shown\""), "{body}");
+    let nobody = kubectl(&["create", "token", "nobody", "-n", &ns]);
+    let (code, body) = http_get(&addr, "/repos", Some(nobody.trim()));
+    assert_eq!(code, 403, "{body}");
+    helm(&["uninstall", release, "--namespace", &ns]);
+}

@@ -129,8 +129,24 @@ async fn the_pages_show_the_cluster_and_follow_it_live() {
     let health = browser.text("[data-object='Deployment/web']").await;
     assert!(health.contains("Progressing"), "{health}");
 
-    // Reconcile from the UI applies a new commit; the page shows it without a reload.
+    // A new commit: the diff page shows what applying it would change, field by field.
     let sha = repo.commit(&[("cm.yaml", &configmap("cm", "two"))], "two");
+    b.goto(&format!("{}/repos/{}/app/diff", ui.url, fx.ns))
+        .await
+        .unwrap();
+    let diff = browser.text("main").await;
+    assert!(diff.contains("1 of 2 objects would change"), "{diff}");
+    assert!(
+        diff.contains("ConfigMap") && diff.contains(".data.value by hand two"),
+        "{diff}"
+    );
+
+    // Reconcile from the UI applies it; the page shows it without a reload.
+    b.goto(&format!("{}/repos/{}/app", ui.url, fx.ns))
+        .await
+        .unwrap();
+    browser.element("[data-object='ConfigMap/cm']").await;
+    b.execute("window.__marker = 42", vec![]).await.unwrap();
     browser
         .element("form.action button[data-action=reconcile]")
         .await

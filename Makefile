@@ -55,7 +55,7 @@ tools:
 image:
 	@$(ENV)/image.sh build
 
-## bench: the benchmark scenarios (all, or SCENARIOS="cold steady latency drift scale fetch monorepo inventory notify remote flux");
+## bench: the benchmark scenarios (all, or SCENARIOS="cold steady latency drift scale fetch monorepo inventory notify remote flux ui");
 ## each run rewrites its sections of docs/benchmarks.md; builds (once) Flux's controllers for 'flux'
 bench: tools
 	@$(ENV)/flux.sh build >/dev/null

@@ -22,6 +22,7 @@ mod remote;
 mod report;
 mod scale;
 mod steady;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -54,6 +55,7 @@ use notify::notify;
 use remote::remote;
 use scale::scale;
 use steady::steady;
+use ui::ui;
 
 const SCENARIOS: &[&str] = &[
     "cold",
@@ -68,6 +70,7 @@ const SCENARIOS: &[&str] = &[
     "remote",
     "flux",
     "scale10k",
+    "ui",
 ];
 
 /// Scenarios a plain `make bench` leaves out: they take long and are asked for by name.
@@ -187,6 +190,11 @@ async fn main() {
             "12. Scale: 10,000 GitRepositories over 100 repositories",
             f,
         ));
+    }
+    if run("ui") {
+        let mut f = Figures::default();
+        ui(&b, &mut f).await;
+        results.push(("ui", "13. Web UI: the list of 1000 GitRepositories", f));
     }
     if run("flux") {
         let mut f = Figures::default();

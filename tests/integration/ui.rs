@@ -24,6 +24,18 @@ async fn card(browser: &Browser, name: &str) -> u64 {
         .unwrap()
 }
 
+/// A Role that may read GitRepositories, their inventory parts, Events and ConfigMaps in `ns`,
+/// bound to ServiceAccount `sa` of `ns` (created too); nothing may be changed.
+fn grant_reading(ns: &str, sa: &str, dir: &std::path::Path) {
+    let cp = control_plane();
+    let yaml = format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {sa}, namespace: {ns}}}\nrules:\n- apiGroups: [capstan.dev]\n  resources: [gitrepositories, inventoryparts]\n  verbs: [get, list, watch]\n- apiGroups: ['']\n  resources: [events, configmaps]\n  verbs: [get, list, watch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {sa}, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {sa}}}\nsubjects:\n- {{kind: ServiceAccount, name: {sa}, namespace: {ns}}}\n"
+    );
+    let file = dir.join(format!("{sa}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    cp.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+}
+
 #[tokio::test]
 async fn the_pages_show_the_cluster_and_follow_it_live() {
     let fx = Fixture::new("ui").await;
@@ -171,14 +183,8 @@ async fn without_patch_rights_actions_are_disabled_and_posts_refused() {
         .await;
     fx.wait_applied("app", &repo.head()).await;
     let cp = control_plane();
-    let role = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: viewer, namespace: {ns}}}\nrules:\n- apiGroups: [capstan.dev]\n  resources: [gitrepositories, inventoryparts]\n  verbs: [get, list, watch]\n- apiGroups: ['']\n  resources: [events, configmaps]\n  verbs: [get, list, watch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: viewer, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: viewer}}\nsubjects:\n- {{kind: ServiceAccount, name: viewer, namespace: {ns}}}\n",
-        ns = fx.ns
-    );
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("role.yaml");
-    std::fs::write(&file, role).unwrap();
-    cp.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    grant_reading(&fx.ns, "viewer", dir.path());
     let kubeconfig = service_account_kubeconfig(&fx.ns, "viewer", dir.path());
     // No namespace given: the viewer may not list all namespaces, so the UI keeps to the
     // kubeconfig's (set to the test's namespace).
@@ -252,13 +258,7 @@ async fn in_bearer_mode_each_request_acts_as_its_own_token() {
     let cp = control_plane();
     let dir = tempfile::tempdir().unwrap();
     let ns = &fx.ns;
-    let role = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: reader, namespace: {ns}}}\nrules:\n- apiGroups: [capstan.dev]\n  resources: [gitrepositories]\n  verbs: [get, list, watch]\n- apiGroups: ['']\n  resources: [events]\n  verbs: [list, watch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: reader, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}}\nsubjects:\n- {{kind: ServiceAccount, name: reader, namespace: {ns}}}\n"
-    );
-    let file = dir.path().join("role.yaml");
-    std::fs::write(&file, role).unwrap();
-    cp.kubectl(&["apply", "-f", file.to_str().unwrap()]);
-    cp.kubectl(&["create", "serviceaccount", "reader", "-n", ns]);
+    grant_reading(ns, "reader", dir.path());
     cp.kubectl(&["create", "serviceaccount", "nobody", "-n", ns]);
     let token = |sa: &str| {
         cp.kubectl(&["create", "token", sa, "-n", ns])

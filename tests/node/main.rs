@@ -773,28 +773,23 @@ fn a_kubelet_that_cannot_become_ready_fails_up_naming_its_log_and_restores_the_h
     );
 }
 
-/// One HTTP/1.0 GET of `path` from `addr`, with a bearer token or none: the status line's code
-/// and the body.
+/// GET `path` from `addr` with a bearer token or none: (status code, body).
 fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
+    let headers: Vec<(&str, String)> = token
+        .map(|t| ("Authorization", format!("Bearer {t}")))
+        .into_iter()
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    runtime.block_on(capstan_testkit::controller::http_request(
+        addr.parse().unwrap(),
+        "GET",
+        path,
+        &headers,
+        b"",
+    ))
 }
 
 /// The chart's UI (`ui.enabled=true`) runs as a Pod with no credentials of its own and shows each

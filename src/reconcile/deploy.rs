@@ -267,12 +267,7 @@ impl Outcome {
             self.summary.pruned,
         ];
         let owner = &self.owner;
-        for (action, n) in crate::metrics::ACTIONS.iter().zip(counts) {
-            ctx.metrics
-                .apply_objects
-                .with_label_values(&[owner.namespace.as_str(), owner.name.as_str(), action])
-                .inc_by(n.max(0) as u64);
-        }
+        ctx.metrics.applied(&owner.namespace, &owner.name, counts);
         state.objects = std::sync::Arc::new(self.sent);
     }
 }
@@ -393,10 +388,11 @@ pub(super) fn conclude(
             .map(|d| d.as_secs_f64())
             .unwrap_or_default();
         let owner = &outcome.owner;
-        ctx.metrics
-            .commit_to_applied
-            .with_label_values(&[owner.namespace.as_str(), owner.name.as_str()])
-            .observe((now - committed_at as f64).max(0.0));
+        ctx.metrics.commit_applied(
+            &owner.namespace,
+            &owner.name,
+            (now - committed_at as f64).max(0.0),
+        );
     }
     outcome.record(ctx, state, status);
     state.variables = source.variables_digest;

@@ -181,14 +181,12 @@ async fn check_out_into_new(
             plan.timeout,
         )
         .await;
-    ctx.metrics
-        .git_fetch_duration
-        .with_label_values(&[
-            gr.namespace().unwrap_or_default().as_str(),
-            gr.name_any().as_str(),
-            if fetched.is_ok() { "ok" } else { "error" },
-        ])
-        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics.fetched(
+        &gr.namespace().unwrap_or_default(),
+        &gr.name_any(),
+        fetched.is_ok(),
+        started.elapsed().as_secs_f64(),
+    );
     let fetched = fetched.map_err(Failure::Checkout)?;
     Ok(Checkout {
         work: Arc::new(work),

@@ -392,12 +392,8 @@ async fn full_status(
 /// Suspended: nothing changes, nothing is asked.
 fn suspended(gr: &GitRepository, ctx: &Context) -> Action {
     let (ns, name) = (gr.namespace().unwrap_or_default(), gr.name_any());
-    ctx.metrics
-        .suspended
-        .with_label_values(&[ns.as_str(), name.as_str()])
-        .set(1);
+    ctx.metrics.suspended(&ns, &name);
     info!("suspended; nothing changes");
-    ctx.metrics.reconciled(&ns, &name, "Suspended");
     Action::requeue(plan::interval(gr))
 }
 

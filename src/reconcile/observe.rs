@@ -150,12 +150,7 @@ impl Look<'_> {
             }
         };
         ctx.metrics
-            .drift_corrections
-            .with_label_values(&[
-                gr.namespace().unwrap_or_default().as_str(),
-                gr.name_any().as_str(),
-            ])
-            .inc();
+            .drift_corrected(&gr.namespace().unwrap_or_default(), &gr.name_any());
         let times = state.corrected_at.entry(id.to_string()).or_default();
         times.retain(|t| t.elapsed() < CORRECTION_WINDOW);
         times.push(Instant::now());

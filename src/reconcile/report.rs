@@ -140,24 +140,18 @@ pub(super) fn metrics(
     started: Instant,
 ) {
     let (ns, name) = (gr.namespace().unwrap_or_default(), gr.name_any());
-    let labels = [ns.as_str(), name.as_str()];
-    let m = &ctx.metrics;
-    m.suspended.with_label_values(&labels).set(0);
     let ready = status::ready(Some(status));
-    m.ready
-        .with_label_values(&labels)
-        .set(i64::from(ready.is_some_and(|c| c.status == "True")));
-    m.reconciled(&ns, &name, ready.map_or("Unknown", |c| c.reason.as_str()));
-    let managed = status.inventory.as_ref().map_or(0, |i| i.entries.len());
-    m.managed_objects
-        .with_label_values(&labels)
-        .set(managed as i64);
-    m.drifted_objects
-        .with_label_values(&labels)
-        .set(status.summary.as_ref().map_or(0, |s| s.drifted));
-    m.reconcile_duration
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics.ended(
+        &ns,
+        &name,
+        crate::metrics::Ended {
+            ready: ready.is_some_and(|c| c.status == "True"),
+            reason: ready.map_or("Unknown", |c| c.reason.as_str()),
+            managed: status.inventory.as_ref().map_or(0, |i| i.entries.len()) as i64,
+            drifted: status.summary.as_ref().map_or(0, |s| s.drifted),
+            seconds: started.elapsed().as_secs_f64(),
+        },
+    );
 }
 
 /// Writes the status when it differs from what was written last (which may be this reconcile's

@@ -178,6 +178,9 @@ pub struct Change {
 /// Shown instead of a Secret's values.
 pub const REDACTED: &str = "(redacted)";
 
+/// Where a Secret holds values (or copies of them), and the parents of those paths.
+const SECRET_FIELDS: &[&str] = &[".data", ".stringData", ".metadata.annotations"];
+
 /// Metadata the server maintains: it differs after any write and means nothing to the user.
 const SERVER_FIELDS: &[&str] = &[
     "managedFields",
@@ -188,7 +191,8 @@ const SERVER_FIELDS: &[&str] = &[
 ];
 
 /// The fields of `desired` that differ from `live`. The server's own metadata and `status` are
-/// left out; the values under a Secret's `data` and `stringData` are replaced by [`REDACTED`].
+/// left out; the values under a Secret's `data`, `stringData` and annotations (where
+/// `kubectl apply` keeps a copy of the whole Secret) are replaced by [`REDACTED`].
 pub fn changes(live: &Value, desired: &Value) -> Vec<Change> {
     let secret = desired["kind"] == "Secret" && desired["apiVersion"] == "v1";
     // Capstan's own record of what it sent changes with every change; it is not one.
@@ -198,7 +202,10 @@ pub fn changes(live: &Value, desired: &Value) -> Vec<Change> {
     out.retain(|c| !ignored(&c.path));
     if secret {
         for change in &mut out {
-            if change.path.starts_with(".data") || change.path.starts_with(".stringData") {
+            if SECRET_FIELDS
+                .iter()
+                .any(|f| change.path.starts_with(f) || f.starts_with(change.path.as_str()))
+            {
                 let redact = |v: &mut Option<Value>| {
                     if v.is_some() {
                         *v = Some(Value::String(REDACTED.into()));
@@ -354,5 +361,12 @@ mod tests {
         }
         assert_eq!(c[0].path, ".data.password");
         assert_eq!(c[1].live, None, "an added key shows as added");
+        // kubectl apply's copy of the whole Secret, live only.
+        let last = r#"{"data":{"password":"b2xk"}}"#;
+        let live = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"annotations": {"kubectl.kubernetes.io/last-applied-configuration": last}}});
+        let desired = json!({"apiVersion": "v1", "kind": "Secret"});
+        let c = changes(&live, &desired);
+        assert!(!c.is_empty());
+        assert!(!format!("{c:?}").contains("b2xk"), "{c:?}");
     }
 }

@@ -412,7 +412,7 @@ pub async fn diff_report(
         .and_then(|s| s.inventory.as_ref())
         .map(|i| i.entries.iter().map(|e| e.id.clone()).collect())
         .unwrap_or_default();
-    Ok(diff::dry_run(
+    let report = diff::dry_run(
         &Applier::new(1),
         &target,
         &gr,
@@ -420,7 +420,55 @@ pub async fn diff_report(
         &manifests,
         timeout,
     )
-    .await)
+    .await;
+    Ok(redacted(report, &secret_values(client, &gr, &ns).await?))
+}
+
+/// The values of the Secrets `postBuild.substituteFrom` names: substituted into any object,
+/// they are Secret values too.
+async fn secret_values(
+    client: &Client,
+    gr: &GitRepository,
+    ns: &str,
+) -> Result<Vec<String>, CliError> {
+    let mut secrets_only = gr.clone();
+    let Some(post_build) = secrets_only.spec.post_build.as_mut() else {
+        return Ok(Vec::new());
+    };
+    post_build
+        .substitute_from
+        .retain(|from| from.kind == crate::api::SubstituteKind::Secret);
+    post_build.substitute.clear();
+    let variables = reconcile::read_variables(client, &secrets_only, ns)
+        .await
+        .map_err(|e| CliError::Failed(e.message))?;
+    Ok(variables
+        .into_iter()
+        .flat_map(|v| v.into_values())
+        .filter(|v| !v.is_empty())
+        .collect())
+}
+
+/// `report` with every value that holds one of `secrets` replaced by [`diff::REDACTED`]: a
+/// value that contains one (of 4 characters or more), or equals one.
+fn redacted(mut report: Vec<ObjectDiff>, secrets: &[String]) -> Vec<ObjectDiff> {
+    let holds = |v: &Value| {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        secrets
+            .iter()
+            .any(|s| text == *s || (s.len() >= 4 && text.contains(s.as_str())))
+    };
+    for change in report.iter_mut().flat_map(|d| &mut d.changes) {
+        for side in [&mut change.live, &mut change.desired] {
+            if side.as_ref().is_some_and(holds) {
+                *side = Some(Value::String(diff::REDACTED.into()));
+            }
+        }
+    }
+    report
 }
 
 /// `--ref`: a full ref name, a commit SHA, or else a branch.
@@ -511,6 +559,40 @@ mod tests {
         assert_eq!(r.commit, Some("ab12".repeat(10)));
         let r = super::ref_named("feature/x");
         assert_eq!(r.branch.as_deref(), Some("feature/x"));
+    }
+
+    #[test]
+    fn substituted_secret_values_are_redacted() {
+        use crate::apply::diff::{Action, Change, ObjectDiff, REDACTED};
+        use serde_json::json;
+        let change = |path: &str, live: serde_json::Value, desired: serde_json::Value| Change {
+            path: path.into(),
+            live: Some(live),
+            desired: Some(desired),
+        };
+        let report = vec![ObjectDiff {
+            object: "ConfigMap apps/app".into(),
+            action: Action::Changed,
+            changes: vec![
+                change(
+                    ".data.url",
+                    json!("postgres://u:old@db"),
+                    json!("postgres://u:hunter22@db"),
+                ),
+                change(".data.port", json!("5432"), json!("5433")),
+                change(".spec.replicas", json!(1), json!(2)),
+            ],
+            error: None,
+        }];
+        let secrets = vec!["hunter22".to_string(), "2".to_string()];
+        let out = super::redacted(report, &secrets);
+        let c = &out[0].changes;
+        assert_eq!(c[0].desired, Some(json!(REDACTED)));
+        assert_eq!(c[0].live, Some(json!("postgres://u:old@db")));
+        // A short value hides only where it is the whole value.
+        assert_eq!(c[1].desired, Some(json!("5433")));
+        assert_eq!(c[2].desired, Some(json!(REDACTED)));
+        assert_eq!(c[2].live, Some(json!(1)));
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub enum UiError {
 }
 
 struct Ui {
+    auth: Auth,
     sessions: Arc<Sessions>,
     render: RenderConfig,
     max_fetch_bytes: u64,
@@ -100,6 +101,7 @@ pub async fn run(args: UiArgs) -> Result<(), UiError> {
         eprintln!("could not open a browser ({e}); open {url}");
     }
     let ui = Arc::new(Ui {
+        auth: args.auth,
         sessions,
         render: args.render,
         max_fetch_bytes: args.max_fetch_bytes,
@@ -177,6 +179,7 @@ impl IntoResponse for Refusal {
             title: "Error".into(),
             scope: None,
             watch_error: None,
+            live: pages::Live::Off,
         };
         let mut response = page(status, pages::error(&frame, &message));
         if status == StatusCode::UNAUTHORIZED {
@@ -226,6 +229,13 @@ struct Caller {
 
 impl Caller {
     async fn of(ui: &Ui, headers: &HeaderMap) -> Result<Caller, Refusal> {
+        if ui.auth == Auth::Kubeconfig && !addressed_directly(headers) {
+            return Err(Refusal::Forbidden(
+                "this UI answers only to an IP address or localhost (the Host of this request \
+                 is a name, as when another site's name is pointed at this address)"
+                    .into(),
+            ));
+        }
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
@@ -251,7 +261,7 @@ impl Caller {
                 done = true;
                 break;
             }
-            if let Some((code, why)) = session.watch_error.lock().clone() {
+            if let Some((code, why)) = session.watch_error() {
                 let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
                 return Err(Refusal::Watch(status, why));
             }
@@ -272,11 +282,13 @@ impl Caller {
         })
     }
 
-    fn frame(&self, title: String) -> pages::Frame<'_> {
+    /// The frame of a page that follows `live` changes (see [`pages::Live`]).
+    fn frame(&self, title: String, live: pages::Live) -> pages::Frame<'_> {
         pages::Frame {
             title,
             scope: self.session.scope.as_deref(),
-            watch_error: self.session.watch_error.lock().clone().map(|(_, e)| e),
+            watch_error: self.session.watch_error().map(|(_, e)| e),
+            live,
         }
     }
 
@@ -293,6 +305,20 @@ impl Caller {
         }
         response
     }
+}
+
+/// In kubeconfig mode the UI answers only to an IP address or `localhost`: a page of another
+/// site whose name was pointed at this address (DNS rebinding) is refused, so it can neither
+/// read a page nor post an action as the kubeconfig's user.
+fn addressed_directly(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(ip, _)| ip),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -354,7 +380,7 @@ async fn overview(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Result<Respo
         attention: view::attention(&items, 10),
         events,
     };
-    let frame = caller.frame("Overview".into());
+    let frame = caller.frame("Overview".into(), pages::Live::All);
     Ok(caller.respond(pages::overview(&frame, &page, Timestamp::now())))
 }
 
@@ -369,7 +395,7 @@ async fn list(
     namespaces.sort();
     namespaces.dedup();
     let rows = query.apply(&items);
-    let frame = caller.frame("GitRepositories".into());
+    let frame = caller.frame("GitRepositories".into(), pages::Live::All);
     Ok(caller.respond(pages::list(
         &frame,
         &query,
@@ -423,7 +449,10 @@ async fn detail(
         may_patch: session.may("patch", &ns).await,
         csrf: &caller.csrf,
     };
-    let frame = caller.frame(format!("{ns}/{name}"));
+    let frame = caller.frame(
+        format!("{ns}/{name}"),
+        pages::Live::Repo(format!("{ns}/{name}")),
+    );
     Ok(caller.respond(pages::detail(&frame, &page, Timestamp::now())))
 }
 
@@ -563,7 +592,8 @@ async fn diff(
     )
     .await
     .map_err(|e| e.to_string());
-    let frame = caller.frame(format!("diff {ns}/{name}"));
+    // Not live: every refresh would fetch, render and dry-run again.
+    let frame = caller.frame(format!("diff {ns}/{name}"), pages::Live::Off);
     Ok(caller.respond(pages::diff(&frame, &gr, &report)))
 }
 
@@ -615,23 +645,59 @@ async fn act(
 
 // ---------------------------------------------------------------- live
 
-/// Server-sent events: `changed` whenever the session's watches saw a change (at most twice a
-/// second); open pages then fetch themselves again.
-async fn live(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Result<Response, Refusal> {
+#[derive(Deserialize)]
+struct LiveQuery {
+    /// `namespace/name`: only changes of this GitRepository (and its Events).
+    repo: Option<String>,
+}
+
+/// Server-sent events: `changed` when the session's watches saw a change the page follows (at
+/// most twice a second); open pages then fetch themselves again. The stream ends when the API
+/// server no longer accepts the caller's credentials.
+async fn live(
+    State(ui): State<Arc<Ui>>,
+    Query(query): Query<LiveQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
     let caller = Caller::of(&ui, &headers).await?;
-    let changes = caller.session.changes.clone();
-    // The stream keeps the session (and its watches) while the page is open.
-    let session = caller.session.clone();
-    let stream = futures::stream::unfold((changes, session), |(mut rx, session)| async move {
-        rx.changed().await.ok()?;
+    // Subscribed now: what the page shows already includes every change before this.
+    let changes = caller.session.changes.subscribe();
+    let follows = move |changed: &session::Changed| match (&query.repo, changed) {
+        (Some(repo), Some(key)) => **key == **repo,
+        _ => true,
+    };
+    // The stream holds the session (and its watches) while the page is open.
+    let state = (changes, caller.session.clone(), follows);
+    let stream = futures::stream::unfold(state, |(mut rx, session, follows)| async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match rx.recv().await {
+                Ok(changed) if !follows(&changed) => continue,
+                Ok(_) | Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+        if session.watch_error().is_some_and(|(code, _)| code == 401) {
+            return None;
+        }
+        session.touch();
+        // Changes come in bursts (a reconcile writes its status and Events): one refresh.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let n = *rx.borrow_and_update();
-        let event = SseEvent::default().event("changed").data(n.to_string());
-        Some((Ok::<_, Infallible>(event), (rx, session)))
+        while !rx.is_empty() {
+            let _ = rx.try_recv();
+        }
+        // A browser dispatches no event without data.
+        let event = SseEvent::default().event("changed").data("1");
+        Some((Ok::<_, Infallible>(event), (rx, session, follows)))
     });
-    Ok(Sse::new(stream)
+    let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response();
+    // Proxies in front (an Ingress) must pass events on as they come.
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -647,6 +713,23 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn only_addresses_and_localhost_are_answered() {
+        for host in [
+            "127.0.0.1:9080",
+            "localhost:9080",
+            "LOCALHOST",
+            "[::1]:9080",
+            "10.0.0.5",
+        ] {
+            assert!(addressed_directly(&headers(&[("host", host)])), "{host}");
+        }
+        for host in ["evil.example:9080", "localhost.evil.example", "[::1", ""] {
+            assert!(!addressed_directly(&headers(&[("host", host)])), "{host}");
+        }
+        assert!(!addressed_directly(&HeaderMap::new()));
     }
 
     #[test]

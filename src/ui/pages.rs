@@ -19,11 +19,33 @@ use crate::live::health::Health;
 pub const CSS: &str = include_str!("assets/ui.css");
 pub const JS: &str = include_str!("assets/ui.js");
 
-/// What every page carries: what the session sees, and whether its watches are well.
+/// What every page carries: what the session sees, whether its watches are well, and which
+/// changes it follows.
 pub struct Frame<'a> {
     pub title: String,
     pub scope: Option<&'a str>,
     pub watch_error: Option<String>,
+    pub live: Live,
+}
+
+/// The changes a page follows live.
+pub enum Live {
+    /// None: the page is computed at a cost (the diff), or an error.
+    Off,
+    /// Every GitRepository's.
+    All,
+    /// One GitRepository's (`namespace/name`) and its Events'.
+    Repo(String),
+}
+
+impl Live {
+    fn url(&self) -> Option<String> {
+        match self {
+            Live::Off => None,
+            Live::All => Some("/live".into()),
+            Live::Repo(repo) => Some(format!("/live?repo={}", encode(repo))),
+        }
+    }
 }
 
 fn layout(frame: &Frame, current: &str, body: Markup) -> Markup {
@@ -37,7 +59,7 @@ fn layout(frame: &Frame, current: &str, body: Markup) -> Markup {
                 link rel="stylesheet" href="/assets/ui.css";
                 script src="/assets/ui.js" defer {}
             }
-            body {
+            body data-live-url=[frame.live.url()] {
                 a.skip href="#main" { "Skip to content" }
                 header.top {
                     a.brand href="/" { "Capstan" }
@@ -404,7 +426,7 @@ pub fn detail(frame: &Frame, page: &Detail, now: Timestamp) -> Markup {
             }
             div #facts data-live {
                 dl.facts {
-                    dt { "URL" } dd { code { (gr.spec.url) } }
+                    dt { "URL" } dd { code { (view::shown_url(&gr.spec.url)) } }
                     dt { "Path" } dd { code { (gr.spec.path.as_deref().unwrap_or("./")) } }
                     dt { "Interval" } dd { (gr.spec.interval) }
                     dt { "Applied revision" }

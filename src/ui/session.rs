@@ -1,7 +1,7 @@
 //! Who the UI acts as, and what it has seen for them. A session is one identity (the kubeconfig's
 //! user, or one caller's bearer token in the cluster) with its own client and one watch per kind
 //! (GitRepositories and their Events), shared by every page that identity has open: pages read
-//! the watches' stores, and a change in either wakes the pages' live updates.
+//! the watches' stores, and each change is told to the open pages it concerns.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::Event;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::ApiCapabilities;
@@ -20,7 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, broadcast};
 use tokio::task::AbortHandle;
 
 use crate::api::{GROUP, GitRepository};
@@ -32,6 +33,11 @@ const RIGHTS_TTL: Duration = Duration::from_secs(30);
 
 /// An access review's answer (and why not), and when it was given.
 type Answer = (Result<(), String>, Instant);
+/// The GitRepository a change concerns, as `namespace/name`; `None` for any.
+pub type Changed = Option<Arc<str>>;
+type WatchError = Arc<Mutex<Option<(u16, String)>>>;
+/// A caller's session, once its start (by whichever request came first) succeeded.
+type Starting = Arc<OnceCell<Arc<Session>>>;
 
 pub struct Session {
     pub client: Client,
@@ -39,11 +45,12 @@ pub struct Session {
     pub scope: Option<String>,
     pub repos: Store<GitRepository>,
     pub events: Store<Event>,
-    /// Counts the watches' changes: pages wait on it for their live updates.
-    pub changes: watch::Receiver<u64>,
-    /// The last error of a watch, until it recovers: the API server's status code (502 when
-    /// it did not answer) and the error.
-    pub watch_error: Arc<Mutex<Option<(u16, String)>>>,
+    /// The watches' changes, by the GitRepository they concern (`namespace/name`; `None`:
+    /// possibly all of them, as after a re-list or an error).
+    pub changes: broadcast::Sender<Changed>,
+    /// Per watch, its last error until it recovers: the API server's status code (502 when it
+    /// did not answer) and the error.
+    errors: [WatchError; 2],
     rights: Mutex<HashMap<(String, &'static str), Answer>>,
     kinds: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
     last_used: Mutex<Instant>,
@@ -76,20 +83,41 @@ impl Session {
             ),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-        let (tx, changes) = watch::channel(0u64);
-        let watch_error = Arc::new(Mutex::new(None));
-        let (repos, repos_task) = mirror(repos_api, watcher::Config::default(), &tx, &watch_error);
+        let (changes, _) = broadcast::channel(1024);
+        let errors: [WatchError; 2] = Default::default();
+        let (repos, repos_task) = mirror(
+            repos_api,
+            watcher::Config::default(),
+            |gr: &GitRepository| {
+                format!("{}/{}", gr.namespace().unwrap_or_default(), gr.name_any())
+            },
+            &changes,
+            &errors[0],
+        );
         let events_config = watcher::Config::default().fields(&format!(
             "involvedObject.kind=GitRepository,involvedObject.apiVersion={GROUP}/v1alpha1"
         ));
-        let (events, events_task) = mirror(events_api, events_config, &tx, &watch_error);
+        let (events, events_task) = mirror(
+            events_api,
+            events_config,
+            |e: &Event| {
+                let o = &e.involved_object;
+                format!(
+                    "{}/{}",
+                    o.namespace.as_deref().unwrap_or_default(),
+                    o.name.as_deref().unwrap_or_default()
+                )
+            },
+            &changes,
+            &errors[1],
+        );
         Ok(Session {
             client,
             scope,
             repos,
             events,
             changes,
-            watch_error,
+            errors,
             rights: Mutex::default(),
             kinds: Mutex::default(),
             last_used: Mutex::new(Instant::now()),
@@ -129,18 +157,24 @@ impl Session {
         Ok(found)
     }
 
-    fn touch(&self) {
+    /// A watch's error, while it has one.
+    pub fn watch_error(&self) -> Option<(u16, String)> {
+        self.errors.iter().find_map(|e| e.lock().clone())
+    }
+
+    pub fn touch(&self) {
         *self.last_used.lock() = Instant::now();
     }
 }
 
-/// A store kept by one watch; each change bumps `changes`, each watch error is kept in `error`
-/// until the watch recovers.
+/// A store kept by one watch; each change is sent on `changes` with the GitRepository `key_of`
+/// names, each watch error is kept in `error` until the watch recovers.
 fn mirror<K>(
     api: Api<K>,
     config: watcher::Config,
-    changes: &watch::Sender<u64>,
-    error: &Arc<Mutex<Option<(u16, String)>>>,
+    key_of: impl Fn(&K) -> String + Send + 'static,
+    changes: &broadcast::Sender<Changed>,
+    error: &WatchError,
 ) -> (Store<K>, AbortHandle)
 where
     K: kube::Resource<DynamicType = ()>
@@ -157,11 +191,16 @@ where
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
+            // No receiver (no page open) is no error.
             match event {
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
                     *error.lock() = None;
-                    changes.send_modify(|n| *n += 1);
+                    let _ = changes.send(Some(key_of(&o).into()));
+                }
+                Ok(watcher::Event::InitDone) => {
+                    *error.lock() = None;
+                    let _ = changes.send(None);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "watch failed; retrying");
@@ -172,7 +211,7 @@ where
                         _ => 502,
                     };
                     *error.lock() = Some((code, e.to_string()));
-                    changes.send_modify(|n| *n += 1);
+                    let _ = changes.send(None);
                 }
             }
         }
@@ -233,7 +272,9 @@ pub struct Sessions {
     auth: Auth,
     config: Config,
     namespace: Option<String>,
-    by_token: tokio::sync::Mutex<HashMap<[u8; 32], Arc<Session>>>,
+    /// Per token's digest, its session once started. A cell is taken from the map under the
+    /// lock and filled outside it, so one slow start holds up no other caller.
+    by_token: Mutex<HashMap<[u8; 32], Starting>>,
     own: Option<Arc<Session>>,
 }
 
@@ -265,11 +306,11 @@ impl Sessions {
                     let Some(sessions) = weak.upgrade() else {
                         return;
                     };
-                    sessions
-                        .by_token
-                        .lock()
-                        .await
-                        .retain(|_, s| s.last_used.lock().elapsed() < IDLE);
+                    // A session a page's live stream still holds stays.
+                    sessions.by_token.lock().retain(|_, cell| match cell.get() {
+                        Some(s) => Arc::strong_count(s) > 1 || s.last_used.lock().elapsed() < IDLE,
+                        None => Arc::strong_count(cell) > 1,
+                    });
                 }
             });
         }
@@ -286,27 +327,40 @@ impl Sessions {
             return Ok(Some(own.clone()));
         }
         debug_assert_eq!(self.auth, Auth::Bearer);
+        // The scheme is case-insensitive (RFC 9110).
         let Some(token) = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
         else {
             return Ok(None);
         };
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut sessions = self.by_token.lock().await;
-        if let Some(session) = sessions.get(&key) {
-            session.touch();
-            return Ok(Some(session.clone()));
+        let cell = self.by_token.lock().entry(key).or_default().clone();
+        let started = cell
+            .get_or_try_init(|| async {
+                let mut config = self.config.clone();
+                config.auth_info = kube::config::AuthInfo {
+                    token: Some(token.to_string().into()),
+                    ..Default::default()
+                };
+                let client = Client::try_from(config)?;
+                Ok::<_, kube::Error>(Arc::new(
+                    Session::start(client, self.namespace.clone()).await?,
+                ))
+            })
+            .await;
+        match started {
+            Ok(session) => {
+                session.touch();
+                Ok(Some(session.clone()))
+            }
+            Err(e) => {
+                // A token refused is not kept.
+                self.by_token.lock().remove(&key);
+                Err(e)
+            }
         }
-        let mut config = self.config.clone();
-        config.auth_info = kube::config::AuthInfo {
-            token: Some(token.to_string().into()),
-            ..Default::default()
-        };
-        let session =
-            Arc::new(Session::start(Client::try_from(config)?, self.namespace.clone()).await?);
-        sessions.insert(key, session.clone());
-        Ok(Some(session))
     }
 }

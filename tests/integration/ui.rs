@@ -219,6 +219,14 @@ async fn without_patch_rights_actions_are_disabled_and_posts_refused() {
 
     // A forged POST: no token, then the page's own token for this viewer.
     let http = reqwest::Client::new();
+    // Another site's name pointed at this address (DNS rebinding) gets no page.
+    let rebound = http
+        .get(&page)
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
     let action = format!("{page}/suspend");
     let forged = http
         .post(&action)

@@ -37,17 +37,22 @@
 
   let timer = null;
   let updates = 0;
+  // Each refresh is numbered: an answer that comes after a newer one's is dropped.
+  let latest = 0;
 
   async function refresh() {
     timer = null;
+    const mine = ++latest;
     let response;
     try {
       response = await fetch(location.href, { headers: { "X-Capstan-Live": "1" } });
     } catch (_) {
       return;
     }
-    if (!response.ok) return;
-    const next = new DOMParser().parseFromString(await response.text(), "text/html");
+    if (!response.ok || mine !== latest) return;
+    const text = await response.text();
+    if (mine !== latest) return;
+    const next = new DOMParser().parseFromString(text, "text/html");
     for (const part of document.querySelectorAll("[data-live]")) {
       const fresh = next.getElementById(part.id);
       if (fresh && fresh.innerHTML !== part.innerHTML) {
@@ -58,8 +63,9 @@
     document.documentElement.dataset.liveUpdates = String(updates);
   }
 
-  if (!document.querySelector("[data-live]") || !window.EventSource) return;
-  const source = new EventSource("/live");
+  const url = document.body.dataset.liveUrl;
+  if (!url || !window.EventSource) return;
+  const source = new EventSource(url);
   source.addEventListener("changed", () => {
     if (timer === null) timer = setTimeout(refresh, 100);
   });

@@ -77,10 +77,8 @@ pub(crate) fn write(
     )
     .unwrap();
     let docs = root.join("docs/benchmarks.md");
-    let kept = match wanted.is_empty() {
-        true => String::new(),
-        false => std::fs::read_to_string(&docs).unwrap_or_default(),
-    };
+    // Kept: the sections of scenarios this run left out (those run only by name, too).
+    let kept = std::fs::read_to_string(&docs).unwrap_or_default();
     std::fs::write(&docs, merge(&header, &kept, sections)).unwrap();
     println!("\nwrote docs/benchmarks.md and target/benchmarks.json");
 }

@@ -469,21 +469,16 @@ async fn objects(
     let total = entries.clone().count();
     let drift: HashMap<&str, &crate::api::DriftEntry> =
         status.drift.iter().map(|d| (d.id.as_str(), d)).collect();
-    let mut groups: HashMap<(String, String, String), Vec<(String, ObjectId)>> = HashMap::new();
+    let mut groups: HashMap<(GroupVersionKind, String), Vec<(String, ObjectId)>> = HashMap::new();
     let mut rows = Vec::new();
     for entry in entries.take(MAX_OBJECTS) {
         let Some(id) = ObjectId::parse(&entry.id) else {
             continue;
         };
-        // `v` is the version alone; the group is the id's.
-        let version = entry.v.rsplit('/').next().unwrap_or_default();
-        let api_version = if id.group.is_empty() {
-            version.to_string()
-        } else {
-            format!("{}/{version}", id.group)
-        };
+        // `v` is the version alone; the group is the id's (as the applier reads them).
+        let gvk = GroupVersionKind::gvk(&id.group, &entry.v, &id.kind);
         groups
-            .entry((api_version, id.kind.clone(), id.namespace.clone()))
+            .entry((gvk, id.namespace.clone()))
             .or_default()
             .push((entry.id.clone(), id.clone()));
         let d = drift.get(entry.id.as_str());
@@ -510,8 +505,8 @@ async fn objects(
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
-        for ((api_version, kind, namespace), ids) in groups {
-            match read_health(session, &api_version, &kind, &namespace, &selector, &exprs).await {
+        for ((gvk, namespace), ids) in groups {
+            match read_health(session, &gvk, &namespace, &selector, &exprs).await {
                 Ok(by_name) => {
                     for (id_text, id) in ids {
                         if let Some(h) = by_name.get(&id.name) {
@@ -519,7 +514,9 @@ async fn objects(
                         }
                     }
                 }
-                Err(e) => tracing::debug!(%kind, %namespace, error = %e, "health not read"),
+                Err(e) => {
+                    tracing::debug!(kind = %gvk.kind, %namespace, error = %e, "health not read")
+                }
             }
         }
     }
@@ -535,18 +532,12 @@ async fn objects(
 
 async fn read_health(
     session: &Session,
-    api_version: &str,
-    kind: &str,
+    gvk: &GroupVersionKind,
     namespace: &str,
     selector: &str,
     exprs: &HealthExprs,
 ) -> Result<HashMap<String, Health>, kube::Error> {
-    let (group, version) = match api_version.split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", api_version),
-    };
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    let (resource, caps) = session.kind(&gvk).await?;
+    let (resource, caps) = session.kind(gvk).await?;
     let api: Api<kube::api::DynamicObject> =
         if caps.scope == kube::discovery::Scope::Namespaced && !namespace.is_empty() {
             Api::namespaced_with(session.client.clone(), namespace, &resource)
@@ -555,7 +546,7 @@ async fn read_health(
         };
     let params = ListParams::default().labels(selector);
     let mut out = HashMap::new();
-    if !health::has_status(group, kind) {
+    if !health::has_status(&gvk.group, &gvk.kind) {
         for o in api.list_metadata(&params).await?.items {
             out.insert(o.name_any(), Health::Current);
         }
@@ -566,8 +557,8 @@ async fn read_health(
         let Ok(mut value) = serde_json::to_value(&o) else {
             continue;
         };
-        value["apiVersion"] = json!(api_version);
-        value["kind"] = json!(kind);
+        value["apiVersion"] = json!(gvk.api_version());
+        value["kind"] = json!(gvk.kind);
         let h = exprs
             .health(&value)
             .unwrap_or_else(|| health::health(&value));

@@ -426,7 +426,7 @@ pub fn detail(frame: &Frame, page: &Detail, now: Timestamp) -> Markup {
             }
             div #facts data-live {
                 dl.facts {
-                    dt { "URL" } dd { code { (view::shown_url(&gr.spec.url)) } }
+                    dt { "URL" } dd { code { (crate::source::redact(&gr.spec.url)) } }
                     dt { "Path" } dd { code { (gr.spec.path.as_deref().unwrap_or("./")) } }
                     dt { "Interval" } dd { (gr.spec.interval) }
                     dt { "Applied revision" }

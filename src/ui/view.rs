@@ -171,7 +171,7 @@ impl Query {
             || [
                 gr.name_any(),
                 gr.namespace().unwrap_or_default(),
-                shown_url(&gr.spec.url),
+                crate::source::redact(&gr.spec.url),
                 message(gr),
                 revision(gr).unwrap_or_default().to_string(),
             ]
@@ -199,24 +199,6 @@ impl Query {
         kept.sort_by(|a, b| self.compare(a, b));
         kept
     }
-}
-
-/// A repository URL as a page may show it: without a password (or a token in its place), and
-/// for http(s) without the user either.
-pub fn shown_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    let (userinfo, host_and_path) = (&rest[..at], &rest[at + 1..]);
-    if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") {
-        return format!("{scheme}://{host_and_path}");
-    }
-    let user = userinfo.split(':').next().unwrap_or_default();
-    format!("{scheme}://{user}@{host_and_path}")
 }
 
 /// The page of a commit on a forge Capstan knows the addresses of (GitHub, GitLab, Codeberg,
@@ -378,22 +360,6 @@ mod tests {
             format!("https://codeberg.org/acme/app/commit/{sha}")
         );
         assert_eq!(commit_link("https://git.internal/acme/app", rev), None);
-        assert_eq!(
-            shown_url("https://user:ghp_secret@github.com/a/b.git"),
-            "https://github.com/a/b.git"
-        );
-        assert_eq!(
-            shown_url("ssh://git:pw@git.example:22/a/b"),
-            "ssh://git@git.example:22/a/b"
-        );
-        assert_eq!(
-            shown_url("git@github.com:a/b.git"),
-            "git@github.com:a/b.git"
-        );
-        assert_eq!(
-            shown_url("https://git.example/a@b/c"),
-            "https://git.example/a@b/c"
-        );
         assert_eq!(
             commit_link("https://github.com/acme/app", "main@sha1:zz"),
             None
